@@ -1,0 +1,13 @@
+//! vlmkit's core: the traits that divide a vision-language model into a vision
+//! encoder, a connector and a language model; the data that crosses them; the
+//! differentiable ops and shared layers every model and connector is built from;
+//! named parameters; and the assembled model.
+
+pub mod fsutil;
+pub mod gradcheck;
+pub mod ops;
+pub mod params;
+pub mod rng;
+
+pub use candle_core;
+pub use candle_nn;
