@@ -3,11 +3,19 @@
 //! differentiable ops and shared layers every model and connector is built from;
 //! named parameters; and the assembled model.
 
+pub mod error;
 pub mod fsutil;
 pub mod gradcheck;
+pub mod model;
+pub mod nn;
 pub mod ops;
 pub mod params;
 pub mod rng;
 
 pub use candle_core;
 pub use candle_nn;
+pub use error::{Error, Result};
+pub use model::{
+    Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel, LlmInfo,
+    Placement, TextContext, VisionEncoder, VisionInfo, VisualFeatures,
+};

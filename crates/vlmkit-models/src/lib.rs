@@ -1,1 +1,173 @@
+//! Vision encoders and language models, with Hugging Face weight names and config
+//! fields, built from their recipe sections.
 
+pub mod llama;
+pub mod vit;
+
+use vlmkit_core::{LanguageModel, LlmInfo, VisionEncoder, VisionInfo};
+use vlmkit_recipe::{Settings, SettingsError};
+
+pub use llama::{Llama, LlamaConfig};
+pub use vit::{VisionTransformer, VitConfig};
+
+/// Where a model's weights come from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Fresh initialisation from the recipe seed.
+    Scratch,
+}
+
+fn parse_source(settings: &Settings) -> Result<Source, SettingsError> {
+    match settings.get_str("from")? {
+        None | Some("scratch") => Ok(Source::Scratch),
+        Some(other) => Err(settings.error(
+            "from",
+            format!(
+                "loading pretrained weights (`{other}`) is not supported in this version; use `from = \"scratch\"`"
+            ),
+        )),
+    }
+}
+
+/// The `[vision]` section: which encoder, where its weights come from, which hidden
+/// states a connector receives, and the encoder's configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VisionSpec {
+    pub kind: String,
+    pub source: Source,
+    /// Hidden states handed to the connector (HF indices, negative from the end);
+    /// `None` lets the connector choose.
+    pub layers: Option<Vec<i64>>,
+    pub config: VitConfig,
+}
+
+/// Vision encoder kinds this build knows.
+pub const VISION_KINDS: &[&str] = &["vit", "clip"];
+
+impl VisionSpec {
+    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+        let kind = settings
+            .get_str("kind")?
+            .ok_or_else(|| settings.error("kind", "missing: which vision encoder (e.g. \"vit\")"))?
+            .to_string();
+        if !VISION_KINDS.contains(&kind.as_str()) {
+            return Err(settings.error(
+                "kind",
+                format!("unknown vision encoder `{kind}` (known: {})", VISION_KINDS.join(", ")),
+            ));
+        }
+        let source = parse_source(settings)?;
+        let layers = match settings.get("layers") {
+            None => None,
+            Some(v) => Some(
+                v.clone()
+                    .try_into::<Vec<i64>>()
+                    .map_err(|_| settings.error("layers", "expected a list of integers, e.g. [-2] or [1, 2, 3]"))?,
+            ),
+        };
+        if layers.as_ref().is_some_and(|l| l.is_empty()) {
+            return Err(settings.error("layers", "select at least one hidden state"));
+        }
+        let config: VitConfig = settings.without(&["kind", "from", "layers"]).parse()?;
+        config.validate().map_err(|(key, msg)| settings.error(key, msg))?;
+        let spec = Self {
+            kind,
+            source,
+            layers,
+            config,
+        };
+        if let Some(layers) = &spec.layers {
+            let info = spec.info();
+            for &l in layers {
+                info.resolve(l).map_err(|e| settings.error("layers", e.to_string()))?;
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn info(&self) -> VisionInfo {
+        self.config.info()
+    }
+
+    /// Builds the encoder (weights under the given builder's prefix).
+    pub fn build(&self, vb: candle_nn::VarBuilder) -> candle_core::Result<Box<dyn VisionEncoder>> {
+        Ok(Box::new(VisionTransformer::new(&self.config, vb)?))
+    }
+}
+
+/// The `[llm]` section: which decoder, its tokenizer and chat template, and its
+/// configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LlmSpec {
+    pub kind: String,
+    pub source: Source,
+    /// `"builtin"` (the word-level tokenizer of the built-in data) or a path to a
+    /// `tokenizer.json`.
+    pub tokenizer: String,
+    /// Chat template name (see `vlmkit-data`'s templates).
+    pub chat_template: String,
+    pub config: LlamaConfig,
+    /// Whether the recipe set `vocab_size` itself (else the tokenizer decides).
+    pub vocab_size_set: bool,
+}
+
+/// Language model kinds this build knows.
+pub const LLM_KINDS: &[&str] = &["llama"];
+
+impl LlmSpec {
+    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+        let kind = settings
+            .get_str("kind")?
+            .ok_or_else(|| settings.error("kind", "missing: which language model (e.g. \"llama\")"))?
+            .to_string();
+        if !LLM_KINDS.contains(&kind.as_str()) {
+            return Err(settings.error(
+                "kind",
+                format!("unknown language model `{kind}` (known: {})", LLM_KINDS.join(", ")),
+            ));
+        }
+        let source = parse_source(settings)?;
+        let tokenizer = settings.get_str("tokenizer")?.unwrap_or("builtin").to_string();
+        let chat_template = settings.get_str("chat_template")?.unwrap_or("vicuna_v1").to_string();
+        let config: LlamaConfig = settings
+            .without(&["kind", "from", "tokenizer", "chat_template"])
+            .parse()?;
+        config.validate().map_err(|(key, msg)| settings.error(key, msg))?;
+        Ok(Self {
+            kind,
+            source,
+            tokenizer,
+            chat_template,
+            vocab_size_set: settings.get("vocab_size").is_some(),
+            config,
+        })
+    }
+
+    /// Fits the vocabulary to a tokenizer of `vocab` entries: taken as is unless the
+    /// recipe set `vocab_size`, which must then be large enough.
+    pub fn fit_vocab(&mut self, vocab: usize, settings: &Settings) -> Result<(), SettingsError> {
+        if self.vocab_size_set {
+            if self.config.vocab_size < vocab {
+                return Err(settings.error(
+                    "vocab_size",
+                    format!(
+                        "{} is smaller than the tokenizer's vocabulary of {vocab}",
+                        self.config.vocab_size
+                    ),
+                ));
+            }
+        } else {
+            self.config.vocab_size = vocab;
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> LlmInfo {
+        self.config.info()
+    }
+
+    pub fn build(&self, vb: candle_nn::VarBuilder) -> candle_core::Result<Box<dyn LanguageModel>> {
+        Ok(Box::new(Llama::new(&self.config, vb)?))
+    }
+}

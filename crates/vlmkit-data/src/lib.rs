@@ -1,0 +1,22 @@
+//! Training data for vlmkit.
+//!
+//! - [`shapes`]: a deterministic procedural world of coloured shapes and letters with
+//!   seven question families, small enough to train a vision-language model in minutes.
+//! - [`llava`]: reading and writing LLaVA-1.5 conversation JSON (plus vlmkit's optional
+//!   `mask`, `family` and `meta` fields).
+//! - [`example`]: the common in-memory training example both produce.
+//! - [`mask`]: region-mask helpers for grounding losses.
+//! - [`export`]: writes a shapes split to disk in the LLaVA format.
+
+pub mod error;
+pub mod example;
+pub mod export;
+pub mod llava;
+pub mod mask;
+pub mod shapes;
+
+pub use error::DataError;
+pub use example::{Example, Role, Turn, IMAGE_TOKEN};
+pub use export::{export_split, ExportSummary};
+pub use llava::{write_llava_json, LlavaDataset, LlavaRecord};
+pub use shapes::{Family, PopeMode, Sample, ShapesConfig, ShapesDataset, Split};

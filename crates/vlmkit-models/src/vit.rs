@@ -1,0 +1,295 @@
+//! A vision transformer with CLIP's structure and Hugging Face `CLIPVisionModel`
+//! weight names: patch convolution (no bias), class token, learned position
+//! embeddings, `pre_layrnorm`, pre-LN blocks, and a `post_layernorm` that only the
+//! pooled output uses (no connector reads it, so it is reported as unused).
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+use vlmkit_core::nn::{AttentionConfig, FeedForward, FeedForwardConfig, LayerNorm, LinearInit, MultiHeadAttention};
+use vlmkit_core::ops::{self, Activation};
+use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
+
+/// `CLIPVisionConfig`'s fields (same names and defaults as Hugging Face).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VitConfig {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_channels: usize,
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub hidden_act: Activation,
+    pub layer_norm_eps: f64,
+    pub initializer_range: f64,
+    pub initializer_factor: f64,
+    pub image_mean: [f32; 3],
+    pub image_std: [f32; 3],
+}
+
+impl Default for VitConfig {
+    fn default() -> Self {
+        Self {
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            num_channels: 3,
+            image_size: 224,
+            patch_size: 32,
+            hidden_act: Activation::QuickGelu,
+            layer_norm_eps: 1e-5,
+            initializer_range: 0.02,
+            initializer_factor: 1.0,
+            image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
+            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+        }
+    }
+}
+
+impl VitConfig {
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+
+    pub fn num_patches(&self) -> usize {
+        self.grid() * self.grid()
+    }
+
+    /// Problems with the configuration, as (key, message).
+    pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+            return Err((
+                "patch_size",
+                format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
+            ));
+        }
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return Err((
+                "num_attention_heads",
+                format!(
+                    "hidden_size {} is not a multiple of num_attention_heads {}",
+                    self.hidden_size, self.num_attention_heads
+                ),
+            ));
+        }
+        if self.num_hidden_layers == 0 {
+            return Err(("num_hidden_layers", "must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    pub fn info(&self) -> VisionInfo {
+        let g = self.grid();
+        VisionInfo {
+            depth: self.num_hidden_layers,
+            widths: vec![self.hidden_size; self.num_hidden_layers + 1],
+            grids: vec![(g, g); self.num_hidden_layers + 1],
+            has_cls: true,
+            image_size: self.image_size,
+            image_mean: self.image_mean,
+            image_std: self.image_std,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: MultiHeadAttention,
+    layer_norm2: LayerNorm,
+    mlp: FeedForward,
+}
+
+impl EncoderLayer {
+    fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.hidden_size;
+        let f = cfg.initializer_factor;
+        // CLIP's initialisation: projections scaled by width and depth.
+        let in_proj_std = (d as f64).powf(-0.5) * (2.0 * cfg.num_hidden_layers as f64).powf(-0.5) * f;
+        let out_proj_std = (d as f64).powf(-0.5) * f;
+        let fc_std = (2.0 * d as f64).powf(-0.5) * f;
+        let heads = cfg.num_attention_heads;
+        // One config per init scale: q/k/v share in_proj_std, out_proj gets its own.
+        let attn = MultiHeadAttention::new_with_inits(
+            AttentionConfig {
+                q_dim: d,
+                kv_dim: d,
+                out_dim: d,
+                heads,
+                kv_heads: heads,
+                head_dim: d / heads,
+                qkv_bias: true,
+                out_bias: true,
+                names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+                init: LinearInit::Normal(in_proj_std),
+            },
+            LinearInit::Normal(out_proj_std),
+            vb.pp("self_attn"),
+        )?;
+        let mlp = FeedForward::new_with_inits(
+            FeedForwardConfig {
+                in_dim: d,
+                hidden_dim: cfg.intermediate_size,
+                out_dim: d,
+                act: cfg.hidden_act,
+                bias: true,
+                names: ("fc1", "fc2"),
+                init: LinearInit::Normal(fc_std),
+            },
+            LinearInit::Normal(in_proj_std),
+            vb.pp("mlp"),
+        )?;
+        Ok(Self {
+            layer_norm1: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            self_attn: attn,
+            layer_norm2: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            mlp,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = (x + self.self_attn.forward_self(&self.layer_norm1.forward(x)?, None, None, None)?.output)?;
+        &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
+    }
+}
+
+/// CLIP-style vision transformer (`vision_model.*` weights).
+#[derive(Debug, Clone)]
+pub struct VisionTransformer {
+    cfg: VitConfig,
+    info: VisionInfo,
+    patch_embedding: Tensor,
+    class_embedding: Tensor,
+    position_embedding: Tensor,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    // Kept so that the weights exist under their Hugging Face names (for loading and
+    // exporting checkpoints); no connector reads the pooled output.
+    _post_layernorm: LayerNorm,
+}
+
+impl VisionTransformer {
+    /// Builds the encoder; `vb` is the encoder's root (weights under `vision_model.`).
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        if let Err((key, msg)) = cfg.validate() {
+            candle_core::bail!("vision config `{key}`: {msg}");
+        }
+        let vb = vb.pp("vision_model");
+        let emb = vb.pp("embeddings");
+        let d = cfg.hidden_size;
+        let p = cfg.patch_size;
+        let f = cfg.initializer_factor;
+        let patch_embedding = emb.get_with_hints(
+            (d, cfg.num_channels, p, p),
+            "patch_embedding.weight",
+            Init::Randn { mean: 0.0, stdev: cfg.initializer_range * f },
+        )?;
+        let class_embedding = emb.get_with_hints(
+            d,
+            "class_embedding",
+            Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) * f },
+        )?;
+        let position_embedding = emb.get_with_hints(
+            (cfg.num_patches() + 1, d),
+            "position_embedding.weight",
+            Init::Randn { mean: 0.0, stdev: cfg.initializer_range * f },
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| EncoderLayer::new(cfg, vb.pp("encoder").pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            info: cfg.info(),
+            cfg: cfg.clone(),
+            patch_embedding,
+            class_embedding,
+            position_embedding,
+            pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            layers,
+            _post_layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
+        })
+    }
+
+    pub fn config(&self) -> &VitConfig {
+        &self.cfg
+    }
+
+    /// `hs[0]`: patch embeddings with the class token, plus positions, pre-normed.
+    fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        let p = self.cfg.patch_size;
+        let d = self.cfg.hidden_size;
+        if c != self.cfg.num_channels || h != self.cfg.image_size || w != self.cfg.image_size {
+            candle_core::bail!(
+                "vision encoder expects pixels of shape [B, {}, {}, {}], got {:?}",
+                self.cfg.num_channels,
+                self.cfg.image_size,
+                self.cfg.image_size,
+                pixels.dims()
+            );
+        }
+        let (gh, gw) = (h / p, w / p);
+        // A stride-p convolution with a p×p kernel is a linear map of each patch:
+        // unfold the patches (raster order, channel-major like the conv weight).
+        let patches = pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((b, gh * gw, c * p * p))?;
+        let weight = self.patch_embedding.reshape((d, c * p * p))?;
+        let patch_tokens = ops::linear(&patches, &weight, None)?;
+        let cls = self
+            .class_embedding
+            .reshape((1, 1, d))?
+            .broadcast_as((b, 1, d))?;
+        let x = Tensor::cat(&[&cls, &patch_tokens], 1)?;
+        let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        self.pre_layrnorm.forward(&x)
+    }
+}
+
+impl VisionEncoder for VisionTransformer {
+    fn info(&self) -> &VisionInfo {
+        &self.info
+    }
+
+    fn forward(&self, pixels: &Tensor, layers: &[usize]) -> Result<VisualFeatures> {
+        let depth = self.cfg.num_hidden_layers;
+        if let Some(&bad) = layers.iter().find(|&&l| l > depth) {
+            candle_core::bail!("hidden state hs[{bad}] requested from an encoder with {depth} blocks");
+        }
+        let deepest = layers.iter().copied().max().unwrap_or(0);
+        let mut states = Vec::with_capacity(deepest + 1);
+        let mut x = self.embed(pixels)?;
+        states.push(x.clone());
+        for layer in &self.layers[..deepest] {
+            x = layer.forward(&x)?;
+            states.push(x.clone());
+        }
+        let n = self.cfg.num_patches();
+        let mut patch_layers = Vec::with_capacity(layers.len());
+        let mut cls = Vec::with_capacity(layers.len());
+        for &l in layers {
+            patch_layers.push(states[l].narrow(1, 1, n)?);
+            cls.push(states[l].get_on_dim(1, 0)?);
+        }
+        let g = self.cfg.grid();
+        Ok(VisualFeatures {
+            layers: patch_layers,
+            layer_ids: layers.to_vec(),
+            cls: Some(cls),
+            depth,
+            grid: (g, g),
+        })
+    }
+
+    fn unused_params(&self, layers: &[usize]) -> Vec<String> {
+        let deepest = layers.iter().copied().max().unwrap_or(0);
+        let mut unused: Vec<String> = (deepest..self.cfg.num_hidden_layers)
+            .map(|i| format!("vision_model.encoder.layers.{i}."))
+            .collect();
+        unused.push("vision_model.post_layernorm.".into());
+        unused
+    }
+}
