@@ -1,1 +1,59 @@
-fn main() {}
+//! `vlmkit`: train, run and compare vision-language models.
+
+mod commands;
+mod common;
+
+use clap::{Parser, Subcommand};
+
+// Training allocates and frees many large activation buffers per step; glibc hands
+// them back to the kernel (page faults and TLB shootdowns on every reuse), mimalloc
+// keeps them.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Train, run and compare vision-language models whose connector you can swap.
+#[derive(Debug, Parser)]
+#[command(name = "vlmkit", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a recipe (resumes when its run directory holds a checkpoint).
+    Train(commands::train::TrainArgs),
+    /// Score a trained model on its recipe's eval split, per question family.
+    Eval(commands::eval::EvalArgs),
+    /// Answer a question about an image with a trained model.
+    Infer(commands::infer::InferArgs),
+    /// Work with recipes.
+    Recipe(commands::recipe::RecipeArgs),
+    /// Work with the built-in data.
+    Data(commands::data::DataArgs),
+    /// Count parameters per component, trainable or frozen.
+    Params(commands::params::ParamsArgs),
+    /// Time the phases of a training step (median data / forward / backward / optimizer).
+    Bench(commands::bench::BenchArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    common::single_threaded_ops();
+    let result = match cli.command {
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Infer(args) => commands::infer::run(args),
+        Command::Recipe(args) => commands::recipe::run(args),
+        Command::Data(args) => commands::data::run(args),
+        Command::Params(args) => commands::params::run(args),
+        Command::Bench(args) => commands::bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            common::report_error(&err);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

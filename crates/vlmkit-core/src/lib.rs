@@ -11,6 +11,7 @@ pub mod nn;
 pub mod ops;
 pub mod params;
 pub mod rng;
+pub mod vlm;
 
 pub use candle_core;
 pub use candle_nn;
@@ -19,3 +20,4 @@ pub use model::{
     Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel, LlmInfo,
     Placement, TextContext, VisionEncoder, VisionInfo, VisualFeatures,
 };
+pub use vlm::{GenerateOptions, LossOutput, TokenSequence, Vlm, VlmBatch};

@@ -222,6 +222,8 @@ pub struct ConnectorNeeds {
     /// Whether every selected layer must have the same shape.
     pub equal_layer_shapes: bool,
     pub placement: Placement,
+    /// Names of the auxiliary losses it reports (a recipe may weight them).
+    pub aux_losses: Vec<String>,
 }
 
 /// The module between the vision encoder and the language model.

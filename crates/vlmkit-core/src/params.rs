@@ -275,3 +275,44 @@ pub fn save_safetensors_atomic(
     let bytes = safetensors::serialize(data, metadata).map_err(std::io::Error::other)?;
     crate::fsutil::write_atomic(path, &bytes)
 }
+
+/// Records the name and shape of every parameter a model asks for, without
+/// allocating any (each request gets a stride-0 view of one zero), so parameter
+/// counts of paper-scale models cost nothing.
+#[derive(Clone, Default)]
+pub struct ShapeRecorder {
+    shapes: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
+}
+
+impl ShapeRecorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn builder(&self) -> VarBuilder<'static> {
+        VarBuilder::from_backend(Box::new(self.clone()), DType::F32, Device::Cpu)
+    }
+
+    /// Recorded parameters, sorted by name.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        self.shapes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(&self, shape: Shape, name: &str, _init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+        self.shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), shape.dims().to_vec());
+        Tensor::zeros((), dtype, dev)?.broadcast_as(shape)
+    }
+
+    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> Result<Tensor> {
+        candle_core::bail!("parameter `{name}` has no known shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
+    }
+}

@@ -25,6 +25,12 @@ impl fmt::Display for RecordRef {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    #[error("{0}")]
+    Template(String),
+
     #[error(transparent)]
     Config(#[from] ShapesConfigError),
 

@@ -8,15 +8,21 @@
 //! - [`mask`]: region-mask helpers for grounding losses.
 //! - [`export`]: writes a shapes split to disk in the LLaVA format.
 
+pub mod collate;
 pub mod error;
 pub mod example;
 pub mod export;
 pub mod llava;
 pub mod mask;
 pub mod shapes;
+pub mod template;
+pub mod tokenizer;
 
 pub use error::DataError;
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};
 pub use export::{export_split, ExportSummary};
 pub use llava::{write_llava_json, LlavaDataset, LlavaRecord};
 pub use shapes::{Family, PopeMode, Sample, ShapesConfig, ShapesDataset, Split};
+pub use collate::{pixels, Collator};
+pub use template::ChatTemplate;
+pub use tokenizer::TextTokenizer;

@@ -1,1 +1,9 @@
+//! Evaluation: generate answers for an eval split, score them per question family
+//! against chance and majority baselines, POPE metrics for yes/no existence
+//! questions, and reports (table, JSON, PNG).
 
+pub mod run;
+pub mod score;
+
+pub use run::{evaluate, generate_answers, EvalOptions};
+pub use score::{normalize_answer, score, EvalReport, FamilyScore, PopeScore, Prediction};

@@ -107,6 +107,8 @@ pub struct LlmSpec {
     pub tokenizer: String,
     /// Chat template name (see `vlmkit-data`'s templates).
     pub chat_template: String,
+    /// Replaces the template's default system prompt (`""` for none).
+    pub system_prompt: Option<String>,
     pub config: LlamaConfig,
     /// Whether the recipe set `vocab_size` itself (else the tokenizer decides).
     pub vocab_size_set: bool,
@@ -130,8 +132,9 @@ impl LlmSpec {
         let source = parse_source(settings)?;
         let tokenizer = settings.get_str("tokenizer")?.unwrap_or("builtin").to_string();
         let chat_template = settings.get_str("chat_template")?.unwrap_or("vicuna_v1").to_string();
+        let system_prompt = settings.get_str("system_prompt")?.map(str::to_string);
         let config: LlamaConfig = settings
-            .without(&["kind", "from", "tokenizer", "chat_template"])
+            .without(&["kind", "from", "tokenizer", "chat_template", "system_prompt"])
             .parse()?;
         config.validate().map_err(|(key, msg)| settings.error(key, msg))?;
         Ok(Self {
@@ -139,6 +142,7 @@ impl LlmSpec {
             source,
             tokenizer,
             chat_template,
+            system_prompt,
             vocab_size_set: settings.get("vocab_size").is_some(),
             config,
         })

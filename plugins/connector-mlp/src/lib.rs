@@ -48,6 +48,7 @@ impl ConnectorFactory for MlpFactory {
             reads_cls: false,
             equal_layer_shapes: false,
             placement: Placement::Prefix,
+            aux_losses: Vec::new(),
         })
     }
 

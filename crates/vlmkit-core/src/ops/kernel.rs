@@ -10,6 +10,7 @@ use candle_core::{bail, CpuStorage, Layout, Result};
 use half::{bf16, f16};
 use num_traits::Float;
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Element types the kernels compute in.
 pub(crate) trait Real: Float + Send + Sync + std::iter::Sum + 'static {
@@ -51,12 +52,25 @@ pub(crate) const ROW_BLOCK: usize = 64;
 /// Below this many elements the rayon hand-off costs more than it saves.
 const PARALLEL_MIN_ELEMS: usize = 1 << 15;
 
+static INTRA_OP_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets how many threads one kernel may use (`0`: rayon's pool decides). Data-
+/// parallel trainers that run several graphs at once set `1`.
+pub fn set_intra_op_threads(threads: usize) {
+    INTRA_OP_THREADS.store(threads, Ordering::Relaxed);
+}
+
+/// Whether a kernel over `elems` elements should split across threads.
+pub(crate) fn parallel(elems: usize) -> bool {
+    elems >= PARALLEL_MIN_ELEMS && INTRA_OP_THREADS.load(Ordering::Relaxed) != 1
+}
+
 /// Runs `f(row_index, row_out)` over the rows of `out`, in parallel when worthwhile.
 pub(crate) fn for_each_row<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     if width == 0 {
         return;
     }
-    if out.len() >= PARALLEL_MIN_ELEMS {
+    if parallel(out.len()) {
         out.par_chunks_mut(width)
             .enumerate()
             .for_each(|(r, row)| f(r, row));

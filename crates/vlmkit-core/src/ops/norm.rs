@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernel::{dispatch, for_each_row, Kernel, Real, ROW_BLOCK};
+use super::kernel::{dispatch, for_each_row, parallel, Kernel, Real, ROW_BLOCK};
 use super::{is_cpu, needs_grad};
 
 /// LayerNorm over the last dimension: `(x − μ)/√(σ² + eps) · γ + β`.
@@ -173,7 +173,7 @@ impl Kernel<3> for NormBwd {
             }
             partial
         };
-        let partials: Vec<Vec<T>> = if x.len() >= (1 << 15) {
+        let partials: Vec<Vec<T>> = if parallel(x.len()) {
             dx.par_chunks_mut(ROW_BLOCK * w).enumerate().map(block).collect()
         } else {
             dx.chunks_mut(ROW_BLOCK * w).enumerate().map(block).collect()

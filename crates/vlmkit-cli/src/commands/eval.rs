@@ -1,0 +1,62 @@
+//! `vlmkit eval RUN_OR_CHECKPOINT`: per-family accuracy on the recipe's eval split.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use vlmkit_eval::{evaluate, score, EvalOptions};
+use vlmkit_train::load_model;
+
+use crate::common;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A run directory (its final model, else its newest checkpoint) or a checkpoint directory.
+    pub model: PathBuf,
+    /// Evaluate at most this many examples.
+    #[arg(long)]
+    pub samples: Option<u64>,
+    /// Generation batch size (default: the recipe's `eval.batch_size`).
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Longest answer generated (default: the recipe's `eval.max_new_tokens`).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Where to write predictions.jsonl, report.json and accuracy.png (default: `<checkpoint>/eval`).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Device to run on (default: the recipe's).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    let model = load_model(&args.model, &common::registry(), args.device.as_deref())?;
+    let eval_cfg = &model.plan.recipe.eval;
+    let source = model.plan.eval_data()?.open()?;
+    let opts = EvalOptions {
+        batch_size: args.batch_size.unwrap_or(eval_cfg.batch_size),
+        max_new_tokens: args.max_new_tokens.unwrap_or(eval_cfg.max_new_tokens),
+        limit: args.samples.or(eval_cfg.samples),
+    };
+    eprintln!("evaluating {} on {}", model.dir.display(), source.describe());
+    let predictions = evaluate(&model, source.as_ref(), &opts, |done, total| {
+        eprint!("\r  {done}/{total}");
+    })?;
+    eprintln!();
+    let report = score(&model.dir.display().to_string(), &predictions);
+    print!("{}", report.table());
+
+    let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let mut jsonl = Vec::new();
+    for p in &predictions {
+        writeln!(jsonl, "{}", serde_json::to_string(p)?)?;
+    }
+    vlmkit_core::fsutil::write_atomic(&out.join("predictions.jsonl"), &jsonl)?;
+    vlmkit_core::fsutil::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    report.save_chart(&format!("{} — accuracy per question family", model.plan.recipe.run.name), &out.join("accuracy.png"))?;
+    eprintln!("wrote {}/{{predictions.jsonl, report.json, accuracy.png}}", out.display());
+    Ok(())
+}

@@ -1,0 +1,7 @@
+pub mod bench;
+pub mod data;
+pub mod eval;
+pub mod infer;
+pub mod params;
+pub mod recipe;
+pub mod train;

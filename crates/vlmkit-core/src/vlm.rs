@@ -1,0 +1,407 @@
+//! The assembled vision-language model: encoder → connector → language model, with
+//! visual tokens spliced in at the image placeholder, the language-model loss over
+//! supervised positions only, and KV-cached generation.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Result, Tensor};
+
+use crate::model::{
+    Connector, ConnectorNeeds, ConnectorOutput, DecoderInput, KvCache, LanguageModel, Placement, TextContext,
+    VisionEncoder,
+};
+use crate::ops::{self, IGNORE_INDEX};
+use crate::rng::Rng;
+
+/// One tokenised conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TokenSequence {
+    /// Token ids, including the image placeholder.
+    pub ids: Vec<u32>,
+    /// Training target of each position ([`IGNORE_INDEX`] where not supervised); the
+    /// loss at position `p` predicts `labels[p + 1]`.
+    pub labels: Vec<i64>,
+    /// Index in `ids` of the image placeholder, if the sequence has an image.
+    pub image_at: Option<usize>,
+    /// The user's query tokens (no template, no placeholder) for connectors that read text.
+    pub query: Vec<u32>,
+}
+
+impl TokenSequence {
+    /// Number of supervised targets.
+    pub fn supervised(&self) -> usize {
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
+    }
+}
+
+/// A batch: normalised pixels (`B×3×H×W`) and the tokenised conversations.
+#[derive(Debug, Clone)]
+pub struct VlmBatch {
+    pub pixels: Tensor,
+    pub sequences: Vec<TokenSequence>,
+}
+
+/// The loss terms of one batch and what the connector exposed.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Each term before weighting: `lm` (mean over the batch's supervised tokens;
+    /// absent when it has none) and any auxiliary loss (mean over samples).
+    pub terms: BTreeMap<String, Tensor>,
+    /// Number of supervised tokens in the batch.
+    pub supervised_tokens: usize,
+    /// Number of samples in the batch.
+    pub samples: usize,
+    pub maps: BTreeMap<String, Tensor>,
+}
+
+impl LossOutput {
+    /// The training objective: `Σ weight · term`, with the token-averaged `lm` term
+    /// scaled by `token_share` and per-sample terms by `sample_share`. When a batch is
+    /// split into parts, giving each part its share of the whole batch's tokens and
+    /// samples makes the parts' objectives sum to the whole batch's.
+    pub fn objective(&self, weights: &BTreeMap<String, f64>, token_share: f64, sample_share: f64) -> Result<Option<Tensor>> {
+        let mut total: Option<Tensor> = None;
+        for (name, value) in &self.terms {
+            let w = weights.get(name).copied().unwrap_or(0.0);
+            if w == 0.0 {
+                continue;
+            }
+            let share = if name == "lm" { token_share } else { sample_share };
+            let weighted = (value * (w * share))?;
+            total = Some(match total {
+                Some(t) => (t + weighted)?,
+                None => weighted,
+            });
+        }
+        Ok(total)
+    }
+}
+
+/// How to pick generated tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// `0` is greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass (`1.0` keeps every token).
+    pub top_p: f64,
+    pub seed: u64,
+    /// Generation stops at any of these.
+    pub stop_ids: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 32,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            stop_ids: Vec::new(),
+        }
+    }
+}
+
+/// Encoder, connector and language model, wired together.
+pub struct Vlm {
+    pub vision: Box<dyn VisionEncoder>,
+    pub connector: Box<dyn Connector>,
+    pub llm: Box<dyn LanguageModel>,
+    /// Hidden states handed to the connector (absolute, recipe order).
+    pub layers: Vec<usize>,
+    pub needs: ConnectorNeeds,
+    /// Weight of each loss term by name (`lm`, auxiliary losses); terms not listed
+    /// are computed but not trained on.
+    pub loss_weights: BTreeMap<String, f64>,
+    /// Where the weights live (batches are built there).
+    pub device: Device,
+}
+
+/// Embedded, padded sequences ready for the decoder.
+struct Prepared {
+    embeds: Tensor,
+    /// Per sample: which of the `S` positions hold a token.
+    valid: Vec<Vec<bool>>,
+    /// Per sample: spliced targets aligned with the `S` positions.
+    labels: Vec<Vec<i64>>,
+    positions: Tensor,
+}
+
+impl Vlm {
+    fn device(&self, batch: &VlmBatch) -> Device {
+        batch.pixels.device().clone()
+    }
+
+    /// Runs the vision encoder and the connector.
+    pub fn encode(&self, pixels: &Tensor, sequences: &[TokenSequence]) -> Result<ConnectorOutput> {
+        let features = self.vision.forward(pixels, &self.layers)?;
+        let text = if self.needs.reads_text {
+            Some(self.text_context(sequences, pixels.device())?)
+        } else {
+            None
+        };
+        self.connector.forward(&features, text.as_ref())
+    }
+
+    /// The query tokens embedded by the language model, right-padded, with a mask.
+    pub fn text_context(&self, sequences: &[TokenSequence], device: &Device) -> Result<TextContext> {
+        let t = sequences.iter().map(|s| s.query.len()).max().unwrap_or(0).max(1);
+        let b = sequences.len();
+        let mut ids = vec![0u32; b * t];
+        let mut mask = vec![0f32; b * t];
+        for (i, s) in sequences.iter().enumerate() {
+            for (j, &id) in s.query.iter().enumerate() {
+                ids[i * t + j] = id;
+                mask[i * t + j] = 1.0;
+            }
+        }
+        let ids = Tensor::from_vec(ids, (b, t), device)?;
+        let embeds = self.llm.embed_tokens(&ids)?;
+        let mask = Tensor::from_vec(mask, (b, t), device)?.to_dtype(embeds.dtype())?;
+        Ok(TextContext { embeds, mask })
+    }
+
+    /// Embeds the sequences with the visual tokens in place of the placeholder.
+    /// Padding is on the right for training and on the left for generation (so every
+    /// sample's last token is at the same position).
+    fn prepare(
+        &self,
+        sequences: &[TokenSequence],
+        visual: Option<&Tensor>,
+        pad_left: bool,
+        device: &Device,
+    ) -> Result<Prepared> {
+        let b = sequences.len();
+        let n_vis = match (visual, self.needs.placement) {
+            (Some(v), Placement::Prefix) => v.dim(1)?,
+            _ => 0,
+        };
+        let splice = |s: &TokenSequence| s.image_at.is_some() && self.needs.placement == Placement::Prefix;
+        let lens: Vec<usize> = sequences
+            .iter()
+            .map(|s| match s.image_at {
+                // The placeholder is replaced by the visual tokens (prefix) or dropped
+                // (interleaved connectors read the image inside the decoder).
+                Some(_) if splice(s) => s.ids.len() - 1 + n_vis,
+                Some(_) => s.ids.len() - 1,
+                None => s.ids.len(),
+            })
+            .collect();
+        let max_len = lens.iter().copied().max().unwrap_or(0);
+        let t_text = sequences.iter().map(|s| s.ids.len()).max().unwrap_or(0).max(1);
+        // Row table: all text embeddings, then all visual tokens, then one zero row
+        // for padding. Each output position picks a row: one index_select whose
+        // backward (index_add) routes gradients to exactly the rows used.
+        let mut text_ids = vec![0u32; b * t_text];
+        for (i, s) in sequences.iter().enumerate() {
+            text_ids[i * t_text..i * t_text + s.ids.len()].copy_from_slice(&s.ids);
+        }
+        let text_ids = Tensor::from_vec(text_ids, (b, t_text), device)?;
+        let text = self.llm.embed_tokens(&text_ids)?;
+        let d = text.dim(2)?;
+        let mut rows = vec![text.reshape((b * t_text, d))?];
+        if n_vis > 0 {
+            let v = visual.expect("n_vis > 0 implies visual tokens");
+            rows.push(v.to_dtype(text.dtype())?.reshape((b * n_vis, d))?);
+        }
+        let pad_row = (b * t_text + b * n_vis) as u32;
+        rows.push(Tensor::zeros((1, d), text.dtype(), device)?);
+        let table = Tensor::cat(&rows, 0)?;
+
+        let mut index = vec![pad_row; b * max_len];
+        let mut valid = vec![vec![false; max_len]; b];
+        let mut labels = vec![vec![IGNORE_INDEX; max_len]; b];
+        let mut positions = vec![0u32; b * max_len];
+        for (i, s) in sequences.iter().enumerate() {
+            let offset = if pad_left { max_len - lens[i] } else { 0 };
+            let mut p = offset;
+            let mut put = |row: u32, label: i64, p: &mut usize| {
+                index[i * max_len + *p] = row;
+                valid[i][*p] = true;
+                labels[i][*p] = label;
+                positions[i * max_len + *p] = (*p - offset) as u32;
+                *p += 1;
+            };
+            for (j, (&_id, &label)) in s.ids.iter().zip(&s.labels).enumerate() {
+                if Some(j) == s.image_at {
+                    if splice(s) {
+                        for v in 0..n_vis {
+                            put((b * t_text + i * n_vis + v) as u32, IGNORE_INDEX, &mut p);
+                        }
+                    }
+                    continue;
+                }
+                put((i * t_text + j) as u32, label, &mut p);
+            }
+        }
+        let index = Tensor::from_vec(index, b * max_len, device)?;
+        let embeds = table.index_select(&index, 0)?.reshape((b, max_len, d))?;
+        let positions = Tensor::from_vec(positions, (b, max_len), device)?;
+        Ok(Prepared {
+            embeds,
+            valid,
+            labels,
+            positions,
+        })
+    }
+
+    /// The loss terms of a batch: next-token cross-entropy over supervised
+    /// positions (logits are computed only there), plus the connector's auxiliary
+    /// losses. Weight them with [`LossOutput::objective`].
+    pub fn loss(&self, batch: &VlmBatch) -> Result<LossOutput> {
+        let device = self.device(batch);
+        let out = self.encode(&batch.pixels, &batch.sequences)?;
+        let prepared = self.prepare(&batch.sequences, out.tokens.as_ref(), false, &device)?;
+        let (b, s, d) = prepared.embeds.dims3()?;
+        let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
+        let input = DecoderInput {
+            positions: prepared.positions,
+            mask,
+        };
+        let hidden = self
+            .llm
+            .forward(&prepared.embeds, &input, None, out.hooks.as_deref())?;
+        // Rows whose next token is supervised, and those targets.
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for (i, labels) in prepared.labels.iter().enumerate() {
+            for p in 0..s.saturating_sub(1) {
+                let target = labels[p + 1];
+                if target != IGNORE_INDEX {
+                    rows.push((i * s + p) as u32);
+                    targets.push(target);
+                }
+            }
+        }
+        let mut terms = BTreeMap::new();
+        if !rows.is_empty() {
+            let picked = hidden
+                .reshape((b * s, d))?
+                .index_select(&Tensor::from_vec(rows, targets.len(), &device)?, 0)?;
+            let logits = self.llm.logits(&picked)?.to_dtype(DType::F32)?;
+            terms.insert("lm".to_string(), ops::cross_entropy(&logits, &targets)?);
+        }
+        for (name, value) in &out.aux_losses {
+            terms.insert(name.clone(), value.to_dtype(DType::F32)?);
+        }
+        let mut maps = out.maps;
+        if let Some(hooks) = &out.hooks {
+            maps.extend(hooks.maps());
+        }
+        Ok(LossOutput {
+            terms,
+            supervised_tokens: targets.len(),
+            samples: b,
+            maps,
+        })
+    }
+
+    /// Generates a continuation of each prompt (sequences ending where the answer
+    /// starts). Returns the new token ids, without the stop token.
+    pub fn generate(&self, pixels: &Tensor, prompts: &[TokenSequence], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+        let device = pixels.device().clone();
+        let out = self.encode(pixels, prompts)?;
+        let prepared = self.prepare(prompts, out.tokens.as_ref(), true, &device)?;
+        let (b, s, _) = prepared.embeds.dims3()?;
+        let hooks = out.hooks.as_deref();
+        let mut cache = KvCache::new(self.llm.info().num_layers);
+        let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
+        let hidden = self.llm.forward(
+            &prepared.embeds,
+            &DecoderInput {
+                positions: prepared.positions,
+                mask,
+            },
+            Some(&mut cache),
+            hooks,
+        )?;
+        let mut last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+        let mut next_pos: Vec<u32> = prepared
+            .valid
+            .iter()
+            .map(|v| v.iter().filter(|&&x| x).count() as u32)
+            .collect();
+        let mut valid = prepared.valid;
+        let mut outputs = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let mut rng = Rng::new(opts.seed);
+        for _ in 0..opts.max_new_tokens {
+            let logits = self.llm.logits(&last)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let mut step_ids = Vec::with_capacity(b);
+            for (i, row) in logits.iter().enumerate() {
+                let id = pick_token(row, opts, &mut rng);
+                if !done[i] {
+                    if opts.stop_ids.contains(&id) {
+                        done[i] = true;
+                    } else {
+                        outputs[i].push(id);
+                    }
+                }
+                step_ids.push(id);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            let ids = Tensor::from_vec(step_ids, (b, 1), &device)?;
+            let embeds = self.llm.embed_tokens(&ids)?;
+            for v in valid.iter_mut() {
+                v.push(true);
+            }
+            let past = cache.len();
+            let mask = ops::causal_mask(&valid, past, 1, &device)?.to_dtype(embeds.dtype())?;
+            let positions = Tensor::from_vec(next_pos.clone(), (b, 1), &device)?;
+            next_pos.iter_mut().for_each(|p| *p += 1);
+            let hidden = self
+                .llm
+                .forward(&embeds, &DecoderInput { positions, mask }, Some(&mut cache), hooks)?;
+            last = hidden.squeeze(1)?;
+        }
+        Ok(outputs)
+    }
+}
+
+/// Greedy, or temperature + nucleus sampling.
+fn pick_token(logits: &[f32], opts: &GenerateOptions, rng: &mut Rng) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .0 as u32
+    };
+    if opts.temperature <= 0.0 {
+        return argmax();
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let mut probs: Vec<(usize, f64)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i, ((v as f64 - max) / opts.temperature).exp()))
+        .collect();
+    let total: f64 = probs.iter().map(|p| p.1).sum();
+    probs.iter_mut().for_each(|p| p.1 /= total);
+    probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut kept = 0.0;
+    let mut cut = probs.len();
+    for (k, p) in probs.iter().enumerate() {
+        kept += p.1;
+        if kept >= opts.top_p {
+            cut = k + 1;
+            break;
+        }
+    }
+    let probs = &probs[..cut];
+    let mass: f64 = probs.iter().map(|p| p.1).sum();
+    let mut u = rng.uniform() * mass;
+    for p in probs {
+        if u < p.1 {
+            return p.0 as u32;
+        }
+        u -= p.1;
+    }
+    probs.last().map_or_else(argmax, |p| p.0 as u32)
+}

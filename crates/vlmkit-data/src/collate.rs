@@ -1,0 +1,171 @@
+//! Examples → token sequences with labels that supervise only the answers, and
+//! images → normalised pixel arrays.
+
+use std::sync::Arc;
+
+use image::RgbImage;
+use vlmkit_core::ops::IGNORE_INDEX;
+use vlmkit_core::TokenSequence;
+
+use crate::error::DataError;
+use crate::example::{Example, Role, IMAGE_TOKEN};
+use crate::template::{ChatTemplate, Segment};
+use crate::tokenizer::TextTokenizer;
+
+/// Turns examples into token sequences.
+#[derive(Debug, Clone)]
+pub struct Collator {
+    pub tokenizer: Arc<TextTokenizer>,
+    pub template: ChatTemplate,
+    /// Longest text sequence kept (tokens beyond it are cut).
+    pub max_text_len: usize,
+}
+
+impl Collator {
+    /// The whole conversation, answers supervised.
+    pub fn sequence(&self, example: &Example) -> Result<TokenSequence, DataError> {
+        let turns = self.with_placeholder(example)?;
+        let segments = self.template.render(&turns)?;
+        self.tokenize(example, &segments)
+    }
+
+    /// The first question up to where its answer starts, nothing supervised.
+    pub fn prompt(&self, example: &Example) -> Result<TokenSequence, DataError> {
+        let turns = self.with_placeholder(example)?;
+        let segments = self.template.prompt(&turns)?;
+        self.tokenize(example, &segments)
+    }
+
+    /// LLaVA places `<image>` in the first human turn; add it when an example with an
+    /// image lacks it, refuse a placeholder without an image.
+    fn with_placeholder(&self, example: &Example) -> Result<Vec<crate::Turn>, DataError> {
+        let mut turns = example.turns.clone();
+        let count: usize = turns.iter().map(|t| t.value.matches(IMAGE_TOKEN).count()).sum();
+        match (example.image.is_some(), count) {
+            (true, 0) => {
+                if let Some(first) = turns.iter_mut().find(|t| t.from == Role::Human) {
+                    first.value = format!("{IMAGE_TOKEN}\n{}", first.value);
+                }
+            }
+            (true, 1) | (false, 0) => {}
+            (false, _) => {
+                return Err(DataError::Template(format!(
+                    "example {}: the text has {IMAGE_TOKEN} but the example has no image",
+                    example.id
+                )))
+            }
+            (true, n) => {
+                return Err(DataError::Template(format!(
+                    "example {}: {n} {IMAGE_TOKEN} placeholders; one image per example is supported",
+                    example.id
+                )))
+            }
+        }
+        Ok(turns)
+    }
+
+    fn tokenize(&self, example: &Example, segments: &[Segment]) -> Result<TokenSequence, DataError> {
+        let tok = &self.tokenizer;
+        let mut ids = Vec::new();
+        let mut labels = Vec::new();
+        if let Some(bos) = tok.bos {
+            ids.push(bos);
+            labels.push(IGNORE_INDEX);
+        }
+        for seg in segments {
+            for id in tok.encode(&seg.text)? {
+                ids.push(id);
+                labels.push(if seg.supervised { id as i64 } else { IGNORE_INDEX });
+            }
+        }
+        ids.truncate(self.max_text_len);
+        labels.truncate(self.max_text_len);
+        let image_at = ids.iter().position(|&id| id == tok.image);
+        let query = match example.question() {
+            Some(q) => tok.encode(&q)?,
+            None => Vec::new(),
+        };
+        Ok(TokenSequence {
+            ids,
+            labels,
+            image_at,
+            query,
+        })
+    }
+}
+
+/// Pixel values of `image` as `3×size×size` floats (channel-major), resized when
+/// needed (bicubic) and normalised per channel.
+pub fn pixels(image: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+    let resized;
+    let img = if image.width() == size && image.height() == size {
+        image
+    } else {
+        resized = image::imageops::resize(image, size, size, image::imageops::FilterType::CatmullRom);
+        &resized
+    };
+    let n = (size * size) as usize;
+    let mut out = vec![0f32; 3 * n];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * n + i] = (px.0[c] as f32 / 255.0 - mean[c]) / std[c];
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::shapes::{vocabulary, ShapesConfig, ShapesDataset, Split};
+
+    fn collator() -> Collator {
+        let tok = TextTokenizer::builtin(&vocabulary(&ShapesConfig::default())).unwrap();
+        Collator {
+            tokenizer: Arc::new(tok),
+            template: ChatTemplate::from_name("vicuna_v1", Some("")).unwrap(),
+            max_text_len: 512,
+        }
+    }
+
+    #[test]
+    fn only_answer_tokens_are_supervised() {
+        let c = collator();
+        let ds = ShapesDataset::new(ShapesConfig::default(), Split::Train).unwrap();
+        let ex = ds.get(3).to_example();
+        let seq = c.sequence(&ex).unwrap();
+        let tok = &c.tokenizer;
+        let supervised: Vec<u32> = seq
+            .ids
+            .iter()
+            .zip(&seq.labels)
+            .filter(|(_, &l)| l != IGNORE_INDEX)
+            .map(|(&id, _)| id)
+            .collect();
+        let mut expected = tok.encode(ex.answer().unwrap()).unwrap();
+        expected.push(tok.eos);
+        assert_eq!(supervised, expected);
+        assert_eq!(seq.ids[seq.image_at.unwrap()], tok.image);
+        assert_eq!(seq.query, tok.encode(&ex.question().unwrap()).unwrap());
+        assert_eq!(seq.ids[0], tok.bos.unwrap());
+        // The prompt is the sequence up to the answer.
+        let prompt = c.prompt(&ex).unwrap();
+        assert_eq!(&seq.ids[..prompt.ids.len()], &prompt.ids[..]);
+        assert_eq!(prompt.supervised(), 0);
+    }
+
+    #[test]
+    fn placeholder_without_image_is_refused() {
+        let c = collator();
+        let ex = Example::single_turn("x", None, "<image>\nWhat color is the circle?", "red");
+        assert!(c.sequence(&ex).is_err());
+    }
+
+    #[test]
+    fn pixels_are_normalised_channel_major() {
+        let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
+        let p = pixels(&img, 2, [0.5; 3], [0.5; 3]);
+        assert_eq!(p.len(), 12);
+        assert!((p[0] - 1.0).abs() < 1e-6 && (p[4] + 1.0).abs() < 1e-6 && (p[8] + 0.6).abs() < 1e-6);
+    }
+}

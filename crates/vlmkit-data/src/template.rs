@@ -1,0 +1,156 @@
+//! Chat templates: how a conversation becomes the text a language model reads, and
+//! which parts of it are trained on (the answers, with their end-of-turn token).
+
+use crate::error::DataError;
+use crate::example::{Role, Turn};
+
+/// LLaVA-1.5's system prompt (`conv_vicuna_v1`).
+pub const LLAVA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. \
+The assistant gives helpful, detailed, and polite answers to the human's questions.";
+
+/// A piece of rendered text and whether its tokens are supervised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub text: String,
+    pub supervised: bool,
+}
+
+impl Segment {
+    fn context(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            supervised: false,
+        }
+    }
+
+    fn answer(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            supervised: true,
+        }
+    }
+}
+
+/// The chat formats vlmkit knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatTemplate {
+    /// LLaVA-1.5 / Vicuna v1: `{system} USER: {q} ASSISTANT: {a}</s>USER: …`.
+    VicunaV1 { system: String },
+    /// ChatML (Qwen2, SmolLM): `<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n`.
+    ChatMl { system: String },
+}
+
+/// Template names accepted in recipes.
+pub const TEMPLATE_NAMES: &[&str] = &["vicuna_v1", "chatml"];
+
+impl ChatTemplate {
+    /// The template called `name`, with `system` replacing its default system prompt.
+    pub fn from_name(name: &str, system: Option<&str>) -> Result<Self, DataError> {
+        match name {
+            "vicuna_v1" => Ok(Self::VicunaV1 {
+                system: system.unwrap_or(LLAVA_SYSTEM).to_string(),
+            }),
+            "chatml" => Ok(Self::ChatMl {
+                system: system.unwrap_or("").to_string(),
+            }),
+            other => Err(DataError::Template(format!(
+                "unknown chat template `{other}` (known: {})",
+                TEMPLATE_NAMES.join(", ")
+            ))),
+        }
+    }
+
+    /// The whole conversation; answers supervised.
+    pub fn render(&self, turns: &[Turn]) -> Result<Vec<Segment>, DataError> {
+        self.render_inner(turns, false)
+    }
+
+    /// The first question, up to where the answer starts (for generation).
+    pub fn prompt(&self, turns: &[Turn]) -> Result<Vec<Segment>, DataError> {
+        self.render_inner(turns, true)
+    }
+
+    fn render_inner(&self, turns: &[Turn], prompt_only: bool) -> Result<Vec<Segment>, DataError> {
+        let mut out = Vec::new();
+        match self {
+            Self::VicunaV1 { system } if !system.is_empty() => out.push(Segment::context(format!("{system} "))),
+            Self::ChatMl { system } if !system.is_empty() => {
+                out.push(Segment::context(format!("<|im_start|>system\n{system}<|im_end|>\n")))
+            }
+            _ => {}
+        }
+        let mut expect = Role::Human;
+        for (i, turn) in turns.iter().enumerate() {
+            if turn.from != expect {
+                return Err(DataError::Template(format!(
+                    "turn {i} is from {:?} but a {:?} turn was expected (conversations alternate, starting with the human)",
+                    turn.from.as_str(),
+                    expect.as_str()
+                )));
+            }
+            match (self, turn.from) {
+                (Self::VicunaV1 { .. }, Role::Human) => {
+                    out.push(Segment::context(format!("USER: {} ASSISTANT:", turn.value)))
+                }
+                (Self::VicunaV1 { .. }, Role::Gpt) => out.push(Segment::answer(format!(" {}</s>", turn.value))),
+                (Self::ChatMl { .. }, Role::Human) => out.push(Segment::context(format!(
+                    "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+                    turn.value
+                ))),
+                (Self::ChatMl { .. }, Role::Gpt) => {
+                    out.push(Segment::answer(format!("{}<|im_end|>", turn.value)));
+                    out.push(Segment::context("\n"));
+                }
+            }
+            if prompt_only && turn.from == Role::Human {
+                return Ok(out);
+            }
+            expect = match expect {
+                Role::Human => Role::Gpt,
+                Role::Gpt => Role::Human,
+            };
+        }
+        if prompt_only {
+            return Err(DataError::Template("the conversation has no question".into()));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn turns() -> Vec<Turn> {
+        vec![Turn::human("<image>\nQ1"), Turn::gpt("A1"), Turn::human("Q2"), Turn::gpt("A2")]
+    }
+
+    fn join(segs: &[Segment]) -> String {
+        segs.iter().map(|s| s.text.as_str()).collect()
+    }
+
+    #[test]
+    fn vicuna_v1_matches_llava() {
+        let t = ChatTemplate::from_name("vicuna_v1", Some("SYS")).unwrap();
+        let segs = t.render(&turns()).unwrap();
+        assert_eq!(join(&segs), "SYS USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>");
+        let supervised: Vec<&str> = segs.iter().filter(|s| s.supervised).map(|s| s.text.as_str()).collect();
+        assert_eq!(supervised, [" A1</s>", " A2</s>"]);
+        assert_eq!(join(&t.prompt(&turns()).unwrap()), "SYS USER: <image>\nQ1 ASSISTANT:");
+    }
+
+    #[test]
+    fn chatml_shape() {
+        let t = ChatTemplate::from_name("chatml", None).unwrap();
+        let text = join(&t.render(&turns()[..2]).unwrap());
+        assert_eq!(text, "<|im_start|>user\n<image>\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n");
+    }
+
+    #[test]
+    fn refuses_unknown_names_and_broken_turn_order() {
+        assert!(ChatTemplate::from_name("alpaca", None).is_err());
+        let t = ChatTemplate::from_name("vicuna_v1", None).unwrap();
+        let err = t.render(&[Turn::gpt("A")]).unwrap_err().to_string();
+        assert!(err.contains("turn 0"), "{err}");
+    }
+}

@@ -1,0 +1,273 @@
+//! Scoring predictions: exact match after normalisation, per family, beside the
+//! chance (uniform over the family's answers) and majority (most frequent answer)
+//! baselines; POPE's accuracy / precision / recall / F1 / yes-ratio per sampler.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One answered question.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    pub id: String,
+    pub family: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pope: Option<String>,
+    pub question: String,
+    pub answer: String,
+    pub prediction: String,
+    pub correct: bool,
+}
+
+/// Accuracy of one question family and its baselines.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyScore {
+    pub family: String,
+    pub n: usize,
+    pub correct: usize,
+    pub accuracy: f64,
+    /// Expected accuracy of guessing uniformly among the family's answers.
+    pub chance: f64,
+    /// Accuracy of always giving the most frequent answer.
+    pub majority: f64,
+    pub majority_answer: String,
+}
+
+impl FamilyScore {
+    /// The stronger of the two baselines.
+    pub fn baseline(&self) -> f64 {
+        self.chance.max(self.majority)
+    }
+}
+
+/// POPE metrics ("yes" is the positive class) for one negative sampler or all.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PopeScore {
+    pub subset: String,
+    pub n: usize,
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub yes_ratio: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    pub checkpoint: String,
+    pub samples: usize,
+    pub accuracy: f64,
+    pub families: Vec<FamilyScore>,
+    pub pope: Vec<PopeScore>,
+}
+
+/// Lowercase, punctuation and surrounding spaces removed, inner spaces collapsed.
+pub fn normalize_answer(text: &str) -> String {
+    text.to_lowercase()
+        .chars()
+        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
+        .collect::<String>()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn pope_scores(predictions: &[&Prediction], subset: &str) -> PopeScore {
+    let yes = |s: &str| normalize_answer(s).split(' ').next() == Some("yes");
+    let (mut tp, mut fp, mut tn, mut fneg) = (0usize, 0usize, 0usize, 0usize);
+    for p in predictions {
+        match (yes(&p.answer), yes(&p.prediction)) {
+            (true, true) => tp += 1,
+            (false, true) => fp += 1,
+            (false, false) => tn += 1,
+            (true, false) => fneg += 1,
+        }
+    }
+    let n = predictions.len();
+    let div = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let precision = div(tp, tp + fp);
+    let recall = div(tp, tp + fneg);
+    PopeScore {
+        subset: subset.to_string(),
+        n,
+        accuracy: div(tp + tn, n),
+        precision,
+        recall,
+        f1: if precision + recall == 0.0 {
+            0.0
+        } else {
+            2.0 * precision * recall / (precision + recall)
+        },
+        yes_ratio: div(tp + fp, n),
+    }
+}
+
+/// Scores `predictions` (already marked correct or not).
+pub fn score(checkpoint: &str, predictions: &[Prediction]) -> EvalReport {
+    let mut by_family: BTreeMap<&str, Vec<&Prediction>> = BTreeMap::new();
+    for p in predictions {
+        by_family.entry(p.family.as_str()).or_default().push(p);
+    }
+    let families = by_family
+        .iter()
+        .map(|(family, preds)| {
+            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+            for p in preds {
+                *counts.entry(normalize_answer(&p.answer)).or_default() += 1;
+            }
+            let (majority_answer, majority_count) = counts
+                .iter()
+                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+                .map(|(a, c)| (a.clone(), *c))
+                .unwrap_or_default();
+            let n = preds.len();
+            let correct = preds.iter().filter(|p| p.correct).count();
+            FamilyScore {
+                family: family.to_string(),
+                n,
+                correct,
+                accuracy: correct as f64 / n as f64,
+                chance: 1.0 / counts.len().max(1) as f64,
+                majority: majority_count as f64 / n as f64,
+                majority_answer,
+            }
+        })
+        .collect();
+    let existence: Vec<&Prediction> = predictions.iter().filter(|p| p.pope.is_some()).collect();
+    let mut pope = Vec::new();
+    if !existence.is_empty() {
+        let mut subsets: Vec<&str> = existence.iter().filter_map(|p| p.pope.as_deref()).collect();
+        subsets.sort();
+        subsets.dedup();
+        for s in subsets {
+            let preds: Vec<&Prediction> = existence.iter().copied().filter(|p| p.pope.as_deref() == Some(s)).collect();
+            pope.push(pope_scores(&preds, s));
+        }
+        pope.push(pope_scores(&existence, "all"));
+    }
+    let correct = predictions.iter().filter(|p| p.correct).count();
+    EvalReport {
+        checkpoint: checkpoint.to_string(),
+        samples: predictions.len(),
+        accuracy: if predictions.is_empty() {
+            0.0
+        } else {
+            correct as f64 / predictions.len() as f64
+        },
+        families,
+        pope,
+    }
+}
+
+impl EvalReport {
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<12} {:>6} {:>9} {:>8} {:>9} {:>10}\n",
+            "family", "n", "accuracy", "chance", "majority", "vs best"
+        );
+        for f in &self.families {
+            out += &format!(
+                "{:<12} {:>6} {:>8.1}% {:>7.1}% {:>8.1}% {:>+9.1}\n",
+                f.family,
+                f.n,
+                100.0 * f.accuracy,
+                100.0 * f.chance,
+                100.0 * f.majority,
+                100.0 * (f.accuracy - f.baseline())
+            );
+        }
+        out += &format!("{:<12} {:>6} {:>8.1}%\n", "all", self.samples, 100.0 * self.accuracy);
+        if !self.pope.is_empty() {
+            out += &format!(
+                "\nPOPE (existence)  {:>6} {:>9} {:>10} {:>7} {:>7} {:>10}\n",
+                "n", "accuracy", "precision", "recall", "F1", "yes-ratio"
+            );
+            for p in &self.pope {
+                out += &format!(
+                    "{:<17} {:>6} {:>8.1}% {:>9.1}% {:>6.1}% {:>6.1}% {:>9.1}%\n",
+                    p.subset,
+                    p.n,
+                    100.0 * p.accuracy,
+                    100.0 * p.precision,
+                    100.0 * p.recall,
+                    100.0 * p.f1,
+                    100.0 * p.yes_ratio
+                );
+            }
+        }
+        out
+    }
+
+    /// Per-family accuracy as a bar chart with each family's best baseline marked.
+    pub fn save_chart(&self, title: &str, path: &std::path::Path) -> Result<(), vlmkit_plot::PlotError> {
+        let groups: Vec<String> = self.families.iter().map(|f| f.family.clone()).collect();
+        let values: Vec<f64> = self.families.iter().map(|f| 100.0 * f.accuracy).collect();
+        let baselines: Vec<Option<f64>> = self.families.iter().map(|f| Some(100.0 * f.baseline())).collect();
+        vlmkit_plot::BarChart::new(title)
+            .groups(groups)
+            .series("accuracy %", values)
+            .baselines(baselines)
+            .y_range(0.0, 100.0)
+            .y_label("accuracy (%)")
+            .save_png(path, 900, 480)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(family: &str, pope: Option<&str>, answer: &str, prediction: &str) -> Prediction {
+        Prediction {
+            id: String::new(),
+            family: family.into(),
+            pope: pope.map(str::to_string),
+            question: String::new(),
+            answer: answer.into(),
+            prediction: prediction.into(),
+            correct: normalize_answer(answer) == normalize_answer(prediction),
+        }
+    }
+
+    #[test]
+    fn normalisation_ignores_case_punctuation_and_spacing() {
+        assert_eq!(normalize_answer("  Top   Left. "), "top left");
+        assert_eq!(normalize_answer("Yes!"), "yes");
+    }
+
+    #[test]
+    fn baselines_and_accuracy() {
+        let preds = vec![
+            p("color", None, "red", "red"),
+            p("color", None, "red", "blue"),
+            p("color", None, "blue", "blue"),
+            p("color", None, "green", "red"),
+        ];
+        let r = score("x", &preds);
+        let c = &r.families[0];
+        assert_eq!((c.n, c.correct), (4, 2));
+        assert!((c.chance - 1.0 / 3.0).abs() < 1e-12);
+        assert!((c.majority - 0.5).abs() < 1e-12);
+        assert_eq!(c.majority_answer, "red");
+    }
+
+    #[test]
+    fn pope_metrics() {
+        let preds = vec![
+            p("existence", Some("random"), "yes", "yes"),
+            p("existence", Some("random"), "no", "yes"),
+            p("existence", Some("popular"), "no", "no"),
+            p("existence", Some("popular"), "yes", "no"),
+        ];
+        let r = score("x", &preds);
+        let all = r.pope.iter().find(|s| s.subset == "all").unwrap();
+        assert_eq!(all.n, 4);
+        assert!((all.accuracy - 0.5).abs() < 1e-12);
+        assert!((all.precision - 0.5).abs() < 1e-12);
+        assert!((all.recall - 0.5).abs() < 1e-12);
+        assert!((all.yes_ratio - 0.5).abs() < 1e-12);
+        let random = r.pope.iter().find(|s| s.subset == "random").unwrap();
+        assert!((random.recall - 1.0).abs() < 1e-12 && (random.precision - 0.5).abs() < 1e-12);
+    }
+}

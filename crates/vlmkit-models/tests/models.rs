@@ -1,0 +1,259 @@
+//! Models against finite differences, and the properties generation relies on.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use vlmkit_core::gradcheck::{check_gradients, random_projection, GradCheck};
+use vlmkit_core::ops::{self, Activation};
+use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_core::{DecoderHooks, DecoderInput, KvCache, LanguageModel, VisionEncoder};
+use vlmkit_models::{Llama, LlamaConfig, VisionTransformer, VitConfig};
+
+fn tiny_vit() -> VitConfig {
+    VitConfig {
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        image_size: 8,
+        patch_size: 4,
+        hidden_act: Activation::Gelu,
+        ..VitConfig::default()
+    }
+}
+
+fn tiny_llama() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 11,
+        hidden_size: 8,
+        intermediate_size: 12,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: Some(2),
+        max_position_embeddings: 32,
+        rope_theta: 100.0,
+        tie_word_embeddings: true,
+        initializer_range: 0.5,
+        ..LlamaConfig::default()
+    }
+}
+
+fn named(store: &ParamStore) -> Vec<(String, Var)> {
+    store.vars()
+}
+
+fn gradcheck_all(store: &ParamStore, loss: impl Fn() -> candle_core::Result<Tensor>) {
+    let vars = named(store);
+    let refs: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    check_gradients(&refs, loss, &GradCheck { max_elems: 6, ..GradCheck::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn vit_gradients_match_finite_differences() {
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let vit = VisionTransformer::new(&tiny_vit(), store.init_builder(1)).unwrap();
+    let pixels = Tensor::randn(0f64, 1.0, (2, 3, 8, 8), &Device::Cpu).unwrap();
+    // Read every hidden state so that every block matters.
+    gradcheck_all(&store, || {
+        let f = vit.forward(&pixels, &[0, 1, 2])?;
+        let cls = Tensor::stack(f.cls.as_ref().unwrap(), 1)?;
+        random_projection(&f.layers[2], 1)? + random_projection(&f.layers[1], 2)? + random_projection(&cls, 3)?
+    });
+}
+
+#[test]
+fn vit_hidden_states_follow_hf_indexing() {
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    let cfg = tiny_vit();
+    let vit = VisionTransformer::new(&cfg, store.init_builder(2)).unwrap();
+    let pixels = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &Device::Cpu).unwrap();
+    let all = vit.forward(&pixels, &[0, 1, 2]).unwrap();
+    assert_eq!(all.layers[0].dims(), &[1, 4, 8]);
+    assert_eq!(all.grid, (2, 2));
+    // Asking for hs[1] alone runs one block and gives the same tensor.
+    let one = vit.forward(&pixels, &[1]).unwrap();
+    let d = (&one.layers[0] - &all.layers[1]).unwrap().abs().unwrap().max_keepdim(2).unwrap().flatten_all().unwrap();
+    assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() == 0.0);
+    // Blocks past the deepest requested layer, and the pooled-output norm, are unused.
+    assert_eq!(
+        vit.unused_params(&[1]),
+        ["vision_model.encoder.layers.1.", "vision_model.post_layernorm."]
+    );
+    let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+    for expected in [
+        "vision_model.embeddings.patch_embedding.weight",
+        "vision_model.embeddings.class_embedding",
+        "vision_model.embeddings.position_embedding.weight",
+        "vision_model.pre_layrnorm.weight",
+        "vision_model.encoder.layers.0.self_attn.q_proj.bias",
+        "vision_model.encoder.layers.1.self_attn.out_proj.weight",
+        "vision_model.encoder.layers.0.mlp.fc1.weight",
+        "vision_model.encoder.layers.0.layer_norm2.bias",
+        "vision_model.post_layernorm.weight",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "missing {expected}");
+    }
+}
+
+#[test]
+fn patch_unfold_matches_candle_conv2d() {
+    // The patch embedding is a stride-p convolution; the unfold + linear used here
+    // must give the same tokens.
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let cfg = tiny_vit();
+    let vit = VisionTransformer::new(&cfg, store.init_builder(3)).unwrap();
+    let pixels = Tensor::randn(0f64, 1.0, (2, 3, 8, 8), &Device::Cpu).unwrap();
+    let hs0 = vit.forward(&pixels, &[0]).unwrap();
+    let w = store.get("vision_model.embeddings.patch_embedding.weight").unwrap();
+    let conv = pixels.conv2d(w.as_tensor(), 0, 4, 1, 1).unwrap(); // (2, 8, 2, 2)
+    let tokens = conv.flatten_from(2).unwrap().transpose(1, 2).unwrap(); // (2, 4, 8)
+    let cls = store.get("vision_model.embeddings.class_embedding").unwrap();
+    let pos = store.get("vision_model.embeddings.position_embedding.weight").unwrap();
+    let x = Tensor::cat(
+        &[&cls.as_tensor().reshape((1, 1, 8)).unwrap().broadcast_as((2, 1, 8)).unwrap(), &tokens],
+        1,
+    )
+    .unwrap()
+    .broadcast_add(&pos.as_tensor().unsqueeze(0).unwrap())
+    .unwrap();
+    let g = store.get("vision_model.pre_layrnorm.weight").unwrap();
+    let b = store.get("vision_model.pre_layrnorm.bias").unwrap();
+    let expected = ops::layer_norm(&x, g.as_tensor(), b.as_tensor(), 1e-5).unwrap().narrow(1, 1, 4).unwrap();
+    let d = (hs0.layers[0].clone() - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
+}
+
+fn decoder_input(b: usize, t: usize, valid: &[Vec<bool>]) -> DecoderInput {
+    let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
+    DecoderInput {
+        positions: Tensor::from_vec(positions, (b, t), &Device::Cpu).unwrap(),
+        mask: ops::causal_mask(valid, 0, t, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap(),
+    }
+}
+
+#[test]
+fn llama_gradients_match_finite_differences() {
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let llm = Llama::new(&tiny_llama(), store.init_builder(4)).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 2, 7, 3], [5, 5, 0, 9, 10]], &Device::Cpu).unwrap();
+    let valid = vec![vec![true; 5], vec![true, true, true, true, false]];
+    let input = decoder_input(2, 5, &valid);
+    gradcheck_all(&store, || {
+        let h = llm.forward(&llm.embed_tokens(&ids)?, &input, None, None)?;
+        let logits = llm.logits(&h)?.reshape((10, 11))?;
+        ops::cross_entropy(&logits, &[4, 2, 7, 3, -100, 5, 0, 9, -100, -100])
+    });
+}
+
+#[test]
+fn untied_head_and_qkv_bias_get_gradients() {
+    let cfg = LlamaConfig {
+        tie_word_embeddings: false,
+        qkv_bias: true,
+        ..tiny_llama()
+    };
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let llm = Llama::new(&cfg, store.init_builder(5)).unwrap();
+    assert!(store.get("lm_head.weight").is_some());
+    assert!(store.get("model.layers.0.self_attn.q_proj.bias").is_some());
+    assert!(store.get("model.layers.0.self_attn.o_proj.bias").is_none());
+    let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
+    let input = decoder_input(1, 3, &[vec![true; 3]]);
+    gradcheck_all(&store, || {
+        let h = llm.forward(&llm.embed_tokens(&ids)?, &input, None, None)?;
+        random_projection(&llm.logits(&h)?, 7)
+    });
+}
+
+#[test]
+fn kv_cache_decoding_matches_full_forward() {
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let llm = Llama::new(&tiny_llama(), store.init_builder(6)).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 2, 7, 3, 9]], &Device::Cpu).unwrap();
+    let full = llm
+        .forward(&llm.embed_tokens(&ids).unwrap(), &decoder_input(1, 6, &[vec![true; 6]]), None, None)
+        .unwrap();
+    // Prefill 4 tokens, then decode 2 one at a time.
+    let mut cache = KvCache::new(2);
+    let prefix = ids.narrow(1, 0, 4).unwrap();
+    let mut outs = vec![llm
+        .forward(&llm.embed_tokens(&prefix).unwrap(), &decoder_input(1, 4, &[vec![true; 4]]), Some(&mut cache), None)
+        .unwrap()];
+    for p in 4..6 {
+        let tok = ids.narrow(1, p, 1).unwrap();
+        let input = DecoderInput {
+            positions: Tensor::new(&[[p as u32]], &Device::Cpu).unwrap(),
+            mask: ops::causal_mask(&[vec![true; p + 1]], p, 1, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap(),
+        };
+        outs.push(llm.forward(&llm.embed_tokens(&tok).unwrap(), &input, Some(&mut cache), None).unwrap());
+    }
+    assert_eq!(cache.len(), 6);
+    let stepwise = Tensor::cat(&outs, 1).unwrap();
+    let d = (full - stepwise).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
+}
+
+#[test]
+fn padding_does_not_change_real_positions() {
+    // Right padding with a key mask leaves the real tokens' states unchanged.
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let llm = Llama::new(&tiny_llama(), store.init_builder(7)).unwrap();
+    let short = Tensor::new(&[[1u32, 4, 2]], &Device::Cpu).unwrap();
+    let padded = Tensor::new(&[[1u32, 4, 2, 0, 0]], &Device::Cpu).unwrap();
+    let a = llm
+        .forward(&llm.embed_tokens(&short).unwrap(), &decoder_input(1, 3, &[vec![true; 3]]), None, None)
+        .unwrap();
+    let valid = vec![vec![true, true, true, false, false]];
+    let b = llm
+        .forward(&llm.embed_tokens(&padded).unwrap(), &decoder_input(1, 5, &valid), None, None)
+        .unwrap()
+        .narrow(1, 0, 3)
+        .unwrap();
+    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+}
+
+struct AddOne;
+impl DecoderHooks for AddOne {
+    fn before_layer(&self, layer: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        if layer == 1 {
+            hidden + 1.0
+        } else {
+            Ok(hidden.clone())
+        }
+    }
+}
+
+#[test]
+fn hooks_run_between_decoder_layers() {
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let llm = Llama::new(&tiny_llama(), store.init_builder(8)).unwrap();
+    let ids = Tensor::new(&[[1u32, 4, 2]], &Device::Cpu).unwrap();
+    let input = decoder_input(1, 3, &[vec![true; 3]]);
+    let plain = llm.forward(&llm.embed_tokens(&ids).unwrap(), &input, None, None).unwrap();
+    let hooked = llm.forward(&llm.embed_tokens(&ids).unwrap(), &input, None, Some(&AddOne)).unwrap();
+    let d = (plain - hooked).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    assert!(d.to_scalar::<f64>().unwrap() > 1e-3);
+}
+
+#[test]
+fn frozen_decoder_passes_gradients_to_its_input_without_weight_gradients() {
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    let frozen = store.builder(Missing::Initialize { seed: 9 }, Arc::new(|_| false));
+    let llm = Llama::new(&tiny_llama(), frozen).unwrap();
+    let x = Var::randn(0f32, 1.0, (1, 3, 8), &Device::Cpu).unwrap();
+    let input = DecoderInput {
+        positions: Tensor::new(&[[0u32, 1, 2]], &Device::Cpu).unwrap(),
+        mask: ops::causal_mask(&[vec![true; 3]], 0, 3, &Device::Cpu).unwrap(),
+    };
+    let h = llm.forward(x.as_tensor(), &input, None, None).unwrap();
+    let grads = h.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(x.as_tensor()).is_some());
+    for (name, var) in store.vars() {
+        assert!(grads.get(var.as_tensor()).is_none(), "frozen {name} got a gradient");
+    }
+    // No gradient was computed for any frozen weight either (candle's own matmul
+    // would have filled the store with one per weight): only the input's remains.
+    assert_eq!(grads.get_ids().count(), 1, "gradients were computed for frozen tensors");
+}

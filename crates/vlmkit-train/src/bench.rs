@@ -1,0 +1,194 @@
+//! `vlmkit bench`: where a training step's time goes — data, forward, backward,
+//! optimizer — as medians over measured steps, with throughput and peak memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Tensor, Var};
+use serde::Serialize;
+use vlmkit_core::params::{Missing, ParamStore};
+
+use crate::batch::BatchBuilder;
+use crate::optim::{global_grad_norm, AdamW, AdamWConfig};
+use crate::plan::Plan;
+use crate::source::Order;
+use crate::step::{forward_backward, Parallelism};
+use crate::trainer::{select_device, stage_trainable, worker_threads};
+use crate::TrainError;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Stage whose trainable set and batch size are used.
+    pub stage: usize,
+    pub warmup: usize,
+    pub steps: usize,
+    /// Overrides the stage's batch size.
+    pub batch_size: Option<usize>,
+}
+
+/// Medians (seconds) of each phase of a step.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub recipe: String,
+    pub device: String,
+    pub threads: usize,
+    pub batch_size: usize,
+    pub steps: usize,
+    pub trainable_params: usize,
+    pub frozen_params: usize,
+    pub data_s: f64,
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
+    pub step_s: f64,
+    pub samples_per_s: f64,
+    /// The trainer's step: the batch in length-sorted parts on worker threads.
+    pub workers: usize,
+    pub parts: usize,
+    pub sharded_step_s: f64,
+    pub sharded_samples_per_s: f64,
+    /// Peak resident memory of the process, when the platform reports it.
+    pub peak_rss_mib: Option<f64>,
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
+}
+
+/// Peak resident set size (Linux: `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Waits for pending device work (timing on asynchronous devices).
+fn sync(params: &[(String, Var)]) -> Result<(), TrainError> {
+    if let Some((_, v)) = params.first() {
+        let _ = v.as_tensor().flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    }
+    Ok(())
+}
+
+pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError> {
+    let recipe = &plan.recipe;
+    let stage = recipe
+        .stages
+        .get(opts.stage)
+        .ok_or_else(|| TrainError::Invalid(format!("the recipe has no stage {}", opts.stage)))?;
+    let device = select_device(&recipe.run.device)?;
+    let store = ParamStore::new(device.clone(), DType::F32);
+    let probe = plan.build(&store, Missing::Initialize { seed: recipe.run.seed }, Arc::new(|_| true), BTreeMap::new())?;
+    let unused = plan.unused_params(&probe);
+    drop(probe);
+    let trainable = stage_trainable(stage, &unused);
+    let vlm = plan.build(&store, Missing::Error, trainable.clone(), stage.losses.clone())?;
+    let params: Vec<(String, Var)> = store.vars().into_iter().filter(|(n, _)| trainable(n)).collect();
+    let trainable_params = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let frozen_params = store.count(|_| true) - trainable_params;
+    let mut opt = AdamW::new(
+        params.clone(),
+        AdamWConfig {
+            beta1: stage.betas[0],
+            beta2: stage.betas[1],
+            eps: stage.eps,
+            weight_decay: stage.weight_decay,
+        },
+    )?;
+    let source = plan.train_data(opts.stage)?.open()?;
+    let grid = plan.env.vision.grids[plan.env.layers[0]];
+    let builder = BatchBuilder {
+        collator: plan.collator(grid.0 * grid.1),
+        vision: plan.env.vision.clone(),
+        device: device.clone(),
+    };
+    let bs = opts.batch_size.unwrap_or(stage.batch_size);
+    let mut order = Order::new(source.len(), recipe.run.seed, &stage.name);
+    let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
+    let mut data = vec![];
+    let mut fwd = vec![];
+    let mut bwd = vec![];
+    let mut optim = vec![];
+    let mut total = vec![];
+    let mut sharded = vec![];
+    let mut position = 0u64;
+    let scale_for = |norm: f64| if norm > 1.0 { 1.0 / norm } else { 1.0 };
+    for i in 0..opts.warmup + opts.steps {
+        let t0 = Instant::now();
+        let examples = (0..bs as u64)
+            .map(|k| source.get(order.index(position + k)))
+            .collect::<Result<Vec<_>, _>>()?;
+        position += bs as u64;
+        let batch = builder.train(&examples)?;
+        // Serial baseline: the whole batch in one graph, ops on the intra-op pool.
+        let t1 = Instant::now();
+        let out = vlm.loss(&batch)?;
+        let objective = out
+            .objective(&vlm.loss_weights, 1.0, 1.0)?
+            .ok_or_else(|| TrainError::Invalid("every loss term has weight 0".into()))?;
+        // Force the forward to finish before timing (asynchronous devices).
+        let _ = objective.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let t2 = Instant::now();
+        let store = objective.backward()?;
+        let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+        for (name, var) in &params {
+            if let Some(g) = store.get(var.as_tensor()) {
+                grads.insert(name.clone(), g.clone());
+            }
+        }
+        drop(store);
+        let norm = global_grad_norm(&grads)?;
+        let t3 = Instant::now();
+        opt.step(&grads, stage.lr, scale_for(norm))?;
+        sync(&params)?;
+        let t4 = Instant::now();
+        // The trainer's step: length-sorted parts on worker threads.
+        let result = forward_backward(&vlm, &builder, &examples, &params, 1.0, parallelism)?;
+        let norm = global_grad_norm(&result.grads)?;
+        opt.step(&result.grads, stage.lr, scale_for(norm))?;
+        sync(&params)?;
+        let t5 = Instant::now();
+        if i >= opts.warmup {
+            data.push((t1 - t0).as_secs_f64());
+            fwd.push((t2 - t1).as_secs_f64());
+            bwd.push((t3 - t2).as_secs_f64());
+            optim.push((t4 - t3).as_secs_f64());
+            total.push((t4 - t0).as_secs_f64());
+            sharded.push((t5 - t4).as_secs_f64() + (t1 - t0).as_secs_f64());
+        }
+    }
+    let sharded_s = median(&mut sharded);
+    let step_s = median(&mut total);
+    Ok(BenchReport {
+        recipe: recipe.path().display().to_string(),
+        device: format!("{device:?}"),
+        threads: rayon::current_num_threads(),
+        batch_size: bs,
+        steps: opts.steps,
+        trainable_params,
+        frozen_params,
+        data_s: median(&mut data),
+        forward_s: median(&mut fwd),
+        backward_s: median(&mut bwd),
+        optimizer_s: median(&mut optim),
+        step_s,
+        samples_per_s: bs as f64 / step_s,
+        workers: parallelism.workers,
+        parts: parallelism.parts,
+        sharded_step_s: sharded_s,
+        sharded_samples_per_s: bs as f64 / sharded_s,
+        peak_rss_mib: peak_rss_mib(),
+    })
+}

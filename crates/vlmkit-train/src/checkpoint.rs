@@ -1,0 +1,301 @@
+//! Run directories and checkpoints.
+//!
+//! ```text
+//! runs/<name>/
+//!   recipe.toml            the resolved recipe the run was started with
+//!   metrics.jsonl          one record per logged step
+//!   loss.png               the loss curve (written at the end)
+//!   checkpoints/latest     name of the newest complete checkpoint
+//!   checkpoints/step-000500/{model,optimizer}.safetensors, state.json, recipe.toml, tokenizer.json
+//!   final/                 model.safetensors, state.json, recipe.toml, tokenizer.json
+//! ```
+//!
+//! A checkpoint directory is written under a temporary name, every file synced,
+//! then renamed into place, and only then does `latest` (itself replaced
+//! atomically) point at it: a crash at any moment leaves the previous checkpoint
+//! intact and findable.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+use vlmkit_core::fsutil::{sync_dir, write_atomic};
+use vlmkit_core::params::save_safetensors_atomic;
+
+use crate::TrainError;
+
+/// Where training stood when a checkpoint was written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken over the whole run.
+    pub global_step: u64,
+    /// Index of the stage in progress (or `stages.len()` when done).
+    pub stage: usize,
+    pub stage_name: String,
+    /// Optimizer steps taken in this stage.
+    pub stage_step: u64,
+    /// Examples consumed by this stage (its data position).
+    pub samples_seen: u64,
+    /// State of the trainer's random generator.
+    pub rng: [u64; 4],
+    /// Lines of `metrics.jsonl` that belong to the run up to here.
+    pub metrics_lines: u64,
+    pub vlmkit_version: String,
+}
+
+/// The files a checkpoint holds.
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "state.json";
+pub const RECIPE_FILE: &str = "recipe.toml";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// A run's directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn recipe(&self) -> PathBuf {
+        self.path.join(RECIPE_FILE)
+    }
+
+    pub fn metrics(&self) -> PathBuf {
+        self.path.join("metrics.jsonl")
+    }
+
+    pub fn checkpoints(&self) -> PathBuf {
+        self.path.join("checkpoints")
+    }
+
+    pub fn final_dir(&self) -> PathBuf {
+        self.path.join("final")
+    }
+
+    pub fn loss_plot(&self) -> PathBuf {
+        self.path.join("loss.png")
+    }
+
+    /// The newest complete checkpoint, if any.
+    pub fn latest(&self) -> Result<Option<PathBuf>, TrainError> {
+        let pointer = self.checkpoints().join("latest");
+        match std::fs::read_to_string(&pointer) {
+            Ok(name) => {
+                let dir = self.checkpoints().join(name.trim());
+                if dir.join(STATE_FILE).is_file() {
+                    Ok(Some(dir))
+                } else {
+                    Err(TrainError::Checkpoint(format!(
+                        "{} points at {}, which is not a complete checkpoint",
+                        pointer.display(),
+                        dir.display()
+                    )))
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&pointer)(e)),
+        }
+    }
+
+    /// Writes a checkpoint atomically and points `latest` at it; keeps the newest
+    /// `keep` checkpoints.
+    pub fn save_checkpoint(&self, contents: &CheckpointContents, keep: usize) -> Result<PathBuf, TrainError> {
+        let root = self.checkpoints();
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let name = format!("step-{:06}", contents.state.global_step);
+        let dir = write_dir_atomic(&root, &name, contents)?;
+        write_atomic(&root.join("latest"), name.as_bytes()).map_err(io(&root))?;
+        self.prune(keep.max(1), &name)?;
+        Ok(dir)
+    }
+
+    /// Writes the final model (no optimizer state) atomically.
+    pub fn save_final(&self, contents: &CheckpointContents) -> Result<PathBuf, TrainError> {
+        let final_contents = CheckpointContents {
+            optimizer: BTreeMap::new(),
+            ..contents.clone()
+        };
+        write_dir_atomic(&self.path, "final", &final_contents)
+    }
+
+    fn prune(&self, keep: usize, newest: &str) -> Result<(), TrainError> {
+        let root = self.checkpoints();
+        let mut names: Vec<String> = std::fs::read_dir(&root)
+            .map_err(io(&root))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        names.sort();
+        let excess = names.len().saturating_sub(keep);
+        for name in names.into_iter().take(excess) {
+            if name != newest {
+                let path = root.join(&name);
+                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What goes into a checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct CheckpointContents {
+    pub model: BTreeMap<String, Tensor>,
+    pub optimizer: BTreeMap<String, Tensor>,
+    pub state: TrainState,
+    pub recipe_toml: String,
+    pub tokenizer_json: String,
+}
+
+fn write_dir_atomic(parent: &Path, name: &str, c: &CheckpointContents) -> Result<PathBuf, TrainError> {
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let meta = |kind: &str| {
+        let mut m = std::collections::HashMap::new();
+        m.insert("format".to_string(), "pt".to_string());
+        m.insert("vlmkit".to_string(), kind.to_string());
+        Some(m)
+    };
+    save_safetensors_atomic(&c.model, meta("model"), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
+    if !c.optimizer.is_empty() {
+        save_safetensors_atomic(&c.optimizer, meta("optimizer"), &tmp.join(OPTIMIZER_FILE)).map_err(io(&tmp))?;
+    }
+    let state = serde_json::to_string_pretty(&c.state).expect("state serialises");
+    write_atomic(&tmp.join(STATE_FILE), state.as_bytes()).map_err(io(&tmp))?;
+    write_atomic(&tmp.join(RECIPE_FILE), c.recipe_toml.as_bytes()).map_err(io(&tmp))?;
+    write_atomic(&tmp.join(TOKENIZER_FILE), c.tokenizer_json.as_bytes()).map_err(io(&tmp))?;
+    let dir = parent.join(name);
+    if dir.exists() {
+        // Replacing an existing directory cannot be one rename: move it aside first.
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(&dir, &old).map_err(io(&dir))?;
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    }
+    sync_dir(Some(parent)).map_err(io(parent))?;
+    Ok(dir)
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct LoadedCheckpoint {
+    pub dir: PathBuf,
+    pub model: BTreeMap<String, Tensor>,
+    pub optimizer: BTreeMap<String, Tensor>,
+    pub state: TrainState,
+    pub recipe_toml: String,
+    pub tokenizer_json: String,
+}
+
+/// Reads a checkpoint (or `final`) directory; a missing or corrupt file is refused
+/// with the reason.
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
+    let read = |name: &str| -> Result<String, TrainError> {
+        let p = dir.join(name);
+        std::fs::read_to_string(&p).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
+    };
+    let tensors = |name: &str, required: bool| -> Result<BTreeMap<String, Tensor>, TrainError> {
+        let p = dir.join(name);
+        if !p.exists() && !required {
+            return Ok(BTreeMap::new());
+        }
+        let map = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: not a readable safetensors file: {e}", p.display())))?;
+        Ok(map.into_iter().collect())
+    };
+    let state: TrainState = serde_json::from_str(&read(STATE_FILE)?)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.join(STATE_FILE).display())))?;
+    Ok(LoadedCheckpoint {
+        dir: dir.to_path_buf(),
+        model: tensors(MODEL_FILE, true)?,
+        optimizer: tensors(OPTIMIZER_FILE, false)?,
+        state,
+        recipe_toml: read(RECIPE_FILE)?,
+        tokenizer_json: read(TOKENIZER_FILE)?,
+    })
+}
+
+/// Resolves what a user names for evaluation: a checkpoint directory, or a run
+/// directory (its `final`, else its newest checkpoint).
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+    if path.join(STATE_FILE).is_file() && path.join(MODEL_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let run = RunDir::new(path);
+    if run.final_dir().join(STATE_FILE).is_file() {
+        return Ok(run.final_dir());
+    }
+    if let Some(latest) = run.latest()? {
+        return Ok(latest);
+    }
+    Err(TrainError::Checkpoint(format!(
+        "{} is neither a checkpoint (no {MODEL_FILE} + {STATE_FILE}) nor a run directory with one",
+        path.display()
+    )))
+}
+
+/// A trained model read back for evaluation or inference.
+pub struct LoadedModel {
+    pub plan: crate::Plan,
+    pub vlm: vlmkit_core::Vlm,
+    pub dir: PathBuf,
+    pub state: TrainState,
+}
+
+/// Loads a checkpoint (or a run's final model): its resolved recipe and tokenizer,
+/// then every weight — a weight the model expects but the file lacks, or one the
+/// model does not know, is an error naming it.
+pub fn load_model(path: &Path, registry: &vlmkit_plugin::Registry, device: Option<&str>) -> Result<LoadedModel, TrainError> {
+    use std::sync::Arc;
+    use vlmkit_core::params::{Missing, ParamStore};
+
+    let dir = resolve_checkpoint(path)?;
+    let ck = load_checkpoint(&dir)?;
+    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str(&ck.recipe_toml, &dir.join(RECIPE_FILE))?;
+    if let Some(d) = device {
+        recipe.run.device = d.to_string();
+    }
+    let tokenizer = vlmkit_data::TextTokenizer::from_json(&ck.tokenizer_json)?;
+    let plan = crate::Plan::new(recipe, registry, Some(tokenizer))?;
+    let device = crate::trainer::select_device(&plan.recipe.run.device)?;
+    let store = ParamStore::new(device, candle_core::DType::F32);
+    store.insert_tensors(ck.model)?;
+    store.begin_build();
+    let vlm = plan
+        .build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.join(MODEL_FILE).display())))?;
+    let unexpected = store.unrequested();
+    if !unexpected.is_empty() {
+        return Err(TrainError::Checkpoint(format!(
+            "{}: {} weight(s) the model does not use, e.g. {}",
+            dir.join(MODEL_FILE).display(),
+            unexpected.len(),
+            unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+        )));
+    }
+    Ok(LoadedModel {
+        plan,
+        vlm,
+        dir,
+        state: ck.state,
+    })
+}

@@ -1,0 +1,298 @@
+//! From a recipe to a validated plan: every component parsed, the connector's needs
+//! checked against the encoder, the tokenizer fixed — before any tensor exists.
+//! Every problem comes back as a [`RecipeError`] naming the file, line and key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::Result as TensorResult;
+use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_core::{ConnectorNeeds, Placement, Vlm};
+use vlmkit_data::{ChatTemplate, Collator, TextTokenizer};
+use vlmkit_models::{LlmSpec, VisionSpec};
+use vlmkit_plugin::{ConnectorEnv, Registered, Registry};
+use vlmkit_recipe::{Recipe, RecipeError, Settings};
+
+use crate::source::{eval_spec, train_spec, DataSpec};
+
+/// Loss terms the host computes itself (connectors may add their own).
+pub const HOST_LOSSES: &[&str] = &["lm"];
+
+/// Everything a run needs to know, validated.
+#[derive(Clone)]
+pub struct Plan {
+    pub recipe: Recipe,
+    pub vision: VisionSpec,
+    pub llm: LlmSpec,
+    pub connector: Registered,
+    /// The `[connector]` section without `kind`.
+    pub connector_settings: Settings,
+    pub needs: ConnectorNeeds,
+    pub env: ConnectorEnv,
+    pub tokenizer: Arc<TextTokenizer>,
+    pub template: ChatTemplate,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("connector", &self.connector.factory.kind())
+            .field("layers", &self.env.layers)
+            .finish()
+    }
+}
+
+impl Plan {
+    /// Validates `recipe`. `tokenizer` is the one a checkpoint saved (evaluation and
+    /// resume must use exactly that one); `None` builds it from the recipe.
+    pub fn new(recipe: Recipe, registry: &Registry, tokenizer: Option<TextTokenizer>) -> Result<Self, RecipeError> {
+        let vision = VisionSpec::from_settings(&recipe.section("vision")).map_err(|e| recipe.error_for(e))?;
+        let llm_settings = recipe.section("llm");
+        let mut llm = LlmSpec::from_settings(&llm_settings).map_err(|e| recipe.error_for(e))?;
+
+        let conn_section = recipe.section("connector");
+        let kind = conn_section
+            .get_str("kind")
+            .map_err(|e| recipe.error_for(e))?
+            .ok_or_else(|| recipe.error_at("connector.kind", "missing: which connector (e.g. \"mlp\")"))?;
+        let connector = registry.get(kind).cloned().ok_or_else(|| {
+            let known: Vec<&str> = registry.kinds().collect();
+            recipe.error_at(
+                "connector.kind",
+                format!("unknown connector `{kind}` (known: {})", known.join(", ")),
+            )
+        })?;
+        let connector_settings = conn_section.without(&["kind"]);
+        let info = vision.info();
+        let needs = connector
+            .factory
+            .needs(&connector_settings, &info)
+            .map_err(|e| recipe.error_for(e))?;
+
+        // The hidden states the connector receives: the recipe's choice, or the
+        // connector's default.
+        let layer_key = "vision.layers";
+        let requested = vision.layers.clone().unwrap_or_else(|| needs.default_layers.clone());
+        let mut layers = Vec::with_capacity(requested.len());
+        for &l in &requested {
+            let abs = info.resolve(l).map_err(|e| recipe.error_at(layer_key, e.to_string()))?;
+            if layers.contains(&abs) {
+                return Err(recipe.error_at(layer_key, format!("hs[{l}] (= hs[{abs}]) is selected twice")));
+            }
+            layers.push(abs);
+        }
+        if needs.equal_layer_shapes {
+            let first = layers[0];
+            for &l in &layers[1..] {
+                if info.widths[l] != info.widths[first] || info.grids[l] != info.grids[first] {
+                    return Err(recipe.error_at(
+                        layer_key,
+                        format!(
+                            "connector `{kind}` needs every selected layer to have the same shape, but hs[{first}] is {}×{:?} and hs[{l}] is {}×{:?}",
+                            info.widths[first], info.grids[first], info.widths[l], info.grids[l]
+                        ),
+                    ));
+                }
+            }
+        }
+        if needs.reads_cls && !info.has_cls {
+            return Err(recipe.error_at(
+                "connector.kind",
+                format!("connector `{kind}` reads the class token, but vision encoder `{}` has none", vision.kind),
+            ));
+        }
+
+        let tokenizer = match tokenizer {
+            Some(t) => t,
+            None => build_tokenizer(&recipe, &llm)?,
+        };
+        llm.fit_vocab(tokenizer.vocab_size(), &llm_settings)
+            .map_err(|e| recipe.error_for(e))?;
+        let template = ChatTemplate::from_name(&llm.chat_template, llm.system_prompt.as_deref())
+            .map_err(|e| recipe.error_at("llm.chat_template", e.to_string()))?;
+
+        let env = ConnectorEnv {
+            vision: info,
+            layers,
+            llm_hidden: llm.config.hidden_size,
+            text_hidden: llm.config.hidden_size,
+        };
+        connector
+            .factory
+            .check(&connector_settings, &env)
+            .map_err(|e| recipe.error_for(e))?;
+
+        for (i, stage) in recipe.stages.iter().enumerate() {
+            for name in stage.losses.keys() {
+                let known = HOST_LOSSES.contains(&name.as_str()) || needs.aux_losses.iter().any(|a| a == name);
+                if !known {
+                    let mut all: Vec<String> = HOST_LOSSES.iter().map(|s| s.to_string()).collect();
+                    all.extend(needs.aux_losses.iter().cloned());
+                    return Err(recipe.error_at(
+                        &format!("stage.{i}.losses.{name}"),
+                        format!(
+                            "unknown loss `{name}` for connector `{kind}` (available: {})",
+                            all.join(", ")
+                        ),
+                    ));
+                }
+            }
+            train_spec(&recipe, i)?;
+        }
+        eval_spec(&recipe)?;
+
+        Ok(Self {
+            recipe,
+            vision,
+            llm,
+            connector,
+            connector_settings,
+            needs,
+            env,
+            tokenizer: Arc::new(tokenizer),
+            template,
+        })
+    }
+
+    /// Builds the model over `store`: parameters it lacks are initialised from the
+    /// recipe seed (`Missing::Initialize`) or refused (`Missing::Error`);
+    /// `trainable(name)` decides which ones take part in the autograd graph.
+    pub fn build(
+        &self,
+        store: &ParamStore,
+        missing: Missing,
+        trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+        loss_weights: BTreeMap<String, f64>,
+    ) -> TensorResult<Vlm> {
+        self.build_with(store.builder(missing, trainable), store.device().clone(), loss_weights)
+    }
+
+    /// Builds the model from any `VarBuilder` (e.g. a [`vlmkit_core::params::ShapeRecorder`]).
+    pub fn build_with(
+        &self,
+        root: candle_nn::VarBuilder<'static>,
+        device: candle_core::Device,
+        loss_weights: BTreeMap<String, f64>,
+    ) -> TensorResult<Vlm> {
+        let vision = self.vision.build(root.pp("vision"))?;
+        let llm = self.llm.build(root.pp("llm"))?;
+        let connector = self
+            .connector
+            .factory
+            .build(&self.connector_settings, &self.env, root.pp("connector"))
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        Ok(Vlm {
+            vision,
+            connector,
+            llm,
+            layers: self.env.layers.clone(),
+            needs: self.needs.clone(),
+            loss_weights,
+            device,
+        })
+    }
+
+    /// Number of visual tokens a prefix connector places in the sequence (measured
+    /// lazily by the caller when it is not simply the patch count).
+    pub fn text_budget(&self, visual_tokens: usize) -> usize {
+        let max = self.llm.config.max_position_embeddings;
+        match self.needs.placement {
+            Placement::Prefix => max.saturating_sub(visual_tokens.saturating_sub(1)),
+            Placement::Interleaved => max,
+        }
+    }
+
+    pub fn collator(&self, visual_tokens: usize) -> Collator {
+        Collator {
+            tokenizer: self.tokenizer.clone(),
+            template: self.template.clone(),
+            max_text_len: self.text_budget(visual_tokens),
+        }
+    }
+
+    /// Prefixes (relative to the whole model) of parameters that can receive no
+    /// gradient with this layer selection.
+    pub fn unused_params(&self, vlm: &Vlm) -> Vec<String> {
+        vlm.vision
+            .unused_params(&self.env.layers)
+            .into_iter()
+            .map(|p| format!("vision.{p}"))
+            .collect()
+    }
+
+    pub fn train_data(&self, stage: usize) -> Result<DataSpec, RecipeError> {
+        train_spec(&self.recipe, stage)
+    }
+
+    pub fn eval_data(&self) -> Result<DataSpec, RecipeError> {
+        eval_spec(&self.recipe)
+    }
+}
+
+/// The tokenizer the recipe names: `"builtin"` (word level over the data's
+/// vocabulary) or a `tokenizer.json` path.
+fn build_tokenizer(recipe: &Recipe, llm: &LlmSpec) -> Result<TextTokenizer, RecipeError> {
+    if llm.tokenizer == "builtin" {
+        let mut words = Vec::new();
+        let mut specs = Vec::new();
+        for i in 0..recipe.stages.len() {
+            specs.push(train_spec(recipe, i)?);
+        }
+        specs.push(eval_spec(recipe)?);
+        for spec in &specs {
+            let vocab = spec
+                .vocabulary()
+                .map_err(|e| recipe.error_at("data", e.to_string()))?;
+            for w in vocab {
+                if !words.contains(&w) {
+                    words.push(w);
+                }
+            }
+        }
+        TextTokenizer::builtin(&words).map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
+    } else {
+        let path = recipe
+            .path_value("llm.tokenizer")
+            .unwrap_or_else(|| llm.tokenizer.clone().into());
+        TextTokenizer::from_file(&path).map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
+    }
+}
+
+/// Whether parameter `name` is selected by a stage's `trainable` pattern: dotted
+/// components, `*` matching any one component, the pattern matching a prefix of
+/// the name. `vision.blocks.N` and `llm.blocks.N` are shorthands for the encoder's
+/// and decoder's N-th block.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let expanded = expand_pattern(pattern);
+    let pat: Vec<&str> = expanded.split('.').collect();
+    let parts: Vec<&str> = name.split('.').collect();
+    pat.len() <= parts.len() && pat.iter().zip(&parts).all(|(p, n)| *p == "*" || p == n)
+}
+
+fn expand_pattern(pattern: &str) -> String {
+    if let Some(rest) = pattern.strip_prefix("vision.blocks") {
+        format!("vision.vision_model.encoder.layers{rest}")
+    } else if let Some(rest) = pattern.strip_prefix("llm.blocks") {
+        format!("llm.model.layers{rest}")
+    } else {
+        pattern.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_prefixes_wildcards_and_aliases() {
+        let n = "vision.vision_model.encoder.layers.3.mlp.fc1.weight";
+        assert!(pattern_matches("vision", n));
+        assert!(pattern_matches("vision.blocks.3", n));
+        assert!(!pattern_matches("vision.blocks.30", n));
+        assert!(!pattern_matches("vision.blocks.2", n));
+        assert!(pattern_matches("vision.*.encoder.layers.3.mlp", n));
+        assert!(!pattern_matches("visio", n));
+        assert!(pattern_matches("llm.blocks.0", "llm.model.layers.0.self_attn.q_proj.weight"));
+        assert!(pattern_matches("connector", "connector.proj.0.weight"));
+    }
+}

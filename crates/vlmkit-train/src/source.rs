@@ -1,0 +1,220 @@
+//! Data sources named by `[data.train]` / `[data.eval]`: the built-in shapes world
+//! or LLaVA conversation JSON, behind one trait, and the order they are read in.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use vlmkit_core::rng::Rng;
+use vlmkit_data::shapes::{vocabulary, ShapesConfig, ShapesDataset, Split};
+use vlmkit_data::{DataError, Example, LlavaDataset};
+use vlmkit_recipe::{Recipe, RecipeError, Settings, SettingsError};
+
+/// Something that yields examples by index.
+pub trait ExampleSource: Send + Sync {
+    /// Number of examples in one epoch.
+    fn len(&self) -> u64;
+    fn get(&self, index: u64) -> Result<Example, DataError>;
+    /// A short description for logs ("shapes/train (100000)").
+    fn describe(&self) -> String;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ExampleSource for ShapesDataset {
+    fn len(&self) -> u64 {
+        ShapesDataset::len(self)
+    }
+
+    fn get(&self, index: u64) -> Result<Example, DataError> {
+        Ok(ShapesDataset::get(self, index).to_example())
+    }
+
+    fn describe(&self) -> String {
+        format!("shapes/{} ({} samples)", self.split(), ShapesDataset::len(self))
+    }
+}
+
+impl ExampleSource for LlavaDataset {
+    fn len(&self) -> u64 {
+        LlavaDataset::len(self) as u64
+    }
+
+    fn get(&self, index: u64) -> Result<Example, DataError> {
+        LlavaDataset::get(self, index as usize)
+    }
+
+    fn describe(&self) -> String {
+        format!("llava {} ({} records)", self.json_path().display(), LlavaDataset::len(self))
+    }
+}
+
+/// A parsed data section.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSpec {
+    Shapes { config: ShapesConfig, split: Split },
+    Llava { json: PathBuf, images: Option<PathBuf> },
+}
+
+/// Data kinds this build knows.
+pub const DATA_KINDS: &[&str] = &["shapes", "llava"];
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LlavaSettings {
+    json: String,
+    #[serde(default)]
+    images: Option<String>,
+}
+
+impl DataSpec {
+    /// Parses `settings` (a `[data.*]` table); `split` says which shapes split it
+    /// reads. Paths are resolved by `recipe` relative to the file that set them.
+    pub fn from_settings(settings: &Settings, split: Split, recipe: &Recipe) -> Result<Self, SettingsError> {
+        let kind = settings
+            .get_str("kind")?
+            .ok_or_else(|| settings.error("kind", "missing: \"shapes\" or \"llava\""))?;
+        match kind {
+            "shapes" => {
+                let config: ShapesConfig = settings.without(&["kind"]).parse()?;
+                config.validate().map_err(|e| shapes_error(settings, e))?;
+                Ok(Self::Shapes { config, split })
+            }
+            "llava" => {
+                let cfg: LlavaSettings = settings.without(&["kind"]).parse()?;
+                let resolve = |key: &str, raw: &str| {
+                    recipe
+                        .path_value(&settings.key(key))
+                        .unwrap_or_else(|| PathBuf::from(raw))
+                };
+                Ok(Self::Llava {
+                    json: resolve("json", &cfg.json),
+                    images: cfg.images.as_deref().map(|raw| resolve("images", raw)),
+                })
+            }
+            other => Err(settings.error(
+                "kind",
+                format!("unknown data kind `{other}` (known: {})", DATA_KINDS.join(", ")),
+            )),
+        }
+    }
+
+    /// Opens the source. LLaVA files are read and checked here.
+    pub fn open(&self) -> Result<Box<dyn ExampleSource>, DataError> {
+        Ok(match self {
+            Self::Shapes { config, split } => Box::new(ShapesDataset::new(config.clone(), *split)?),
+            Self::Llava { json, images } => Box::new(LlavaDataset::open(json, images.clone())?),
+        })
+    }
+
+    /// Every word the source's text can contain (for the built-in word-level
+    /// tokenizer), in a stable order.
+    pub fn vocabulary(&self) -> Result<Vec<String>, DataError> {
+        match self {
+            Self::Shapes { config, .. } => Ok(vocabulary(config)),
+            Self::Llava { json, images } => {
+                let ds = LlavaDataset::open(json, images.clone())?;
+                let mut words = BTreeSet::new();
+                for record in ds.records() {
+                    for turn in &record.conversations {
+                        words.extend(vlmkit_data::shapes::split_words(&turn.value));
+                    }
+                }
+                words.remove(vlmkit_data::IMAGE_TOKEN);
+                Ok(words.into_iter().collect())
+            }
+        }
+    }
+}
+
+fn shapes_error(settings: &Settings, err: vlmkit_data::shapes::ShapesConfigError) -> SettingsError {
+    use vlmkit_data::shapes::ShapesConfigError as E;
+    let field = match &err {
+        E::UnknownName { field, .. } | E::Invalid { field, .. } => *field,
+    };
+    settings.error(field, err.to_string())
+}
+
+/// The eval data: `[data.eval]` over `[data.train]` when both are shapes (so the
+/// eval split draws from the same world), else `[data.eval]` alone.
+pub fn eval_settings(recipe: &Recipe) -> Settings {
+    let train = recipe.data_section("train");
+    let eval = recipe.data_section("eval");
+    if train.get_str("kind").ok().flatten() == Some("shapes") && eval.get_str("kind").ok().flatten() == Some("shapes") {
+        let mut table = train.table().clone();
+        // The eval split asks every scored family unless it says otherwise.
+        table.remove("families");
+        table.remove("samples");
+        for (k, v) in eval.table() {
+            table.insert(k.clone(), v.clone());
+        }
+        Settings::new("data.eval", table)
+    } else {
+        eval
+    }
+}
+
+/// Parses and opens the training data of stage `stage` (with its overrides).
+pub fn train_spec(recipe: &Recipe, stage: usize) -> Result<DataSpec, RecipeError> {
+    DataSpec::from_settings(&recipe.stage_data(stage), Split::Train, recipe).map_err(|e| recipe.error_for(e))
+}
+
+/// Parses the eval data section.
+pub fn eval_spec(recipe: &Recipe) -> Result<DataSpec, RecipeError> {
+    DataSpec::from_settings(&eval_settings(recipe), Split::Eval, recipe).map_err(|e| recipe.error_for(e))
+}
+
+/// The order a stage reads its source in: epoch `e` is a permutation drawn from a
+/// stream keyed by the seed, the stage and `e`. Stateless: position `p` maps to the
+/// same example whether or not the run was interrupted before it.
+#[derive(Debug, Clone)]
+pub struct Order {
+    len: u64,
+    seed: u64,
+    stage: String,
+    epoch: Option<u64>,
+    perm: Vec<u64>,
+}
+
+impl Order {
+    pub fn new(len: u64, seed: u64, stage: &str) -> Self {
+        Self {
+            len,
+            seed,
+            stage: stage.to_string(),
+            epoch: None,
+            perm: Vec::new(),
+        }
+    }
+
+    /// The example index at stage-relative position `position`.
+    pub fn index(&mut self, position: u64) -> u64 {
+        let epoch = position / self.len;
+        if self.epoch != Some(epoch) {
+            let mut rng = Rng::stream(self.seed, &format!("data/{}/epoch/{epoch}", self.stage));
+            self.perm = (0..self.len).collect();
+            rng.shuffle(&mut self.perm);
+            self.epoch = Some(epoch);
+        }
+        self.perm[(position % self.len) as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_a_permutation_per_epoch_and_reproducible() {
+        let mut a = Order::new(10, 3, "s");
+        let first: Vec<u64> = (0..10).map(|p| a.index(p)).collect();
+        let mut sorted = first.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..10).collect::<Vec<_>>());
+        let second: Vec<u64> = (10..20).map(|p| a.index(p)).collect();
+        assert_ne!(first, second);
+        let mut b = Order::new(10, 3, "s");
+        assert_eq!(b.index(13), second[3]);
+        assert_eq!(b.index(2), first[2]);
+    }
+}

@@ -1,0 +1,577 @@
+//! The stage loop: build the model with the stage's trainable set, read the stage's
+//! data in its seeded order, accumulate gradients, clip, step AdamW, log, and
+//! checkpoint — resuming exactly where a previous process stopped.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_core::rng::Rng;
+use vlmkit_plot::{LinePlot, Series};
+use vlmkit_recipe::StageConfig;
+
+use crate::batch::BatchBuilder;
+use crate::checkpoint::{load_checkpoint, CheckpointContents, RunDir, TrainState};
+use crate::optim::{global_grad_norm, learning_rate, AdamW, AdamWConfig};
+use crate::plan::{pattern_matches, Plan};
+use crate::source::Order;
+use crate::step::{forward_backward, Parallelism};
+use crate::TrainError;
+
+/// What happened in one optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepRecord {
+    pub global_step: u64,
+    pub stage: String,
+    pub stage_step: u64,
+    pub stage_steps: u64,
+    /// Weighted total loss (mean over micro-batches).
+    pub loss: f64,
+    /// Each loss term (unweighted).
+    pub terms: BTreeMap<String, f64>,
+    pub lr: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub samples: usize,
+    pub seconds: f64,
+}
+
+/// Receives progress from [`train`] (progress bars, logs, tests).
+pub trait Observer {
+    fn stage_started(&mut self, index: usize, stage: &StageConfig, total_steps: u64, start_step: u64, data: &str) {
+        let _ = (index, stage, total_steps, start_step, data);
+    }
+    fn step(&mut self, record: &StepRecord) {
+        let _ = record;
+    }
+    fn checkpoint(&mut self, dir: &Path) {
+        let _ = dir;
+    }
+    fn stage_finished(&mut self, index: usize) {
+        let _ = index;
+    }
+    fn message(&mut self, text: &str) {
+        let _ = text;
+    }
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// How a run ended.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub run_dir: PathBuf,
+    pub final_dir: PathBuf,
+    pub global_step: u64,
+    /// The step a previous process had reached, when this one resumed.
+    pub resumed_from: Option<u64>,
+    pub last_loss: Option<f64>,
+    pub seconds: f64,
+    /// The run directory already held a finished run; nothing was trained.
+    pub already_complete: bool,
+}
+
+/// One line of `metrics.jsonl`: means over a logging window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRecord {
+    pub step: u64,
+    pub stage: String,
+    pub stage_step: u64,
+    pub loss: f64,
+    pub terms: BTreeMap<String, f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: usize,
+    pub samples_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Default)]
+struct Window {
+    steps: u64,
+    loss: f64,
+    terms: BTreeMap<String, f64>,
+    grad_norm: f64,
+    tokens: usize,
+    samples: usize,
+    seconds: f64,
+    last: Option<StepRecord>,
+}
+
+impl Window {
+    fn add(&mut self, r: &StepRecord) {
+        self.steps += 1;
+        self.loss += r.loss;
+        for (k, v) in &r.terms {
+            *self.terms.entry(k.clone()).or_default() += v;
+        }
+        self.grad_norm += r.grad_norm;
+        self.tokens += r.tokens;
+        self.samples += r.samples;
+        self.seconds += r.seconds;
+        self.last = Some(r.clone());
+    }
+
+    fn take(&mut self, elapsed: f64) -> Option<MetricsRecord> {
+        let last = self.last.take()?;
+        let n = self.steps as f64;
+        let record = MetricsRecord {
+            step: last.global_step,
+            stage: last.stage,
+            stage_step: last.stage_step,
+            loss: self.loss / n,
+            terms: self.terms.iter().map(|(k, v)| (k.clone(), v / n)).collect(),
+            lr: last.lr,
+            grad_norm: self.grad_norm / n,
+            tokens: self.tokens,
+            samples_per_s: self.samples as f64 / self.seconds.max(1e-9),
+            elapsed_s: elapsed,
+        };
+        *self = Window::default();
+        Some(record)
+    }
+}
+
+/// Appends to `metrics.jsonl`, counting lines so a checkpoint can record where the
+/// run stood (a resumed run cuts the file back to that line).
+struct MetricsLog {
+    path: PathBuf,
+    file: std::fs::File,
+    lines: u64,
+}
+
+impl MetricsLog {
+    fn open(path: &Path, keep_lines: Option<u64>) -> Result<Self, TrainError> {
+        let io = |source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut lines = 0;
+        match keep_lines {
+            Some(keep) => {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                let kept: Vec<&str> = text.lines().take(keep as usize).collect();
+                lines = kept.len() as u64;
+                let mut body = kept.join("\n");
+                if !body.is_empty() {
+                    body.push('\n');
+                }
+                vlmkit_core::fsutil::write_atomic(path, body.as_bytes()).map_err(io)?;
+            }
+            None => std::fs::write(path, b"").map_err(io)?,
+        }
+        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            lines,
+        })
+    }
+
+    fn write(&mut self, record: &MetricsRecord) -> Result<(), TrainError> {
+        let line = serde_json::to_string(record).expect("metrics serialise");
+        writeln!(self.file, "{line}").map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.lines += 1;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), TrainError> {
+        self.file.sync_all().map_err(|source| TrainError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// Reads `metrics.jsonl`.
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
+    let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| TrainError::Invalid(format!("{}: line {}: {e}", path.display(), i + 1)))
+        })
+        .collect()
+}
+
+/// Draws the loss curve of a run (one series per loss term when there are several).
+pub fn plot_losses(metrics: &[MetricsRecord], title: &str, out: &Path) -> Result<(), TrainError> {
+    let mut plot = LinePlot::new(title).x_label("step").y_label("loss");
+    let pts = |f: &dyn Fn(&MetricsRecord) -> Option<f64>| -> Vec<(f64, f64)> {
+        metrics.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
+    };
+    let window = (metrics.len() / 25).max(1);
+    plot.add_series(Series::new("loss", pts(&|m| Some(m.loss))).smoothed(window));
+    let term_names: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.terms.keys()).collect();
+    if term_names.len() > 1 {
+        for name in term_names {
+            plot.add_series(Series::new(name.clone(), pts(&|m| m.terms.get(name).copied())).smoothed(window));
+        }
+    }
+    plot.save_png(out, 900, 520)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", out.display())))
+}
+
+/// The device a recipe asks for (`auto` takes a GPU when the build has one).
+pub fn select_device(name: &str) -> Result<Device, TrainError> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => {
+            let ordinal = match other.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| TrainError::Invalid(format!("unknown device `{other}`")))?,
+                None => return Err(TrainError::Invalid(format!("unknown device `{other}`"))),
+            };
+            Device::new_cuda(ordinal).map_err(|e| {
+                TrainError::Invalid(format!(
+                    "device `{other}` is not available ({e}); this build may lack the `cuda` feature"
+                ))
+            })
+        }
+    }
+}
+
+/// Trainable-parameter predicate of a stage: its patterns, minus parameters that
+/// cannot receive a gradient with this layer selection.
+pub fn stage_trainable(stage: &StageConfig, unused: &[String]) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+    let patterns = stage.trainable.clone();
+    let unused = unused.to_vec();
+    Arc::new(move |name: &str| {
+        patterns.iter().any(|p| pattern_matches(p, name)) && !unused.iter().any(|u| name.starts_with(u.as_str()))
+    })
+}
+
+/// Worker threads for `run.threads` (0 = every core).
+pub fn worker_threads(threads: usize) -> usize {
+    if threads > 0 {
+        threads
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
+}
+
+fn stage_steps(stage: &StageConfig, len: u64) -> u64 {
+    match (stage.steps, stage.epochs) {
+        (Some(s), _) => s,
+        (None, Some(e)) => {
+            let per_step = (stage.batch_size * stage.grad_accum) as f64;
+            ((e * len as f64) / per_step).ceil().max(1.0) as u64
+        }
+        (None, None) => 1,
+    }
+}
+
+/// Trains `plan` into `run`, resuming from its newest checkpoint if it has one.
+pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<TrainSummary, TrainError> {
+    let started = Instant::now();
+    let recipe = &plan.recipe;
+    let recipe_toml = recipe.to_toml_string();
+    std::fs::create_dir_all(&run.path).map_err(|source| TrainError::Io {
+        path: run.path.clone(),
+        source,
+    })?;
+    if run.final_dir().join(crate::checkpoint::STATE_FILE).is_file() {
+        return Ok(TrainSummary {
+            run_dir: run.path.clone(),
+            final_dir: run.final_dir(),
+            global_step: load_checkpoint(&run.final_dir())?.state.global_step,
+            resumed_from: None,
+            last_loss: None,
+            seconds: 0.0,
+            already_complete: true,
+        });
+    }
+    let device = select_device(&recipe.run.device)?;
+    let store = ParamStore::new(device.clone(), DType::F32);
+    let seed = recipe.run.seed;
+
+    let latest = run.latest()?;
+    let (mut state, mut optimizer_state, resumed_from, metrics_keep) = match &latest {
+        Some(dir) => {
+            let ck = load_checkpoint(dir)?;
+            if ck.recipe_toml != recipe_toml {
+                return Err(TrainError::Invalid(format!(
+                    "{} holds a run of a different recipe (compare {} with this one); train into another directory with --out",
+                    run.path.display(),
+                    run.recipe().display()
+                )));
+            }
+            store.insert_tensors(ck.model)?;
+            observer.message(&format!(
+                "resuming from {} (step {})",
+                dir.display(),
+                ck.state.global_step
+            ));
+            let keep = ck.state.metrics_lines;
+            let step = ck.state.global_step;
+            (ck.state, Some(ck.optimizer), Some(step), Some(keep))
+        }
+        None => {
+            vlmkit_core::fsutil::write_atomic(&run.recipe(), recipe_toml.as_bytes()).map_err(|source| {
+                TrainError::Io {
+                    path: run.recipe(),
+                    source,
+                }
+            })?;
+            let state = TrainState {
+                global_step: 0,
+                stage: 0,
+                stage_name: recipe.stages[0].name.clone(),
+                stage_step: 0,
+                samples_seen: 0,
+                rng: Rng::new(seed).state(),
+                metrics_lines: 0,
+                vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
+            };
+            (state, None, None, None)
+        }
+    };
+    let mut metrics = MetricsLog::open(&run.metrics(), metrics_keep)?;
+    let rng = Rng::from_state(state.rng);
+
+    // Create every parameter (fresh runs: from the seed) and find those that can
+    // receive no gradient with this layer selection.
+    let missing = if latest.is_some() { Missing::Error } else { Missing::Initialize { seed } };
+    let probe = plan.build(&store, missing, Arc::new(|_| true), BTreeMap::new())?;
+    let unused = plan.unused_params(&probe);
+    let n_visual = plan.env.vision.grids[plan.env.layers[0]];
+    drop(probe);
+    let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+    for (i, stage) in recipe.stages.iter().enumerate() {
+        for pattern in &stage.trainable {
+            if !names.iter().any(|n| pattern_matches(pattern, n)) {
+                return Err(recipe
+                    .error_at(
+                        &format!("stage.{i}.trainable"),
+                        format!("pattern `{pattern}` matches no parameter"),
+                    )
+                    .into());
+            }
+        }
+    }
+
+    let builder = BatchBuilder {
+        collator: plan.collator(n_visual.0 * n_visual.1),
+        vision: plan.env.vision.clone(),
+        device: device.clone(),
+    };
+    let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
+    let mut last_loss = None;
+    let mut last_checkpoint = latest.clone();
+
+    let contents = |store: &ParamStore, opt: Option<&AdamW>, state: &TrainState| -> Result<CheckpointContents, TrainError> {
+        Ok(CheckpointContents {
+            model: store.to_cpu_tensors(|_| true)?,
+            optimizer: match opt {
+                Some(o) => o.state_tensors()?,
+                None => BTreeMap::new(),
+            },
+            state: state.clone(),
+            recipe_toml: recipe_toml.clone(),
+            tokenizer_json: plan.tokenizer.to_json()?,
+        })
+    };
+
+    for stage_index in state.stage..recipe.stages.len() {
+        let stage = &recipe.stages[stage_index];
+        let source = plan.train_data(stage_index)?.open()?;
+        if source.is_empty() {
+            return Err(recipe
+                .error_at(&format!("stage.{stage_index}"), "the stage's training data is empty")
+                .into());
+        }
+        let total = stage_steps(stage, source.len());
+        let resuming_here = state.stage == stage_index && state.stage_step > 0;
+        if !resuming_here {
+            state.stage = stage_index;
+            state.stage_name = stage.name.clone();
+            state.stage_step = 0;
+            state.samples_seen = 0;
+        }
+        let trainable = stage_trainable(stage, &unused);
+        let vlm = plan.build(&store, Missing::Error, trainable.clone(), stage.losses.clone())?;
+        let params: Vec<(String, Var)> = store.vars().into_iter().filter(|(n, _)| trainable(n)).collect();
+        let mut opt = AdamW::new(
+            params.clone(),
+            AdamWConfig {
+                beta1: stage.betas[0],
+                beta2: stage.betas[1],
+                eps: stage.eps,
+                weight_decay: stage.weight_decay,
+            },
+        )?;
+        if resuming_here {
+            let saved = optimizer_state.take().unwrap_or_default();
+            opt.load_state(&saved, state.stage_step)?;
+        }
+        let mut order = Order::new(source.len(), seed, &stage.name);
+        observer.stage_started(stage_index, stage, total, state.stage_step, &source.describe());
+        let mut window = Window::default();
+        let mut checked_gradients = false;
+
+        while state.stage_step < total {
+            let t0 = Instant::now();
+            let mut grads: BTreeMap<String, Tensor> = BTreeMap::new();
+            let mut loss_sum = 0f64;
+            let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
+            let mut tokens = 0usize;
+            for _ in 0..stage.grad_accum {
+                let examples = (0..stage.batch_size as u64)
+                    .map(|k| source.get(order.index(state.samples_seen + k)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                state.samples_seen += stage.batch_size as u64;
+                let out = forward_backward(
+                    &vlm,
+                    &builder,
+                    &examples,
+                    &params,
+                    1.0 / stage.grad_accum as f64,
+                    parallelism,
+                )?;
+                if !out.loss.is_finite() {
+                    return Err(TrainError::NonFinite {
+                        step: state.global_step + 1,
+                        stage: stage.name.clone(),
+                        value: out.loss,
+                        last_checkpoint,
+                    });
+                }
+                loss_sum += out.loss;
+                for (k, v) in out.terms {
+                    *term_sums.entry(k).or_default() += v;
+                }
+                tokens += out.tokens;
+                for (name, g) in out.grads {
+                    let g = match grads.remove(&name) {
+                        Some(acc) => (acc + g)?,
+                        None => g,
+                    };
+                    grads.insert(name, g);
+                }
+            }
+            if !checked_gradients {
+                let missing: Vec<&str> = params
+                    .iter()
+                    .filter(|(n, _)| !grads.contains_key(n))
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    return Err(TrainError::Invalid(format!(
+                        "stage `{}`: {} trainable parameter(s) receive no gradient, e.g. {}; they do not influence the loss with this recipe",
+                        stage.name,
+                        missing.len(),
+                        missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                checked_gradients = true;
+            }
+            let grad_norm = global_grad_norm(&grads)?;
+            if !grad_norm.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.global_step + 1,
+                    stage: stage.name.clone(),
+                    value: grad_norm,
+                    last_checkpoint,
+                });
+            }
+            let scale = match stage.clip_norm {
+                Some(c) if grad_norm > c => c / (grad_norm + 1e-6),
+                _ => 1.0,
+            };
+            let lr = learning_rate(
+                state.stage_step,
+                total,
+                stage.lr,
+                stage.warmup_ratio,
+                stage.schedule,
+                stage.min_lr_ratio,
+            );
+            opt.step(&grads, lr, scale)?;
+            state.stage_step += 1;
+            state.global_step += 1;
+            let accum = stage.grad_accum as f64;
+            let record = StepRecord {
+                global_step: state.global_step,
+                stage: stage.name.clone(),
+                stage_step: state.stage_step,
+                stage_steps: total,
+                loss: loss_sum / accum,
+                terms: term_sums.into_iter().map(|(k, v)| (k, v / accum)).collect(),
+                lr,
+                grad_norm,
+                tokens,
+                samples: stage.batch_size * stage.grad_accum,
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            last_loss = Some(record.loss);
+            observer.step(&record);
+            window.add(&record);
+            let log_now = state.global_step % recipe.run.log_every.max(1) == 0;
+            let checkpoint_now =
+                state.global_step % recipe.run.checkpoint_every.max(1) == 0 && state.stage_step < total;
+            if log_now || checkpoint_now {
+                if let Some(m) = window.take(started.elapsed().as_secs_f64()) {
+                    metrics.write(&m)?;
+                }
+            }
+            if checkpoint_now {
+                metrics.sync()?;
+                state.metrics_lines = metrics.lines;
+                state.rng = rng.state();
+                let dir = run.save_checkpoint(&contents(&store, Some(&opt), &state)?, recipe.run.keep_checkpoints)?;
+                observer.checkpoint(&dir);
+                last_checkpoint = Some(dir);
+            }
+        }
+        if let Some(m) = window.take(started.elapsed().as_secs_f64()) {
+            metrics.write(&m)?;
+        }
+        metrics.sync()?;
+        observer.stage_finished(stage_index);
+        // A stage boundary is a checkpoint: the next stage starts a fresh optimizer.
+        state.stage = stage_index + 1;
+        state.stage_step = 0;
+        state.samples_seen = 0;
+        state.metrics_lines = metrics.lines;
+        state.rng = rng.state();
+        let dir = run.save_checkpoint(&contents(&store, None, &state)?, recipe.run.keep_checkpoints)?;
+        observer.checkpoint(&dir);
+        last_checkpoint = Some(dir);
+    }
+
+    let final_dir = run.save_final(&contents(&store, None, &state)?)?;
+    if let Ok(records) = read_metrics(&run.metrics()) {
+        if !records.is_empty() {
+            plot_losses(&records, &format!("{} — training loss", recipe.run.name), &run.loss_plot())?;
+        }
+    }
+    Ok(TrainSummary {
+        run_dir: run.path.clone(),
+        final_dir,
+        global_step: state.global_step,
+        resumed_from,
+        last_loss,
+        seconds: started.elapsed().as_secs_f64(),
+        already_complete: false,
+    })
+}
