@@ -214,8 +214,11 @@ fn merge_tables(dst: &mut Table, src: Table, prefix: &str, dst_o: &mut Origins, 
     for (key, value) in src {
         let path = keys::join(prefix, &key);
         let value = match value {
+            // A table whose `kind` changes is replaced, not merged: its other keys
+            // belong to the old kind (a `[data.train]` switching from "shapes" to
+            // "llava" must not keep the shapes settings).
             Value::Table(sub) => match dst.get_mut(&key) {
-                Some(Value::Table(existing)) => {
+                Some(Value::Table(existing)) if !kind_changes(existing, &sub) => {
                     if let Some(origin) = src_o.get(&path) {
                         dst_o.insert(path.clone(), origin.clone());
                     }
@@ -232,6 +235,13 @@ fn merge_tables(dst: &mut Table, src: Table, prefix: &str, dst_o: &mut Origins, 
             src_o.iter().filter(|(k, _)| keys::is_within(k, &path)),
         );
         dst.insert(key, value);
+    }
+}
+
+fn kind_changes(old: &Table, new: &Table) -> bool {
+    match (old.get("kind"), new.get("kind")) {
+        (Some(a), Some(b)) => a != b,
+        _ => false,
     }
 }
 
@@ -425,6 +435,16 @@ mod tests {
         assert!(!base.origins.contains_key("a.y.1"));
         assert_eq!(line_of(&base, "s.0.n").1, 5);
         assert_eq!(line_of(&base, "a.x").1, 2);
+    }
+
+    #[test]
+    fn a_table_whose_kind_changes_is_replaced_not_merged() {
+        let mut base = layer("[data]\nkind = \"shapes\"\ngrid = 4\n[c]\nkind = \"mlp\"\nx = 1\n");
+        merge(&mut base, layer("[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\ny = 2\n"));
+        let expected: Table =
+            toml::from_str("[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\nx = 1\ny = 2\n").unwrap();
+        assert_eq!(base.table, expected);
+        assert!(!base.origins.contains_key("data.grid"));
     }
 
     #[test]

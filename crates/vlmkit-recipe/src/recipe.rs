@@ -70,7 +70,16 @@ impl Recipe {
     /// Load a resolved recipe as printed by [`Recipe::to_toml_string`]. `display_path`
     /// names it in messages, gives the default run name, and anchors relative paths.
     pub fn from_resolved_str(text: &str, display_path: &Path) -> Result<Recipe, RecipeError> {
-        let layer = loader::parse_text(display_path, text)?;
+        Self::from_resolved_str_with(text, display_path, &[])
+    }
+
+    /// As [`Recipe::from_resolved_str`], then applies `--set` `overrides` (e.g. to
+    /// evaluate a checkpoint on other data).
+    pub fn from_resolved_str_with(text: &str, display_path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
+        let mut layer = loader::parse_text(display_path, text)?;
+        for raw in overrides {
+            loader::apply_override(&mut layer, raw)?;
+        }
         if layer.table.contains_key("extends") {
             return Err(RecipeError::new(
                 RecipeErrorKind::Extends,

@@ -167,15 +167,12 @@ fn write_dir_atomic(parent: &Path, name: &str, c: &CheckpointContents) -> Result
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let meta = |kind: &str| {
-        let mut m = std::collections::HashMap::new();
-        m.insert("format".to_string(), "pt".to_string());
-        m.insert("vlmkit".to_string(), kind.to_string());
-        Some(m)
-    };
-    save_safetensors_atomic(&c.model, meta("model"), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
+    // One metadata key: safetensors takes a HashMap, whose order (and so the file's
+    // bytes) would vary between processes with more.
+    let meta = || Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    save_safetensors_atomic(&c.model, meta(), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
     if !c.optimizer.is_empty() {
-        save_safetensors_atomic(&c.optimizer, meta("optimizer"), &tmp.join(OPTIMIZER_FILE)).map_err(io(&tmp))?;
+        save_safetensors_atomic(&c.optimizer, meta(), &tmp.join(OPTIMIZER_FILE)).map_err(io(&tmp))?;
     }
     let state = serde_json::to_string_pretty(&c.state).expect("state serialises");
     write_atomic(&tmp.join(STATE_FILE), state.as_bytes()).map_err(io(&tmp))?;
@@ -264,13 +261,21 @@ pub struct LoadedModel {
 /// Loads a checkpoint (or a run's final model): its resolved recipe and tokenizer,
 /// then every weight — a weight the model expects but the file lacks, or one the
 /// model does not know, is an error naming it.
-pub fn load_model(path: &Path, registry: &vlmkit_plugin::Registry, device: Option<&str>) -> Result<LoadedModel, TrainError> {
+/// `overrides` (`--set`) apply to the saved recipe; only evaluation settings
+/// (`data.eval`, `eval`, `run.device`, `run.threads`) should change, since the
+/// weights fix the model.
+pub fn load_model(
+    path: &Path,
+    registry: &vlmkit_plugin::Registry,
+    device: Option<&str>,
+    overrides: &[String],
+) -> Result<LoadedModel, TrainError> {
     use std::sync::Arc;
     use vlmkit_core::params::{Missing, ParamStore};
 
     let dir = resolve_checkpoint(path)?;
     let ck = load_checkpoint(&dir)?;
-    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str(&ck.recipe_toml, &dir.join(RECIPE_FILE))?;
+    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(&ck.recipe_toml, &dir.join(RECIPE_FILE), overrides)?;
     if let Some(d) = device {
         recipe.run.device = d.to_string();
     }

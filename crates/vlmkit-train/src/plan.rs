@@ -141,7 +141,7 @@ impl Plan {
         }
         eval_spec(&recipe)?;
 
-        Ok(Self {
+        let plan = Self {
             recipe,
             vision,
             llm,
@@ -151,7 +151,31 @@ impl Plan {
             env,
             tokenizer: Arc::new(tokenizer),
             template,
-        })
+        };
+        plan.check_trainable_patterns()?;
+        Ok(plan)
+    }
+
+    /// Every stage's `trainable` patterns must select at least one parameter.
+    /// Checked on shapes alone (nothing is allocated).
+    fn check_trainable_patterns(&self) -> Result<(), RecipeError> {
+        let recorder = vlmkit_core::params::ShapeRecorder::new();
+        self.build_with(recorder.builder(), candle_core::Device::Cpu, BTreeMap::new())
+            .map_err(|e| self.recipe.error_at("vision", e.to_string()))?;
+        let names: Vec<String> = recorder.shapes().into_keys().collect();
+        for (i, stage) in self.recipe.stages.iter().enumerate() {
+            for pattern in &stage.trainable {
+                if !names.iter().any(|n| pattern_matches(pattern, n)) {
+                    return Err(self.recipe.error_at(
+                        &format!("stage.{i}.trainable"),
+                        format!(
+                            "pattern `{pattern}` matches no parameter (top-level components: vision, connector, llm)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Builds the model over `store`: parameters it lacks are initialised from the

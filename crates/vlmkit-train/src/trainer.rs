@@ -356,20 +356,6 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
     let unused = plan.unused_params(&probe);
     let n_visual = plan.env.vision.grids[plan.env.layers[0]];
     drop(probe);
-    let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
-    for (i, stage) in recipe.stages.iter().enumerate() {
-        for pattern in &stage.trainable {
-            if !names.iter().any(|n| pattern_matches(pattern, n)) {
-                return Err(recipe
-                    .error_at(
-                        &format!("stage.{i}.trainable"),
-                        format!("pattern `{pattern}` matches no parameter"),
-                    )
-                    .into());
-            }
-        }
-    }
-
     let builder = BatchBuilder {
         collator: plan.collator(n_visual.0 * n_visual.1),
         vision: plan.env.vision.clone(),

@@ -29,10 +29,14 @@ pub struct EvalArgs {
     /// Device to run on (default: the recipe's).
     #[arg(long)]
     pub device: Option<String>,
+    /// Override a key of the model's saved recipe, e.g. `--set data.eval.samples=5000`
+    /// or `--set 'data.eval.families={existence=1}'` (evaluation settings only).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = load_model(&args.model, &common::registry(), args.device.as_deref())?;
+    let model = load_model(&args.model, &common::registry(), args.device.as_deref(), &args.overrides)?;
     let eval_cfg = &model.plan.recipe.eval;
     let source = model.plan.eval_data()?.open()?;
     let opts = EvalOptions {

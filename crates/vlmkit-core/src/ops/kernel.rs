@@ -62,7 +62,7 @@ pub fn set_intra_op_threads(threads: usize) {
 
 /// Whether a kernel over `elems` elements should split across threads.
 pub(crate) fn parallel(elems: usize) -> bool {
-    elems >= PARALLEL_MIN_ELEMS && INTRA_OP_THREADS.load(Ordering::Relaxed) != 1
+    elems >= PARALLEL_MIN_ELEMS && INTRA_OP_THREADS.load(Ordering::Relaxed) != 1 && rayon::current_num_threads() > 1
 }
 
 /// Runs `f(row_index, row_out)` over the rows of `out`, in parallel when worthwhile.

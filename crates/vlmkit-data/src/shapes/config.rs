@@ -40,6 +40,41 @@ pub struct ShapesConfig {
     /// Nominal split size (one epoch); defaults to 100 000 for train and 1 000 for eval.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub samples: Option<u64>,
+    /// How "no" existence questions pick their absent object; defaults to
+    /// `matched` for train and `pope` for eval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub existence_negatives: Option<NegativeSampling>,
+    /// Where the `<image>` placeholder goes in the user's turn.
+    pub image_placement: ImagePlacement,
+}
+
+/// Where the image sits relative to the question. LLaVA's instruction data has
+/// both. With causal attention the placement matters: visual tokens placed after
+/// the question can attend to it, so every visual token can check itself against
+/// the question ("is this the blue square?") in parallel, instead of leaving all
+/// of that to the few text positions after the image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImagePlacement {
+    /// `<image>\nQuestion` (LLaVA-1.5's usual form).
+    Before,
+    /// `Question\n<image>`.
+    #[default]
+    After,
+}
+
+/// How absent objects are chosen for "no" existence questions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NegativeSampling {
+    /// POPE's three samplers (random, popular, adversarial), each a third: the
+    /// evaluation protocol. Popular negatives make frequent objects "no" more often
+    /// than "yes", so the question alone predicts the answer.
+    Pope,
+    /// An absent object drawn with the frequency objects occur with, so "yes" and
+    /// "no" questions name the same objects equally often and only the image
+    /// tells them apart: what a model should be trained on.
+    Matched,
 }
 
 /// Default colour frequencies: deliberately skewed so POPE's "popular" negatives
@@ -92,6 +127,8 @@ impl Default for ShapesConfig {
             shape_weights: None,
             eval_modulus: 8,
             samples: None,
+            existence_negatives: None,
+            image_placement: ImagePlacement::default(),
         }
     }
 }
@@ -173,6 +210,14 @@ impl ShapesConfig {
         self.samples.unwrap_or(match split {
             Split::Train => DEFAULT_TRAIN_SAMPLES,
             Split::Eval => DEFAULT_EVAL_SAMPLES,
+        })
+    }
+
+    /// How "no" existence questions choose their object in `split`.
+    pub fn negatives_for(&self, split: Split) -> NegativeSampling {
+        self.existence_negatives.unwrap_or(match split {
+            Split::Train => NegativeSampling::Matched,
+            Split::Eval => NegativeSampling::Pope,
         })
     }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::example::Example;
 use crate::mask;
-pub use config::{ShapesConfig, ShapesConfigError};
+pub use config::{ImagePlacement, NegativeSampling, ShapesConfig, ShapesConfigError};
 use questions::{text, CountSubject, MaskTarget, Plan};
 pub use questions::{PopeMode, Relation};
 pub use render::shape_covers;
@@ -130,6 +130,8 @@ pub struct Sample {
     /// existence answers and zero counts.
     pub mask: Option<GrayImage>,
     pub scene: Scene,
+    /// Where the image goes relative to the question in [`Sample::to_example`].
+    pub image_placement: ImagePlacement,
 }
 
 impl Sample {
@@ -142,6 +144,9 @@ impl Sample {
             &self.question,
             self.answer.clone(),
         );
+        if self.image_placement == ImagePlacement::After {
+            example.turns[0].value = format!("{}\n{}", self.question, crate::IMAGE_TOKEN);
+        }
         example.mask = self.mask.clone();
         example.family = Some(self.family.name().to_owned());
         example
@@ -220,7 +225,7 @@ impl ShapesDataset {
         let family = Family::ALL[rng
             .weighted(&self.family_weights)
             .expect("validated: some family has positive weight")];
-        let plan = Plan::draw(family, &self.sampler, &mut rng);
+        let plan = Plan::draw(family, &self.sampler, self.config.negatives_for(self.split), &mut rng);
 
         let (scene, asked) = (0..MAX_SCENE_ATTEMPTS)
             .find_map(|_| {
@@ -263,6 +268,7 @@ impl ShapesDataset {
             image: rendered.image,
             mask,
             scene,
+            image_placement: self.config.image_placement,
         }
     }
 
@@ -319,11 +325,12 @@ pub fn vocabulary(config: &ShapesConfig) -> Vec<String> {
     texts.extend((1..=max_objects).map(text::count_sentence));
     for quadrant in Quadrant::ALL {
         texts.push(quadrant.name().to_owned());
-        texts.extend(
-            letters
-                .iter()
-                .map(|&l| text::glyph_sentence(l, quadrant.name())),
-        );
+    }
+    let cells: Vec<Cell> = (0..config.grid)
+        .flat_map(|row| (0..config.grid).map(move |col| Cell { row, col }))
+        .collect();
+    for &cell in &cells {
+        texts.extend(letters.iter().map(|&l| text::glyph_sentence(l, cell)));
     }
     texts.extend(letters.iter().map(|&l| text::letter_answer(l)));
     for shape in Shape::ALL {
@@ -336,9 +343,7 @@ pub fn vocabulary(config: &ShapesConfig) -> Vec<String> {
         for shape in Shape::ALL {
             texts.push(text::position_question(color, shape));
             texts.push(text::existence_question(color, shape));
-            for quadrant in Quadrant::ALL {
-                texts.push(text::object_sentence(color, shape, quadrant.name()));
-            }
+            texts.extend(cells.iter().map(|&cell| text::object_sentence(color, shape, cell)));
         }
     }
     for relation in Relation::ALL {

@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::config::NegativeSampling;
 use super::rng::Rng;
 use super::scene::{Cell, Color, Scene, SceneRequirements, SceneSampler, Shape};
 use super::Family;
@@ -127,17 +128,26 @@ pub(crate) mod text {
         }
     }
 
-    pub fn object_sentence(color: Color, shape: Shape, quadrant: &str) -> String {
+    /// "in row 2, column 3" (1-based): descriptions name exact cells, so every
+    /// description teaches where each object is to the cell, the precision spatial
+    /// relations need (position questions ask only for the quadrant).
+    pub fn cell_phrase(cell: Cell) -> String {
+        format!("in row {}, column {}", cell.row + 1, cell.col + 1)
+    }
+
+    pub fn object_sentence(color: Color, shape: Shape, cell: Cell) -> String {
         format!(
-            "{} at the {quadrant}.",
-            capitalized(&object_phrase(color, shape))
+            "{} {}.",
+            capitalized(&object_phrase(color, shape)),
+            cell_phrase(cell)
         )
     }
 
-    pub fn glyph_sentence(letter: char, quadrant: &str) -> String {
+    pub fn glyph_sentence(letter: char, cell: Cell) -> String {
         format!(
-            "The letter {} is at the {quadrant}.",
-            letter.to_ascii_uppercase()
+            "The letter {} is {}.",
+            letter.to_ascii_uppercase(),
+            cell_phrase(cell)
         )
     }
 
@@ -208,7 +218,8 @@ pub(crate) enum Plan {
     Position,
     Existence {
         present: bool,
-        mode: PopeMode,
+        /// The POPE sampler, or `None` for frequency-matched negatives.
+        mode: Option<PopeMode>,
     },
     Relation {
         relation: Relation,
@@ -218,7 +229,7 @@ pub(crate) enum Plan {
 }
 
 impl Plan {
-    pub fn draw(family: Family, sampler: &SceneSampler, rng: &mut Rng) -> Plan {
+    pub fn draw(family: Family, sampler: &SceneSampler, negatives: NegativeSampling, rng: &mut Rng) -> Plan {
         match family {
             Family::Describe => Plan::Describe,
             Family::Color => Plan::Color,
@@ -232,7 +243,10 @@ impl Plan {
             Family::Position => Plan::Position,
             Family::Existence => Plan::Existence {
                 present: rng.chance(0.5),
-                mode: PopeMode::ALL[rng.index(PopeMode::ALL.len())],
+                mode: match negatives {
+                    NegativeSampling::Pope => Some(PopeMode::ALL[rng.index(PopeMode::ALL.len())]),
+                    NegativeSampling::Matched => None,
+                },
             },
             Family::Relation => Plan::Relation {
                 relation: Relation::ALL[rng.index(Relation::ALL.len())],
@@ -323,7 +337,7 @@ impl Plan {
                 Some(Asked {
                     question: text::existence_question(pair.0, pair.1),
                     answer: answer.to_owned(),
-                    pope: Some(mode),
+                    pope: mode,
                     mask,
                 })
             }
@@ -364,17 +378,10 @@ impl Plan {
 pub(crate) fn describe(scene: &Scene) -> String {
     let mut sentences = vec![text::count_sentence(scene.objects.len())];
     for object in &scene.objects {
-        sentences.push(text::object_sentence(
-            object.color,
-            object.shape,
-            scene.quadrant(object.cell).name(),
-        ));
+        sentences.push(text::object_sentence(object.color, object.shape, object.cell));
     }
     if let Some(glyph) = scene.glyph {
-        sentences.push(text::glyph_sentence(
-            glyph.letter,
-            scene.quadrant(glyph.cell).name(),
-        ));
+        sentences.push(text::glyph_sentence(glyph.letter, glyph.cell));
     }
     sentences.join(" ")
 }
@@ -429,11 +436,12 @@ fn draw_attribute_count(sampler: &SceneSampler, rng: &mut Rng) -> usize {
     rng.weighted(&weights).unwrap_or(1)
 }
 
-/// A (colour, shape) pair absent from `scene`, chosen by POPE's `mode`.
+/// A (colour, shape) pair absent from `scene`, chosen by POPE's `mode`, or with the
+/// pair's prior frequency when `mode` is `None` (frequency-matched negatives).
 fn pope_negative(
     scene: &Scene,
     sampler: &SceneSampler,
-    mode: PopeMode,
+    mode: Option<PopeMode>,
     rng: &mut Rng,
 ) -> Option<(Color, Shape)> {
     let absent: Vec<(Color, Shape)> = Color::ALL
@@ -442,6 +450,10 @@ fn pope_negative(
         .filter(|&(c, s)| scene.find(c, s).is_none())
         .collect();
     let prior = |&(c, s): &(Color, Shape)| sampler.pair_weight(c, s);
+    let Some(mode) = mode else {
+        let weights: Vec<f64> = absent.iter().map(prior).collect();
+        return rng.weighted(&weights).map(|i| absent[i]);
+    };
     match mode {
         PopeMode::Random => rng.choose(&absent).copied(),
         PopeMode::Popular => choose_best(&absent, |pair| (0, prior(pair)), rng),
@@ -536,13 +548,13 @@ mod tests {
         );
         assert_eq!(
             describe(&s),
-            "There are 3 objects. A red circle at the top left. A green triangle at the top right. \
-             A blue square at the bottom right. The letter K is at the bottom left."
+            "There are 3 objects. A red circle in row 1, column 1. A green triangle in row 1, column 4. \
+             A blue square in row 4, column 4. The letter K is in row 3, column 2."
         );
         let single = scene(vec![object(1, 2, Color::Orange, Shape::Square)], None);
         assert_eq!(
             describe(&single),
-            "There is 1 object. An orange square at the top right."
+            "There is 1 object. An orange square in row 2, column 3."
         );
     }
 
@@ -628,13 +640,13 @@ mod tests {
         // Red circle is present, so the next most frequent pair is red square (3 × 1.5).
         for _ in 0..20 {
             assert_eq!(
-                pope_negative(&s, &sampler(), PopeMode::Popular, &mut rng),
+                pope_negative(&s, &sampler(), Some(PopeMode::Popular), &mut rng),
                 Some((Color::Red, Shape::Square))
             );
         }
         let empty_world = scene(vec![object(0, 0, Color::Blue, Shape::Triangle)], None);
         assert_eq!(
-            pope_negative(&empty_world, &sampler(), PopeMode::Popular, &mut rng),
+            pope_negative(&empty_world, &sampler(), Some(PopeMode::Popular), &mut rng),
             Some((Color::Red, Shape::Circle))
         );
     }
@@ -652,7 +664,7 @@ mod tests {
         // Red circle and blue square each share an attribute with both objects.
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..50 {
-            let pair = pope_negative(&s, &sampler(), PopeMode::Adversarial, &mut rng).unwrap();
+            let pair = pope_negative(&s, &sampler(), Some(PopeMode::Adversarial), &mut rng).unwrap();
             assert!(s.find(pair.0, pair.1).is_none());
             seen.insert(pair);
         }
@@ -669,7 +681,7 @@ mod tests {
         let s = scene(vec![object(0, 0, Color::Red, Shape::Circle)], None);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..500 {
-            let pair = pope_negative(&s, &sampler(), PopeMode::Random, &mut rng).unwrap();
+            let pair = pope_negative(&s, &sampler(), Some(PopeMode::Random), &mut rng).unwrap();
             assert_ne!(pair, (Color::Red, Shape::Circle));
             seen.insert(pair);
         }
