@@ -25,7 +25,9 @@ pub fn plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
 /// before the first tensor op (candle reads the variable when it sizes its pools).
 pub fn single_threaded_ops() {
     std::env::set_var("RAYON_NUM_THREADS", "1");
-    let _ = rayon::ThreadPoolBuilder::new().num_threads(1).build_global();
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
     vlmkit_core::ops::set_intra_op_threads(1);
 }
 

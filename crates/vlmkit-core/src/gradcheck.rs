@@ -76,12 +76,18 @@ pub fn check_gradients(
 ) -> Result<GradCheckReport> {
     for (name, var) in vars {
         if var.dtype() != DType::F64 {
-            candle_core::bail!("gradcheck: {name} is {:?}; gradient checks run in f64", var.dtype());
+            candle_core::bail!(
+                "gradcheck: {name} is {:?}; gradient checks run in f64",
+                var.dtype()
+            );
         }
     }
     let value = loss()?;
     if value.rank() != 0 {
-        candle_core::bail!("gradcheck: loss must be a scalar, got shape {:?}", value.dims());
+        candle_core::bail!(
+            "gradcheck: loss must be a scalar, got shape {:?}",
+            value.dims()
+        );
     }
     let grads = value.backward()?;
     let eval = || -> Result<f64> { loss()?.to_dtype(DType::F64)?.to_scalar::<f64>() };

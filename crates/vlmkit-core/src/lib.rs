@@ -17,7 +17,7 @@ pub use candle_core;
 pub use candle_nn;
 pub use error::{Error, Result};
 pub use model::{
-    Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel, LlmInfo,
-    Placement, TextContext, VisionEncoder, VisionInfo, VisualFeatures,
+    Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel,
+    LlmInfo, Placement, TextContext, VisionEncoder, VisionInfo, VisualFeatures,
 };
 pub use vlm::{GenerateOptions, LossOutput, TokenSequence, Vlm, VlmBatch};

@@ -99,7 +99,9 @@ impl VisualFeatures {
             for (l, t) in self.layer_ids.iter().zip(&self.layers) {
                 if t.dims() != first.dims() {
                     return Err(Error::Shape {
-                        what: format!("hidden state hs[{l}] (layers must share one shape to be stacked)"),
+                        what: format!(
+                            "hidden state hs[{l}] (layers must share one shape to be stacked)"
+                        ),
                         expected: first.dims().to_vec(),
                         got: t.dims().to_vec(),
                     });
@@ -119,9 +121,15 @@ impl VisualFeatures {
         grid: (usize, usize),
     ) -> Result<Self> {
         let (_b, l, _n, _d) = stacked.dims4()?;
-        let layers = (0..l).map(|i| stacked.get_on_dim(1, i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..l)
+            .map(|i| stacked.get_on_dim(1, i))
+            .collect::<Result<Vec<_>>>()?;
         let cls = cls
-            .map(|c| (0..l).map(|i| c.get_on_dim(1, i)).collect::<Result<Vec<_>>>())
+            .map(|c| {
+                (0..l)
+                    .map(|i| c.get_on_dim(1, i))
+                    .collect::<Result<Vec<_>>>()
+            })
             .transpose()?;
         Ok(Self {
             layers,
@@ -230,7 +238,11 @@ pub struct ConnectorNeeds {
 pub trait Connector: Send + Sync {
     /// Runs on the selected visual features and, if the connector reads text, the
     /// query context.
-    fn forward(&self, vision: &VisualFeatures, text: Option<&TextContext>) -> Result<ConnectorOutput>;
+    fn forward(
+        &self,
+        vision: &VisualFeatures,
+        text: Option<&TextContext>,
+    ) -> Result<ConnectorOutput>;
 }
 
 /// What a language model is.

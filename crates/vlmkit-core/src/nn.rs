@@ -26,14 +26,32 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(in_dim: usize, out_dim: usize, bias: bool, init: LinearInit, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        init: LinearInit,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let bound = 1.0 / (in_dim.max(1) as f64).sqrt();
         let (w_init, b_init) = match init {
             LinearInit::Torch => (
-                Init::Uniform { lo: -bound, up: bound },
-                Init::Uniform { lo: -bound, up: bound },
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
             ),
-            LinearInit::Normal(std) => (Init::Randn { mean: 0.0, stdev: std }, Init::Const(0.0)),
+            LinearInit::Normal(std) => (
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+                Init::Const(0.0),
+            ),
             LinearInit::Zeros => (Init::Const(0.0), Init::Const(0.0)),
         };
         let weight = vb.get_with_hints((out_dim, in_dim), "weight", w_init)?;
@@ -109,7 +127,14 @@ pub struct Embedding {
 impl Embedding {
     pub fn new(vocab: usize, dim: usize, std: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
-            weight: vb.get_with_hints((vocab, dim), "weight", Init::Randn { mean: 0.0, stdev: std })?,
+            weight: vb.get_with_hints(
+                (vocab, dim),
+                "weight",
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            )?,
         })
     }
 
@@ -117,7 +142,9 @@ impl Embedding {
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let mut dims = ids.dims().to_vec();
         dims.push(self.weight.dim(1)?);
-        self.weight.index_select(&ids.flatten_all()?, 0)?.reshape(dims)
+        self.weight
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape(dims)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -153,10 +180,26 @@ impl FeedForward {
     }
 
     /// As [`FeedForward::new`], with a separate initialisation for the second layer.
-    pub fn new_with_inits(cfg: FeedForwardConfig, fc2_init: LinearInit, vb: VarBuilder) -> Result<Self> {
+    pub fn new_with_inits(
+        cfg: FeedForwardConfig,
+        fc2_init: LinearInit,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Self {
-            fc1: Linear::new(cfg.in_dim, cfg.hidden_dim, cfg.bias, cfg.init, vb.pp(cfg.names.0))?,
-            fc2: Linear::new(cfg.hidden_dim, cfg.out_dim, cfg.bias, fc2_init, vb.pp(cfg.names.1))?,
+            fc1: Linear::new(
+                cfg.in_dim,
+                cfg.hidden_dim,
+                cfg.bias,
+                cfg.init,
+                vb.pp(cfg.names.0),
+            )?,
+            fc2: Linear::new(
+                cfg.hidden_dim,
+                cfg.out_dim,
+                cfg.bias,
+                fc2_init,
+                vb.pp(cfg.names.1),
+            )?,
             act: cfg.act,
         })
     }
@@ -258,7 +301,11 @@ impl MultiHeadAttention {
 
     /// As [`MultiHeadAttention::new`], with a separate initialisation for the output
     /// projection.
-    pub fn new_with_inits(cfg: AttentionConfig, out_init: LinearInit, vb: VarBuilder) -> Result<Self> {
+    pub fn new_with_inits(
+        cfg: AttentionConfig,
+        out_init: LinearInit,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
             candle_core::bail!(
                 "attention: {} heads cannot share {} key/value heads",
@@ -268,10 +315,34 @@ impl MultiHeadAttention {
         }
         let [qn, kn, vn, on] = cfg.names;
         Ok(Self {
-            q: Linear::new(cfg.q_dim, cfg.heads * cfg.head_dim, cfg.qkv_bias, cfg.init, vb.pp(qn))?,
-            k: Linear::new(cfg.kv_dim, cfg.kv_heads * cfg.head_dim, cfg.qkv_bias, cfg.init, vb.pp(kn))?,
-            v: Linear::new(cfg.kv_dim, cfg.kv_heads * cfg.head_dim, cfg.qkv_bias, cfg.init, vb.pp(vn))?,
-            o: Linear::new(cfg.heads * cfg.head_dim, cfg.out_dim, cfg.out_bias, out_init, vb.pp(on))?,
+            q: Linear::new(
+                cfg.q_dim,
+                cfg.heads * cfg.head_dim,
+                cfg.qkv_bias,
+                cfg.init,
+                vb.pp(qn),
+            )?,
+            k: Linear::new(
+                cfg.kv_dim,
+                cfg.kv_heads * cfg.head_dim,
+                cfg.qkv_bias,
+                cfg.init,
+                vb.pp(kn),
+            )?,
+            v: Linear::new(
+                cfg.kv_dim,
+                cfg.kv_heads * cfg.head_dim,
+                cfg.qkv_bias,
+                cfg.init,
+                vb.pp(vn),
+            )?,
+            o: Linear::new(
+                cfg.heads * cfg.head_dim,
+                cfg.out_dim,
+                cfg.out_bias,
+                out_init,
+                vb.pp(on),
+            )?,
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
             head_dim: cfg.head_dim,
@@ -280,15 +351,28 @@ impl MultiHeadAttention {
 
     /// Projects a memory (`B×S×kv_dim`) to keys and values (`B×KV×S×D`), e.g. once per
     /// image for cross-attention during generation.
-    pub fn project_kv(&self, memory: &Tensor, rope: Option<&RopeTables>) -> Result<(Tensor, Tensor)> {
+    pub fn project_kv(
+        &self,
+        memory: &Tensor,
+        rope: Option<&RopeTables>,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, s, _) = memory.dims3()?;
-        let k = self.k.forward(memory)?.reshape((b, s, self.kv_heads, self.head_dim))?;
+        let k = self
+            .k
+            .forward(memory)?
+            .reshape((b, s, self.kv_heads, self.head_dim))?;
         let k = match rope {
             Some(r) => r.apply(&k)?,
             None => k,
         };
-        let v = self.v.forward(memory)?.reshape((b, s, self.kv_heads, self.head_dim))?;
-        Ok((k.transpose(1, 2)?.contiguous()?, v.transpose(1, 2)?.contiguous()?))
+        let v = self
+            .v
+            .forward(memory)?
+            .reshape((b, s, self.kv_heads, self.head_dim))?;
+        Ok((
+            k.transpose(1, 2)?.contiguous()?,
+            v.transpose(1, 2)?.contiguous()?,
+        ))
     }
 
     /// Self-attention of `x` (`B×T×q_dim`); with a cache, the new keys/values are
@@ -325,7 +409,10 @@ impl MultiHeadAttention {
         rope: Option<&RopeTables>,
     ) -> Result<AttentionOutput> {
         let (b, t, _) = x.dims3()?;
-        let q = self.q.forward(x)?.reshape((b, t, self.heads, self.head_dim))?;
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((b, t, self.heads, self.head_dim))?;
         let q = match rope {
             Some(r) => r.apply(&q)?,
             None => q,
@@ -352,7 +439,12 @@ pub struct RopeTables {
 }
 
 impl RopeTables {
-    pub fn new(positions: &Tensor, head_dim: usize, theta: f64, dtype: candle_core::DType) -> Result<Self> {
+    pub fn new(
+        positions: &Tensor,
+        head_dim: usize,
+        theta: f64,
+        dtype: candle_core::DType,
+    ) -> Result<Self> {
         let (cos, sin) = ops::rope_tables(positions, head_dim, theta, dtype)?;
         Ok(Self { cos, sin })
     }

@@ -101,7 +101,10 @@ impl ParamStore {
 
     /// Inserts tensors (e.g. read from a checkpoint) as parameters, converted to the
     /// store's dtype and device. Existing entries with the same name are replaced.
-    pub fn insert_tensors(&self, tensors: impl IntoIterator<Item = (String, Tensor)>) -> Result<()> {
+    pub fn insert_tensors(
+        &self,
+        tensors: impl IntoIterator<Item = (String, Tensor)>,
+    ) -> Result<()> {
         let mut inner = self.lock();
         for (name, t) in tensors {
             let t = t.to_dtype(self.dtype)?.to_device(&self.device)?;
@@ -114,17 +117,31 @@ impl ParamStore {
     pub fn load_safetensors(&self, path: &Path, prefix: &str) -> Result<Vec<String>> {
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)?;
         let names: Vec<String> = tensors.keys().map(|k| format!("{prefix}{k}")).collect();
-        self.insert_tensors(tensors.into_iter().map(|(k, t)| (format!("{prefix}{k}"), t)))?;
+        self.insert_tensors(
+            tensors
+                .into_iter()
+                .map(|(k, t)| (format!("{prefix}{k}"), t)),
+        )?;
         Ok(names)
     }
 
     /// Parameters as f32 CPU tensors, by name, for saving.
-    pub fn to_cpu_tensors(&self, filter: impl Fn(&str) -> bool) -> Result<BTreeMap<String, Tensor>> {
+    pub fn to_cpu_tensors(
+        &self,
+        filter: impl Fn(&str) -> bool,
+    ) -> Result<BTreeMap<String, Tensor>> {
         self.lock()
             .vars
             .iter()
             .filter(|(k, _)| filter(k))
-            .map(|(k, v)| Ok((k.clone(), v.as_tensor().to_dtype(DType::F32)?.to_device(&Device::Cpu)?)))
+            .map(|(k, v)| {
+                Ok((
+                    k.clone(),
+                    v.as_tensor()
+                        .to_dtype(DType::F32)?
+                        .to_device(&Device::Cpu)?,
+                ))
+            })
             .collect()
     }
 
@@ -147,7 +164,11 @@ impl ParamStore {
 
     /// A `VarBuilder` over this store. `trainable(name)` decides whether a parameter
     /// is handed out as a tracked `Var` or as a frozen plain tensor.
-    pub fn builder(&self, missing: Missing, trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>) -> VarBuilder<'static> {
+    pub fn builder(
+        &self,
+        missing: Missing,
+        trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    ) -> VarBuilder<'static> {
         let backend = Builder {
             store: self.clone(),
             missing,
@@ -179,7 +200,14 @@ struct Builder {
 }
 
 impl SimpleBackend for Builder {
-    fn get(&self, shape: Shape, name: &str, init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         let mut inner = self.store.lock();
         inner.requested.insert(name.to_string());
         let var = match inner.vars.get(name) {
@@ -224,7 +252,11 @@ impl SimpleBackend for Builder {
             Some(v) => {
                 self.store.lock().requested.insert(name.to_string());
                 let t = v.as_tensor().to_dtype(dtype)?.to_device(dev)?;
-                Ok(if (self.trainable)(name) { t } else { t.detach() })
+                Ok(if (self.trainable)(name) {
+                    t
+                } else {
+                    t.detach()
+                })
             }
             None => candle_core::bail!("parameter `{name}` is missing"),
         }
@@ -241,9 +273,17 @@ fn initial_value(shape: &Shape, name: &str, init: &Init, seed: u64) -> Result<Te
     let mut rng = Rng::stream(seed, name);
     let data: Vec<f32> = match *init {
         Init::Const(v) => vec![v as f32; n],
-        Init::Randn { mean, stdev } => (0..n).map(|_| (mean + stdev * rng.normal()) as f32).collect(),
-        Init::Uniform { lo, up } => (0..n).map(|_| (lo + (up - lo) * rng.uniform()) as f32).collect(),
-        Init::Kaiming { dist, fan, non_linearity } => {
+        Init::Randn { mean, stdev } => (0..n)
+            .map(|_| (mean + stdev * rng.normal()) as f32)
+            .collect(),
+        Init::Uniform { lo, up } => (0..n)
+            .map(|_| (lo + (up - lo) * rng.uniform()) as f32)
+            .collect(),
+        Init::Kaiming {
+            dist,
+            fan,
+            non_linearity,
+        } => {
             let fan = fan.for_shape(shape) as f64;
             let gain = non_linearity.gain();
             let std = gain / fan.sqrt();
@@ -295,12 +335,22 @@ impl ShapeRecorder {
 
     /// Recorded parameters, sorted by name.
     pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.shapes.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shapes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 impl SimpleBackend for ShapeRecorder {
-    fn get(&self, shape: Shape, name: &str, _init: Init, dtype: DType, dev: &Device) -> Result<Tensor> {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _init: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
         self.shapes
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::model::{
-    Connector, ConnectorNeeds, ConnectorOutput, DecoderInput, KvCache, LanguageModel, Placement, TextContext,
-    VisionEncoder,
+    Connector, ConnectorNeeds, ConnectorOutput, DecoderInput, KvCache, LanguageModel, Placement,
+    TextContext, VisionEncoder,
 };
 use crate::ops::{self, IGNORE_INDEX};
 use crate::rng::Rng;
@@ -63,14 +63,23 @@ impl LossOutput {
     /// scaled by `token_share` and per-sample terms by `sample_share`. When a batch is
     /// split into parts, giving each part its share of the whole batch's tokens and
     /// samples makes the parts' objectives sum to the whole batch's.
-    pub fn objective(&self, weights: &BTreeMap<String, f64>, token_share: f64, sample_share: f64) -> Result<Option<Tensor>> {
+    pub fn objective(
+        &self,
+        weights: &BTreeMap<String, f64>,
+        token_share: f64,
+        sample_share: f64,
+    ) -> Result<Option<Tensor>> {
         let mut total: Option<Tensor> = None;
         for (name, value) in &self.terms {
             let w = weights.get(name).copied().unwrap_or(0.0);
             if w == 0.0 {
                 continue;
             }
-            let share = if name == "lm" { token_share } else { sample_share };
+            let share = if name == "lm" {
+                token_share
+            } else {
+                sample_share
+            };
             let weighted = (value * (w * share))?;
             total = Some(match total {
                 Some(t) => (t + weighted)?,
@@ -148,8 +157,17 @@ impl Vlm {
     }
 
     /// The query tokens embedded by the language model, right-padded, with a mask.
-    pub fn text_context(&self, sequences: &[TokenSequence], device: &Device) -> Result<TextContext> {
-        let t = sequences.iter().map(|s| s.query.len()).max().unwrap_or(0).max(1);
+    pub fn text_context(
+        &self,
+        sequences: &[TokenSequence],
+        device: &Device,
+    ) -> Result<TextContext> {
+        let t = sequences
+            .iter()
+            .map(|s| s.query.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let b = sequences.len();
         let mut ids = vec![0u32; b * t];
         let mut mask = vec![0f32; b * t];
@@ -180,7 +198,8 @@ impl Vlm {
             (Some(v), Placement::Prefix) => v.dim(1)?,
             _ => 0,
         };
-        let splice = |s: &TokenSequence| s.image_at.is_some() && self.needs.placement == Placement::Prefix;
+        let splice =
+            |s: &TokenSequence| s.image_at.is_some() && self.needs.placement == Placement::Prefix;
         let lens: Vec<usize> = sequences
             .iter()
             .map(|s| match s.image_at {
@@ -192,7 +211,12 @@ impl Vlm {
             })
             .collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
-        let t_text = sequences.iter().map(|s| s.ids.len()).max().unwrap_or(0).max(1);
+        let t_text = sequences
+            .iter()
+            .map(|s| s.ids.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         // Row table: all text embeddings, then all visual tokens, then one zero row
         // for padding. Each output position picks a row: one index_select whose
         // backward (index_add) routes gradients to exactly the rows used.
@@ -257,7 +281,8 @@ impl Vlm {
         let out = self.encode(&batch.pixels, &batch.sequences)?;
         let prepared = self.prepare(&batch.sequences, out.tokens.as_ref(), false, &device)?;
         let (b, s, d) = prepared.embeds.dims3()?;
-        let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
+        let mask =
+            ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
         let input = DecoderInput {
             positions: prepared.positions,
             mask,
@@ -302,14 +327,20 @@ impl Vlm {
 
     /// Generates a continuation of each prompt (sequences ending where the answer
     /// starts). Returns the new token ids, without the stop token.
-    pub fn generate(&self, pixels: &Tensor, prompts: &[TokenSequence], opts: &GenerateOptions) -> Result<Vec<Vec<u32>>> {
+    pub fn generate(
+        &self,
+        pixels: &Tensor,
+        prompts: &[TokenSequence],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Vec<u32>>> {
         let device = pixels.device().clone();
         let out = self.encode(pixels, prompts)?;
         let prepared = self.prepare(prompts, out.tokens.as_ref(), true, &device)?;
         let (b, s, _) = prepared.embeds.dims3()?;
         let hooks = out.hooks.as_deref();
         let mut cache = KvCache::new(self.llm.info().num_layers);
-        let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
+        let mask =
+            ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
         let hidden = self.llm.forward(
             &prepared.embeds,
             &DecoderInput {
@@ -330,7 +361,11 @@ impl Vlm {
         let mut done = vec![false; b];
         let mut rng = Rng::new(opts.seed);
         for _ in 0..opts.max_new_tokens {
-            let logits = self.llm.logits(&last)?.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let logits = self
+                .llm
+                .logits(&last)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
             let mut step_ids = Vec::with_capacity(b);
             for (i, row) in logits.iter().enumerate() {
                 let id = pick_token(row, opts, &mut rng);
@@ -355,9 +390,12 @@ impl Vlm {
             let mask = ops::causal_mask(&valid, past, 1, &device)?.to_dtype(embeds.dtype())?;
             let positions = Tensor::from_vec(next_pos.clone(), (b, 1), &device)?;
             next_pos.iter_mut().for_each(|p| *p += 1);
-            let hidden = self
-                .llm
-                .forward(&embeds, &DecoderInput { positions, mask }, Some(&mut cache), hooks)?;
+            let hidden = self.llm.forward(
+                &embeds,
+                &DecoderInput { positions, mask },
+                Some(&mut cache),
+                hooks,
+            )?;
             last = hidden.squeeze(1)?;
         }
         Ok(outputs)
@@ -370,7 +408,13 @@ fn pick_token(logits: &[f32], opts: &GenerateOptions, rng: &mut Rng) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best })
+            .fold((0usize, f32::NEG_INFINITY), |best, (i, &v)| {
+                if v > best.1 {
+                    (i, v)
+                } else {
+                    best
+                }
+            })
             .0 as u32
     };
     if opts.temperature <= 0.0 {

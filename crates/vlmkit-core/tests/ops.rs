@@ -12,19 +12,45 @@ fn check(vars: &[(&str, &Var)], f: impl Fn() -> Result<Tensor>) {
 }
 
 /// Fused op and reference agree on value and on the gradient of every input.
-fn agree(vars: &[&Var], fused: impl Fn() -> Result<Tensor>, reference: impl Fn() -> Result<Tensor>) {
+fn agree(
+    vars: &[&Var],
+    fused: impl Fn() -> Result<Tensor>,
+    reference: impl Fn() -> Result<Tensor>,
+) {
     let a = fused().unwrap();
     let b = reference().unwrap();
     assert_eq!(a.dims(), b.dims());
-    let diff = (&a - &b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
-    let diff = diff.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let diff = (&a - &b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    let diff = diff
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     assert!(diff < 1e-9, "forward differs by {diff}");
     let ga = random_projection(&a, 5).unwrap().backward().unwrap();
     let gb = random_projection(&b, 5).unwrap().backward().unwrap();
     for (i, v) in vars.iter().enumerate() {
-        let x = ga.get(v.as_tensor()).unwrap_or_else(|| panic!("fused: input {i} got no gradient"));
-        let y = gb.get(v.as_tensor()).unwrap_or_else(|| panic!("reference: input {i} got no gradient"));
-        let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let x = ga
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("fused: input {i} got no gradient"));
+        let y = gb
+            .get(v.as_tensor())
+            .unwrap_or_else(|| panic!("reference: input {i} got no gradient"));
+        let d = (x - y)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         let d = d.to_scalar::<f64>().unwrap();
         assert!(d < 1e-9, "gradient of input {i} differs by {d}");
     }
@@ -34,35 +60,52 @@ fn agree(vars: &[&Var], fused: impl Fn() -> Result<Tensor>, reference: impl Fn()
 fn softmax_gradients() {
     let x = randn_var(&[3, 4, 7], 2.0, 1).unwrap();
     check(&[("x", &x)], || ops::softmax_last_dim(x.as_tensor()));
-    agree(&[&x], || ops::softmax_last_dim(x.as_tensor()), || ops::softmax::reference::softmax_last_dim(x.as_tensor()));
+    agree(
+        &[&x],
+        || ops::softmax_last_dim(x.as_tensor()),
+        || ops::softmax::reference::softmax_last_dim(x.as_tensor()),
+    );
 }
 
 #[test]
 fn log_softmax_gradients() {
     let x = randn_var(&[5, 9], 3.0, 2).unwrap();
     check(&[("x", &x)], || ops::log_softmax_last_dim(x.as_tensor()));
-    agree(&[&x], || ops::log_softmax_last_dim(x.as_tensor()), || {
-        ops::softmax::reference::log_softmax_last_dim(x.as_tensor())
-    });
+    agree(
+        &[&x],
+        || ops::log_softmax_last_dim(x.as_tensor()),
+        || ops::softmax::reference::log_softmax_last_dim(x.as_tensor()),
+    );
 }
 
 fn causal(b: usize, t: usize) -> Tensor {
     // Sample 1 has its last two keys padded.
-    let valid: Vec<Vec<bool>> = (0..b).map(|bi| (0..t).map(|k| !(bi == 1 && k >= t - 2)).collect()).collect();
-    ops::causal_mask(&valid, 0, t, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap()
+    let valid: Vec<Vec<bool>> = (0..b)
+        .map(|bi| (0..t).map(|k| !(bi == 1 && k >= t - 2)).collect())
+        .collect();
+    ops::causal_mask(&valid, 0, t, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
 }
 
 #[test]
 fn masked_softmax_gradients() {
     let x = randn_var(&[2, 3, 5, 5], 1.5, 3).unwrap();
     let mask = causal(2, 5);
-    check(&[("x", &x)], || ops::masked_softmax(x.as_tensor(), Some(&mask), 0.37));
-    agree(&[&x], || ops::masked_softmax(x.as_tensor(), Some(&mask), 0.37), || {
-        ops::softmax::reference::masked_softmax(x.as_tensor(), &mask, 0.37)
+    check(&[("x", &x)], || {
+        ops::masked_softmax(x.as_tensor(), Some(&mask), 0.37)
     });
+    agree(
+        &[&x],
+        || ops::masked_softmax(x.as_tensor(), Some(&mask), 0.37),
+        || ops::softmax::reference::masked_softmax(x.as_tensor(), &mask, 0.37),
+    );
     // Shared mask (1×T×S) too.
     let shared = causal(1, 5);
-    check(&[("x", &x)], || ops::masked_softmax(x.as_tensor(), Some(&shared), 1.0));
+    check(&[("x", &x)], || {
+        ops::masked_softmax(x.as_tensor(), Some(&shared), 1.0)
+    });
 }
 
 #[test]
@@ -83,9 +126,11 @@ fn layer_norm_gradients() {
     check(&[("x", &x), ("gamma", &g), ("beta", &b)], || {
         ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
     });
-    agree(&[&x, &g, &b], || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5), || {
-        ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-    });
+    agree(
+        &[&x, &g, &b],
+        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+    );
 }
 
 #[test]
@@ -97,9 +142,11 @@ fn layer_norm_with_periodic_affine_gradients() {
     check(&[("x", &x), ("gamma", &g), ("beta", &b)], || {
         ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
     });
-    agree(&[&x, &g, &b], || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5), || {
-        ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-    });
+    agree(
+        &[&x, &g, &b],
+        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+    );
 }
 
 #[test]
@@ -108,19 +155,25 @@ fn layer_norm_many_rows_uses_blocked_reduction() {
     let x = randn_var(&[600, 64], 1.0, 10).unwrap();
     let g = randn_var(&[64], 1.0, 11).unwrap();
     let b = randn_var(&[64], 1.0, 12).unwrap();
-    agree(&[&x, &g, &b], || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5), || {
-        ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-    });
+    agree(
+        &[&x, &g, &b],
+        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
+    );
 }
 
 #[test]
 fn rms_norm_gradients() {
     let x = randn_var(&[3, 5, 6], 2.0, 13).unwrap();
     let g = randn_var(&[6], 1.0, 14).unwrap();
-    check(&[("x", &x), ("gamma", &g)], || ops::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6));
-    agree(&[&x, &g], || ops::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6), || {
-        ops::norm::reference::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6)
+    check(&[("x", &x), ("gamma", &g)], || {
+        ops::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6)
     });
+    agree(
+        &[&x, &g],
+        || ops::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6),
+        || ops::norm::reference::rms_norm(x.as_tensor(), g.as_tensor(), 1e-6),
+    );
 }
 
 #[test]
@@ -129,11 +182,19 @@ fn rope_gradients_shared_and_batched_tables() {
     let pos = Tensor::new(&[0u32, 1, 2, 3, 4], &Device::Cpu).unwrap();
     let (cos, sin) = ops::rope_tables(&pos, 8, 10000.0, DType::F64).unwrap();
     check(&[("x", &x)], || ops::rope(x.as_tensor(), &cos, &sin));
-    agree(&[&x], || ops::rope(x.as_tensor(), &cos, &sin), || ops::rope::reference::rope(x.as_tensor(), &cos, &sin));
+    agree(
+        &[&x],
+        || ops::rope(x.as_tensor(), &cos, &sin),
+        || ops::rope::reference::rope(x.as_tensor(), &cos, &sin),
+    );
     let pos_b = Tensor::new(&[[0u32, 0, 1, 2, 3], [0, 1, 2, 3, 4]], &Device::Cpu).unwrap();
     let (cos, sin) = ops::rope_tables(&pos_b, 8, 500.0, DType::F64).unwrap();
     check(&[("x", &x)], || ops::rope(x.as_tensor(), &cos, &sin));
-    agree(&[&x], || ops::rope(x.as_tensor(), &cos, &sin), || ops::rope::reference::rope(x.as_tensor(), &cos, &sin));
+    agree(
+        &[&x],
+        || ops::rope(x.as_tensor(), &cos, &sin),
+        || ops::rope::reference::rope(x.as_tensor(), &cos, &sin),
+    );
 }
 
 #[test]
@@ -142,12 +203,25 @@ fn rope_preserves_norm_and_relative_positions() {
     let q = randn_var(&[1, 1, 1, 8], 1.0, 16).unwrap();
     let k = randn_var(&[1, 1, 1, 8], 1.0, 17).unwrap();
     let dot_at = |pq: u32, pk: u32| -> f64 {
-        let t = |p: u32| ops::rope_tables(&Tensor::new(&[p], &Device::Cpu).unwrap(), 8, 10000.0, DType::F64).unwrap();
+        let t = |p: u32| {
+            ops::rope_tables(
+                &Tensor::new(&[p], &Device::Cpu).unwrap(),
+                8,
+                10000.0,
+                DType::F64,
+            )
+            .unwrap()
+        };
         let (cq, sq) = t(pq);
         let (ck, sk) = t(pk);
         let a = ops::rope(q.as_tensor(), &cq, &sq).unwrap();
         let b = ops::rope(k.as_tensor(), &ck, &sk).unwrap();
-        (a * b).unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap()
+        (a * b)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     // Angles are computed in f32, as Hugging Face does.
     assert!((dot_at(3, 1) - dot_at(7, 5)).abs() < 1e-5);
@@ -155,7 +229,13 @@ fn rope_preserves_norm_and_relative_positions() {
 
 #[test]
 fn activation_gradients() {
-    for act in [Activation::Gelu, Activation::GeluPytorchTanh, Activation::QuickGelu, Activation::Silu, Activation::Relu] {
+    for act in [
+        Activation::Gelu,
+        Activation::GeluPytorchTanh,
+        Activation::QuickGelu,
+        Activation::Silu,
+        Activation::Relu,
+    ] {
         // Keep ReLU's inputs away from the kink at 0, where differences are undefined.
         let x = randn_var(&[4, 9], 2.0, 18).unwrap();
         if act == Activation::Relu {
@@ -164,15 +244,28 @@ fn activation_gradients() {
             x.set(&(x.as_tensor() + away).unwrap()).unwrap();
         }
         check(&[("x", &x)], || act.forward(x.as_tensor()));
-        agree(&[&x], || act.forward(x.as_tensor()), || ops::activation::reference::activation(act, x.as_tensor()));
+        agree(
+            &[&x],
+            || act.forward(x.as_tensor()),
+            || ops::activation::reference::activation(act, x.as_tensor()),
+        );
     }
 }
 
 #[test]
 fn gelu_matches_known_values() {
     let x = Tensor::new(&[-1.0f64, 0.0, 0.5, 2.0], &Device::Cpu).unwrap();
-    let y = Activation::Gelu.forward(&x).unwrap().to_vec1::<f64>().unwrap();
-    let expected = [-0.158_655_253_931_457_07, 0.0, 0.345_731_230_637_006_56, 1.954_499_736_103_641_6];
+    let y = Activation::Gelu
+        .forward(&x)
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
+    let expected = [
+        -0.158_655_253_931_457_07,
+        0.0,
+        0.345_731_230_637_006_56,
+        1.954_499_736_103_641_6,
+    ];
     for (a, b) in y.iter().zip(expected) {
         assert!((a - b).abs() < 1e-12, "{a} vs {b}");
     }
@@ -182,37 +275,58 @@ fn gelu_matches_known_values() {
 fn swiglu_gradients() {
     let g = randn_var(&[3, 7], 2.0, 19).unwrap();
     let u = randn_var(&[3, 7], 2.0, 20).unwrap();
-    check(&[("gate", &g), ("up", &u)], || ops::swiglu(g.as_tensor(), u.as_tensor()));
-    agree(&[&g, &u], || ops::swiglu(g.as_tensor(), u.as_tensor()), || {
-        ops::activation::reference::swiglu(g.as_tensor(), u.as_tensor())
+    check(&[("gate", &g), ("up", &u)], || {
+        ops::swiglu(g.as_tensor(), u.as_tensor())
     });
+    agree(
+        &[&g, &u],
+        || ops::swiglu(g.as_tensor(), u.as_tensor()),
+        || ops::activation::reference::swiglu(g.as_tensor(), u.as_tensor()),
+    );
 }
 
 #[test]
 fn cross_entropy_gradients_with_ignored_labels() {
     let logits = randn_var(&[6, 11], 2.0, 21).unwrap();
     let labels = [3i64, -100, 0, 10, -100, 7];
-    let report = check_gradients(&[("logits", &logits)], || ops::cross_entropy(logits.as_tensor(), &labels), &GradCheck {
-        max_elems: 66,
-        ..GradCheck::default()
-    })
+    let report = check_gradients(
+        &[("logits", &logits)],
+        || ops::cross_entropy(logits.as_tensor(), &labels),
+        &GradCheck {
+            max_elems: 66,
+            ..GradCheck::default()
+        },
+    )
     .unwrap();
     assert_eq!(report.checked, 66);
-    agree(&[&logits], || ops::cross_entropy(logits.as_tensor(), &labels), || {
-        ops::loss::reference::cross_entropy(logits.as_tensor(), &labels)
-    });
+    agree(
+        &[&logits],
+        || ops::cross_entropy(logits.as_tensor(), &labels),
+        || ops::loss::reference::cross_entropy(logits.as_tensor(), &labels),
+    );
     // Ignored rows receive exactly zero gradient.
-    let grads = ops::cross_entropy(logits.as_tensor(), &labels).unwrap().backward().unwrap();
-    let g = grads.get(logits.as_tensor()).unwrap().to_vec2::<f64>().unwrap();
+    let grads = ops::cross_entropy(logits.as_tensor(), &labels)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g = grads
+        .get(logits.as_tensor())
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
     assert!(g[1].iter().chain(g[4].iter()).all(|&v| v == 0.0));
 }
 
 #[test]
 fn cross_entropy_refuses_batches_without_supervision_and_bad_labels() {
     let logits = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
-    let err = ops::cross_entropy(&logits, &[-100, -100]).unwrap_err().to_string();
+    let err = ops::cross_entropy(&logits, &[-100, -100])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("no supervised position"), "{err}");
-    let err = ops::cross_entropy(&logits, &[4, 0]).unwrap_err().to_string();
+    let err = ops::cross_entropy(&logits, &[4, 0])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("outside the vocabulary"), "{err}");
     let err = ops::cross_entropy(&logits, &[1]).unwrap_err().to_string();
     assert!(err.contains("1 labels"), "{err}");
@@ -221,7 +335,10 @@ fn cross_entropy_refuses_batches_without_supervision_and_bad_labels() {
 #[test]
 fn cross_entropy_value_is_the_mean_nll() {
     let logits = Tensor::new(&[[0f64, 0.0], [2.0f64.ln(), 0.0]], &Device::Cpu).unwrap();
-    let v = ops::cross_entropy(&logits, &[0, 1]).unwrap().to_scalar::<f64>().unwrap();
+    let v = ops::cross_entropy(&logits, &[0, 1])
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let expected = (2f64.ln() + 3f64.ln()) / 2.0;
     assert!((v - expected).abs() < 1e-12);
 }
@@ -231,12 +348,21 @@ fn linear_gradients_with_and_without_bias() {
     let x = randn_var(&[2, 3, 5], 1.0, 22).unwrap();
     let w = randn_var(&[4, 5], 1.0, 23).unwrap();
     let b = randn_var(&[4], 1.0, 24).unwrap();
-    check(&[("x", &x), ("w", &w), ("b", &b)], || ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())));
-    check(&[("x", &x), ("w", &w)], || ops::linear(x.as_tensor(), w.as_tensor(), None));
-    agree(&[&x, &w, &b], || ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())), || {
-        let x2 = x.as_tensor().reshape((6, 5))?;
-        ops::linear::reference::linear(&x2, w.as_tensor(), Some(b.as_tensor()))?.reshape((2, 3, 4))
+    check(&[("x", &x), ("w", &w), ("b", &b)], || {
+        ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor()))
     });
+    check(&[("x", &x), ("w", &w)], || {
+        ops::linear(x.as_tensor(), w.as_tensor(), None)
+    });
+    agree(
+        &[&x, &w, &b],
+        || ops::linear(x.as_tensor(), w.as_tensor(), Some(b.as_tensor())),
+        || {
+            let x2 = x.as_tensor().reshape((6, 5))?;
+            ops::linear::reference::linear(&x2, w.as_tensor(), Some(b.as_tensor()))?
+                .reshape((2, 3, 4))
+        },
+    );
 }
 
 #[test]
@@ -245,12 +371,28 @@ fn frozen_weight_gets_no_gradient_but_passes_one_through() {
     let w = randn_var(&[4, 5], 1.0, 26).unwrap().as_tensor().detach();
     let y = ops::linear(x.as_tensor(), &w, None).unwrap();
     let grads = y.sum_all().unwrap().backward().unwrap();
-    assert!(grads.get(&w).is_none(), "frozen weight must not get a gradient");
+    assert!(
+        grads.get(&w).is_none(),
+        "frozen weight must not get a gradient"
+    );
     assert!(grads.get(x.as_tensor()).is_some());
     // The gradient store holds only what is needed: x and the op's output chain.
     let x_grad = grads.get(x.as_tensor()).unwrap();
-    let expected = w.sum(0).unwrap().unsqueeze(0).unwrap().broadcast_as((3, 5)).unwrap();
-    let d = (x_grad - expected).unwrap().abs().unwrap().max_keepdim(1).unwrap().max(0).unwrap();
+    let expected = w
+        .sum(0)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .broadcast_as((3, 5))
+        .unwrap();
+    let d = (x_grad - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_keepdim(1)
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.squeeze(0).unwrap().to_scalar::<f64>().unwrap() < 1e-12);
 }
 
@@ -269,20 +411,52 @@ fn attention_gradients_with_grouped_heads() {
     let v = randn_var(&[2, 2, 5, 3], 1.0, 29).unwrap();
     let mask = causal(2, 5);
     check(&[("q", &q), ("k", &k), ("v", &v)], || {
-        Ok(ops::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), Some(&mask), 0.5)?.output)
+        Ok(ops::attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            Some(&mask),
+            0.5,
+        )?
+        .output)
     });
     // Against an explicit per-head computation with repeated key/value heads.
-    let fused = ops::attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), Some(&mask), 0.5).unwrap().output;
+    let fused = ops::attention(
+        q.as_tensor(),
+        k.as_tensor(),
+        v.as_tensor(),
+        Some(&mask),
+        0.5,
+    )
+    .unwrap()
+    .output;
     let rep = |t: &Tensor| -> Tensor {
         let (b, kv, s, d) = t.dims4().unwrap();
-        t.unsqueeze(2).unwrap().broadcast_as((b, kv, 2, s, d)).unwrap().reshape((b, kv * 2, s, d)).unwrap()
+        t.unsqueeze(2)
+            .unwrap()
+            .broadcast_as((b, kv, 2, s, d))
+            .unwrap()
+            .reshape((b, kv * 2, s, d))
+            .unwrap()
     };
     let (kr, vr) = (rep(k.as_tensor()), rep(v.as_tensor()));
-    let scores = (q.as_tensor().matmul(&kr.t().unwrap().contiguous().unwrap()).unwrap() * 0.5).unwrap();
+    let scores = (q
+        .as_tensor()
+        .matmul(&kr.t().unwrap().contiguous().unwrap())
+        .unwrap()
+        * 0.5)
+        .unwrap();
     let scores = scores.broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
     let probs = ops::softmax::reference::softmax_last_dim(&scores).unwrap();
     let explicit = probs.matmul(&vr.contiguous().unwrap()).unwrap();
-    let d = (fused - explicit).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (fused - explicit)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
 }
 
@@ -291,7 +465,9 @@ fn embedding_lookup_gradient_via_index_select() {
     // Token embeddings go through index_select, whose backward is index_add.
     let table = randn_var(&[7, 4], 1.0, 30).unwrap();
     let ids = Tensor::new(&[3u32, 1, 3, 6], &Device::Cpu).unwrap();
-    check(&[("table", &table)], || table.as_tensor().index_select(&ids, 0));
+    check(&[("table", &table)], || {
+        table.as_tensor().index_select(&ids, 0)
+    });
 }
 
 #[test]
@@ -300,13 +476,38 @@ fn ops_run_in_f32_and_bf16() {
     let g = Tensor::ones(8, DType::F32, &Device::Cpu).unwrap();
     let b = Tensor::zeros(8, DType::F32, &Device::Cpu).unwrap();
     let y32 = ops::layer_norm(&x, &g, &b, 1e-5).unwrap();
-    let y16 = ops::layer_norm(&x.to_dtype(DType::BF16).unwrap(), &g.to_dtype(DType::BF16).unwrap(), &b.to_dtype(DType::BF16).unwrap(), 1e-5).unwrap();
+    let y16 = ops::layer_norm(
+        &x.to_dtype(DType::BF16).unwrap(),
+        &g.to_dtype(DType::BF16).unwrap(),
+        &b.to_dtype(DType::BF16).unwrap(),
+        1e-5,
+    )
+    .unwrap();
     assert_eq!(y16.dtype(), DType::BF16);
-    let d = (y32 - y16.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (y32 - y16.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f32>().unwrap() < 0.05);
     let w = Tensor::randn(0f32, 1.0, (5, 8), &Device::Cpu).unwrap();
     let l32 = ops::linear(&x, &w, None).unwrap();
-    let l16 = ops::linear(&x.to_dtype(DType::BF16).unwrap(), &w.to_dtype(DType::BF16).unwrap(), None).unwrap();
-    let d = (l32 - l16.to_dtype(DType::F32).unwrap()).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let l16 = ops::linear(
+        &x.to_dtype(DType::BF16).unwrap(),
+        &w.to_dtype(DType::BF16).unwrap(),
+        None,
+    )
+    .unwrap();
+    let d = (l32 - l16.to_dtype(DType::F32).unwrap())
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f32>().unwrap() < 0.1);
 }

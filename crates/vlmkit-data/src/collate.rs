@@ -40,7 +40,10 @@ impl Collator {
     /// image lacks it, refuse a placeholder without an image.
     fn with_placeholder(&self, example: &Example) -> Result<Vec<crate::Turn>, DataError> {
         let mut turns = example.turns.clone();
-        let count: usize = turns.iter().map(|t| t.value.matches(IMAGE_TOKEN).count()).sum();
+        let count: usize = turns
+            .iter()
+            .map(|t| t.value.matches(IMAGE_TOKEN).count())
+            .sum();
         match (example.image.is_some(), count) {
             (true, 0) => {
                 if let Some(first) = turns.iter_mut().find(|t| t.from == Role::Human) {
@@ -54,17 +57,19 @@ impl Collator {
                     example.id
                 )))
             }
-            (true, n) => {
-                return Err(DataError::Template(format!(
-                    "example {}: {n} {IMAGE_TOKEN} placeholders; one image per example is supported",
-                    example.id
-                )))
-            }
+            (true, n) => return Err(DataError::Template(format!(
+                "example {}: {n} {IMAGE_TOKEN} placeholders; one image per example is supported",
+                example.id
+            ))),
         }
         Ok(turns)
     }
 
-    fn tokenize(&self, example: &Example, segments: &[Segment]) -> Result<TokenSequence, DataError> {
+    fn tokenize(
+        &self,
+        example: &Example,
+        segments: &[Segment],
+    ) -> Result<TokenSequence, DataError> {
         let tok = &self.tokenizer;
         let mut ids = Vec::new();
         let mut labels = Vec::new();
@@ -75,7 +80,11 @@ impl Collator {
         for seg in segments {
             for id in tok.encode(&seg.text)? {
                 ids.push(id);
-                labels.push(if seg.supervised { id as i64 } else { IGNORE_INDEX });
+                labels.push(if seg.supervised {
+                    id as i64
+                } else {
+                    IGNORE_INDEX
+                });
             }
         }
         ids.truncate(self.max_text_len);
@@ -101,7 +110,8 @@ pub fn pixels(image: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> Vec
     let img = if image.width() == size && image.height() == size {
         image
     } else {
-        resized = image::imageops::resize(image, size, size, image::imageops::FilterType::CatmullRom);
+        resized =
+            image::imageops::resize(image, size, size, image::imageops::FilterType::CatmullRom);
         &resized
     };
     let n = (size * size) as usize;
@@ -166,6 +176,8 @@ mod tests {
         let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
         let p = pixels(&img, 2, [0.5; 3], [0.5; 3]);
         assert_eq!(p.len(), 12);
-        assert!((p[0] - 1.0).abs() < 1e-6 && (p[4] + 1.0).abs() < 1e-6 && (p[8] + 0.6).abs() < 1e-6);
+        assert!(
+            (p[0] - 1.0).abs() < 1e-6 && (p[4] + 1.0).abs() < 1e-6 && (p[8] + 0.6).abs() < 1e-6
+        );
     }
 }

@@ -18,11 +18,11 @@ pub mod shapes;
 pub mod template;
 pub mod tokenizer;
 
+pub use collate::{pixels, Collator};
 pub use error::DataError;
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};
 pub use export::{export_split, ExportSummary};
 pub use llava::{write_llava_json, LlavaDataset, LlavaRecord};
 pub use shapes::{Family, PopeMode, Sample, ShapesConfig, ShapesDataset, Split};
-pub use collate::{pixels, Collator};
 pub use template::ChatTemplate;
 pub use tokenizer::TextTokenizer;

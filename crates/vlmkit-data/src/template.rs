@@ -5,7 +5,8 @@ use crate::error::DataError;
 use crate::example::{Role, Turn};
 
 /// LLaVA-1.5's system prompt (`conv_vicuna_v1`).
-pub const LLAVA_SYSTEM: &str = "A chat between a curious human and an artificial intelligence assistant. \
+pub const LLAVA_SYSTEM: &str =
+    "A chat between a curious human and an artificial intelligence assistant. \
 The assistant gives helpful, detailed, and polite answers to the human's questions.";
 
 /// A piece of rendered text and whether its tokens are supervised.
@@ -73,10 +74,12 @@ impl ChatTemplate {
     fn render_inner(&self, turns: &[Turn], prompt_only: bool) -> Result<Vec<Segment>, DataError> {
         let mut out = Vec::new();
         match self {
-            Self::VicunaV1 { system } if !system.is_empty() => out.push(Segment::context(format!("{system} "))),
-            Self::ChatMl { system } if !system.is_empty() => {
-                out.push(Segment::context(format!("<|im_start|>system\n{system}<|im_end|>\n")))
+            Self::VicunaV1 { system } if !system.is_empty() => {
+                out.push(Segment::context(format!("{system} ")))
             }
+            Self::ChatMl { system } if !system.is_empty() => out.push(Segment::context(format!(
+                "<|im_start|>system\n{system}<|im_end|>\n"
+            ))),
             _ => {}
         }
         let mut expect = Role::Human;
@@ -92,7 +95,9 @@ impl ChatTemplate {
                 (Self::VicunaV1 { .. }, Role::Human) => {
                     out.push(Segment::context(format!("USER: {} ASSISTANT:", turn.value)))
                 }
-                (Self::VicunaV1 { .. }, Role::Gpt) => out.push(Segment::answer(format!(" {}</s>", turn.value))),
+                (Self::VicunaV1 { .. }, Role::Gpt) => {
+                    out.push(Segment::answer(format!(" {}</s>", turn.value)))
+                }
                 (Self::ChatMl { .. }, Role::Human) => out.push(Segment::context(format!(
                     "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
                     turn.value
@@ -111,7 +116,9 @@ impl ChatTemplate {
             };
         }
         if prompt_only {
-            return Err(DataError::Template("the conversation has no question".into()));
+            return Err(DataError::Template(
+                "the conversation has no question".into(),
+            ));
         }
         Ok(out)
     }
@@ -122,7 +129,12 @@ mod tests {
     use super::*;
 
     fn turns() -> Vec<Turn> {
-        vec![Turn::human("<image>\nQ1"), Turn::gpt("A1"), Turn::human("Q2"), Turn::gpt("A2")]
+        vec![
+            Turn::human("<image>\nQ1"),
+            Turn::gpt("A1"),
+            Turn::human("Q2"),
+            Turn::gpt("A2"),
+        ]
     }
 
     fn join(segs: &[Segment]) -> String {
@@ -133,17 +145,30 @@ mod tests {
     fn vicuna_v1_matches_llava() {
         let t = ChatTemplate::from_name("vicuna_v1", Some("SYS")).unwrap();
         let segs = t.render(&turns()).unwrap();
-        assert_eq!(join(&segs), "SYS USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>");
-        let supervised: Vec<&str> = segs.iter().filter(|s| s.supervised).map(|s| s.text.as_str()).collect();
+        assert_eq!(
+            join(&segs),
+            "SYS USER: <image>\nQ1 ASSISTANT: A1</s>USER: Q2 ASSISTANT: A2</s>"
+        );
+        let supervised: Vec<&str> = segs
+            .iter()
+            .filter(|s| s.supervised)
+            .map(|s| s.text.as_str())
+            .collect();
         assert_eq!(supervised, [" A1</s>", " A2</s>"]);
-        assert_eq!(join(&t.prompt(&turns()).unwrap()), "SYS USER: <image>\nQ1 ASSISTANT:");
+        assert_eq!(
+            join(&t.prompt(&turns()).unwrap()),
+            "SYS USER: <image>\nQ1 ASSISTANT:"
+        );
     }
 
     #[test]
     fn chatml_shape() {
         let t = ChatTemplate::from_name("chatml", None).unwrap();
         let text = join(&t.render(&turns()[..2]).unwrap());
-        assert_eq!(text, "<|im_start|>user\n<image>\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n");
+        assert_eq!(
+            text,
+            "<|im_start|>user\n<image>\nQ1<|im_end|>\n<|im_start|>assistant\nA1<|im_end|>\n"
+        );
     }
 
     #[test]

@@ -57,7 +57,11 @@ impl TextTokenizer {
         for s in BUILTIN_SPECIALS {
             add(s, &mut vocab);
         }
-        for w in TEMPLATE_WORDS.iter().copied().chain(words.iter().map(String::as_str)) {
+        for w in TEMPLATE_WORDS
+            .iter()
+            .copied()
+            .chain(words.iter().map(String::as_str))
+        {
             add(&w.to_lowercase(), &mut vocab);
         }
         let added: Vec<_> = BUILTIN_SPECIALS
@@ -105,10 +109,15 @@ impl TextTokenizer {
         let eos = ["</s>", "<|im_end|>", "<|endoftext|>"]
             .iter()
             .find_map(|t| id(t))
-            .ok_or_else(|| DataError::Tokenizer("no end-of-sequence token (</s>, <|im_end|> or <|endoftext|>)".into()))?;
+            .ok_or_else(|| {
+                DataError::Tokenizer(
+                    "no end-of-sequence token (</s>, <|im_end|> or <|endoftext|>)".into(),
+                )
+            })?;
         let bos = id("<s>");
         let pad = id("<pad>").or_else(|| id("<unk>")).unwrap_or(eos);
-        let image = id(IMAGE_TOKEN).ok_or_else(|| DataError::Tokenizer("could not add <image>".into()))?;
+        let image =
+            id(IMAGE_TOKEN).ok_or_else(|| DataError::Tokenizer("could not add <image>".into()))?;
         Ok(Self {
             inner,
             bos,
@@ -129,7 +138,12 @@ impl TextTokenizer {
 
     /// Token ids of `text`, without BOS/EOS.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, DataError> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(self
+            .inner
+            .encode(text, false)
+            .map_err(tok_err)?
+            .get_ids()
+            .to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
@@ -164,7 +178,10 @@ mod tests {
         assert_eq!(a.to_json().unwrap(), b.to_json().unwrap());
         let c = TextTokenizer::from_json(&a.to_json().unwrap()).unwrap();
         assert_eq!(c.vocab_size(), a.vocab_size());
-        assert_eq!(c.encode("What color is the circle?").unwrap(), a.encode("What color is the circle?").unwrap());
+        assert_eq!(
+            c.encode("What color is the circle?").unwrap(),
+            a.encode("What color is the circle?").unwrap()
+        );
     }
 
     #[test]
@@ -173,9 +190,15 @@ mod tests {
         let ids = t.encode("<image>\nWhat color is the circle?").unwrap();
         assert_eq!(ids[0], t.image);
         assert_eq!(ids.len(), 7, "{ids:?}");
-        assert!(t.covers("USER: What color is the circle? ASSISTANT: red").unwrap());
+        assert!(t
+            .covers("USER: What color is the circle? ASSISTANT: red")
+            .unwrap());
         assert!(!t.covers("zebra").unwrap());
-        assert_eq!(t.decode(&t.encode("There are 3 objects. A red circle.").unwrap()).unwrap(), "there are 3 objects. a red circle.");
+        assert_eq!(
+            t.decode(&t.encode("There are 3 objects. A red circle.").unwrap())
+                .unwrap(),
+            "there are 3 objects. a red circle."
+        );
         let with_eos = t.encode("red</s>").unwrap();
         assert_eq!(*with_eos.last().unwrap(), t.eos);
     }

@@ -29,7 +29,11 @@ fn builder(model: &LoadedModel) -> BatchBuilder {
 
 /// Generates an answer to the first question of each example (greedy unless
 /// `gen` says otherwise).
-pub fn generate_answers(model: &LoadedModel, examples: &[Example], gen: &GenerateOptions) -> Result<Vec<String>, TrainError> {
+pub fn generate_answers(
+    model: &LoadedModel,
+    examples: &[Example],
+    gen: &GenerateOptions,
+) -> Result<Vec<String>, TrainError> {
     let batch = builder(model).prompts(examples)?;
     let tok = &model.plan.tokenizer;
     let mut gen = gen.clone();
@@ -56,7 +60,9 @@ pub fn evaluate(
     let mut start = 0u64;
     while start < n {
         let end = (start + opts.batch_size as u64).min(n);
-        let examples = (start..end).map(|i| source.get(i)).collect::<Result<Vec<_>, _>>()?;
+        let examples = (start..end)
+            .map(|i| source.get(i))
+            .collect::<Result<Vec<_>, _>>()?;
         let answers = generate_answers(model, &examples, &gen)?;
         for (ex, prediction) in examples.iter().zip(answers) {
             let answer = ex.answer().unwrap_or_default().to_string();

@@ -65,7 +65,13 @@ pub struct EvalReport {
 pub fn normalize_answer(text: &str) -> String {
     text.to_lowercase()
         .chars()
-        .map(|c| if c.is_alphanumeric() || c.is_whitespace() { c } else { ' ' })
+        .map(|c| {
+            if c.is_alphanumeric() || c.is_whitespace() {
+                c
+            } else {
+                ' '
+            }
+        })
         .collect::<String>()
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -140,7 +146,11 @@ pub fn score(checkpoint: &str, predictions: &[Prediction]) -> EvalReport {
         subsets.sort();
         subsets.dedup();
         for s in subsets {
-            let preds: Vec<&Prediction> = existence.iter().copied().filter(|p| p.pope.as_deref() == Some(s)).collect();
+            let preds: Vec<&Prediction> = existence
+                .iter()
+                .copied()
+                .filter(|p| p.pope.as_deref() == Some(s))
+                .collect();
             pope.push(pope_scores(&preds, s));
         }
         pope.push(pope_scores(&existence, "all"));
@@ -177,7 +187,12 @@ impl EvalReport {
                 100.0 * (f.accuracy - f.baseline())
             );
         }
-        out += &format!("{:<12} {:>6} {:>8.1}%\n", "all", self.samples, 100.0 * self.accuracy);
+        out += &format!(
+            "{:<12} {:>6} {:>8.1}%\n",
+            "all",
+            self.samples,
+            100.0 * self.accuracy
+        );
         if !self.pope.is_empty() {
             out += &format!(
                 "\nPOPE (existence)  {:>6} {:>9} {:>10} {:>7} {:>7} {:>10}\n",
@@ -200,10 +215,18 @@ impl EvalReport {
     }
 
     /// Per-family accuracy as a bar chart with each family's best baseline marked.
-    pub fn save_chart(&self, title: &str, path: &std::path::Path) -> Result<(), vlmkit_plot::PlotError> {
+    pub fn save_chart(
+        &self,
+        title: &str,
+        path: &std::path::Path,
+    ) -> Result<(), vlmkit_plot::PlotError> {
         let groups: Vec<String> = self.families.iter().map(|f| f.family.clone()).collect();
         let values: Vec<f64> = self.families.iter().map(|f| 100.0 * f.accuracy).collect();
-        let baselines: Vec<Option<f64>> = self.families.iter().map(|f| Some(100.0 * f.baseline())).collect();
+        let baselines: Vec<Option<f64>> = self
+            .families
+            .iter()
+            .map(|f| Some(100.0 * f.baseline()))
+            .collect();
         vlmkit_plot::BarChart::new(title)
             .groups(groups)
             .series("accuracy %", values)

@@ -54,23 +54,29 @@ impl VisionSpec {
         if !VISION_KINDS.contains(&kind.as_str()) {
             return Err(settings.error(
                 "kind",
-                format!("unknown vision encoder `{kind}` (known: {})", VISION_KINDS.join(", ")),
+                format!(
+                    "unknown vision encoder `{kind}` (known: {})",
+                    VISION_KINDS.join(", ")
+                ),
             ));
         }
         let source = parse_source(settings)?;
         let layers = match settings.get("layers") {
             None => None,
-            Some(v) => Some(
-                v.clone()
-                    .try_into::<Vec<i64>>()
-                    .map_err(|_| settings.error("layers", "expected a list of integers, e.g. [-2] or [1, 2, 3]"))?,
-            ),
+            Some(v) => Some(v.clone().try_into::<Vec<i64>>().map_err(|_| {
+                settings.error(
+                    "layers",
+                    "expected a list of integers, e.g. [-2] or [1, 2, 3]",
+                )
+            })?),
         };
         if layers.as_ref().is_some_and(|l| l.is_empty()) {
             return Err(settings.error("layers", "select at least one hidden state"));
         }
         let config: VitConfig = settings.without(&["kind", "from", "layers"]).parse()?;
-        config.validate().map_err(|(key, msg)| settings.error(key, msg))?;
+        config
+            .validate()
+            .map_err(|(key, msg)| settings.error(key, msg))?;
         let spec = Self {
             kind,
             source,
@@ -80,7 +86,8 @@ impl VisionSpec {
         if let Some(layers) = &spec.layers {
             let info = spec.info();
             for &l in layers {
-                info.resolve(l).map_err(|e| settings.error("layers", e.to_string()))?;
+                info.resolve(l)
+                    .map_err(|e| settings.error("layers", e.to_string()))?;
             }
         }
         Ok(spec)
@@ -121,22 +128,41 @@ impl LlmSpec {
     pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
-            .ok_or_else(|| settings.error("kind", "missing: which language model (e.g. \"llama\")"))?
+            .ok_or_else(|| {
+                settings.error("kind", "missing: which language model (e.g. \"llama\")")
+            })?
             .to_string();
         if !LLM_KINDS.contains(&kind.as_str()) {
             return Err(settings.error(
                 "kind",
-                format!("unknown language model `{kind}` (known: {})", LLM_KINDS.join(", ")),
+                format!(
+                    "unknown language model `{kind}` (known: {})",
+                    LLM_KINDS.join(", ")
+                ),
             ));
         }
         let source = parse_source(settings)?;
-        let tokenizer = settings.get_str("tokenizer")?.unwrap_or("builtin").to_string();
-        let chat_template = settings.get_str("chat_template")?.unwrap_or("vicuna_v1").to_string();
+        let tokenizer = settings
+            .get_str("tokenizer")?
+            .unwrap_or("builtin")
+            .to_string();
+        let chat_template = settings
+            .get_str("chat_template")?
+            .unwrap_or("vicuna_v1")
+            .to_string();
         let system_prompt = settings.get_str("system_prompt")?.map(str::to_string);
         let config: LlamaConfig = settings
-            .without(&["kind", "from", "tokenizer", "chat_template", "system_prompt"])
+            .without(&[
+                "kind",
+                "from",
+                "tokenizer",
+                "chat_template",
+                "system_prompt",
+            ])
             .parse()?;
-        config.validate().map_err(|(key, msg)| settings.error(key, msg))?;
+        config
+            .validate()
+            .map_err(|(key, msg)| settings.error(key, msg))?;
         Ok(Self {
             kind,
             source,

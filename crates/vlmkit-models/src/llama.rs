@@ -8,7 +8,8 @@ use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 use vlmkit_core::nn::{
-    AttentionConfig, Embedding, GatedFeedForward, Linear, LinearInit, MultiHeadAttention, RmsNorm, RopeTables,
+    AttentionConfig, Embedding, GatedFeedForward, Linear, LinearInit, MultiHeadAttention, RmsNorm,
+    RopeTables,
 };
 use vlmkit_core::ops::Activation;
 use vlmkit_core::{DecoderHooks, DecoderInput, KvCache, LanguageModel, LlmInfo};
@@ -96,10 +97,19 @@ impl LlamaConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(("head_dim", format!("rotary embeddings need an even head_dim, got {}", self.head_dim())));
+            return Err((
+                "head_dim",
+                format!(
+                    "rotary embeddings need an even head_dim, got {}",
+                    self.head_dim()
+                ),
+            ));
         }
         if self.hidden_act != Activation::Silu {
-            return Err(("hidden_act", "LLaMA-family decoders use `silu` (SwiGLU)".into()));
+            return Err((
+                "hidden_act",
+                "LLaMA-family decoders use `silu` (SwiGLU)".into(),
+            ));
         }
         Ok(())
     }
@@ -141,7 +151,11 @@ impl DecoderLayer {
             vb.pp("self_attn"),
         )?;
         Ok(Self {
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("input_layernorm"),
+            )?,
             self_attn: attn,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
@@ -241,7 +255,12 @@ impl LanguageModel for Llama {
                 *cache = KvCache::new(self.layers.len());
             }
         }
-        let rope = RopeTables::new(&input.positions, self.cfg.head_dim(), self.cfg.rope_theta, embeds.dtype())?;
+        let rope = RopeTables::new(
+            &input.positions,
+            self.cfg.head_dim(),
+            self.cfg.rope_theta,
+            embeds.dtype(),
+        )?;
         let mut x = embeds.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(hooks) = hooks {
@@ -255,7 +274,10 @@ impl LanguageModel for Llama {
                 layer_cache,
             )?;
             let h = (&x + attn.output)?;
-            x = (&h + layer.mlp.forward(&layer.post_attention_layernorm.forward(&h)?)?)?;
+            x = (&h
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&h)?)?)?;
         }
         self.norm.forward(&x)
     }

@@ -6,7 +6,9 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use vlmkit_core::nn::{AttentionConfig, FeedForward, FeedForwardConfig, LayerNorm, LinearInit, MultiHeadAttention};
+use vlmkit_core::nn::{
+    AttentionConfig, FeedForward, FeedForwardConfig, LayerNorm, LinearInit, MultiHeadAttention,
+};
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
 
@@ -63,7 +65,10 @@ impl VitConfig {
         if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
             return Err((
                 "patch_size",
-                format!("image_size {} is not a multiple of patch_size {}", self.image_size, self.patch_size),
+                format!(
+                    "image_size {} is not a multiple of patch_size {}",
+                    self.image_size, self.patch_size
+                ),
             ));
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
@@ -108,7 +113,8 @@ impl EncoderLayer {
         let d = cfg.hidden_size;
         let f = cfg.initializer_factor;
         // CLIP's initialisation: projections scaled by width and depth.
-        let in_proj_std = (d as f64).powf(-0.5) * (2.0 * cfg.num_hidden_layers as f64).powf(-0.5) * f;
+        let in_proj_std =
+            (d as f64).powf(-0.5) * (2.0 * cfg.num_hidden_layers as f64).powf(-0.5) * f;
         let out_proj_std = (d as f64).powf(-0.5) * f;
         let fc_std = (2.0 * d as f64).powf(-0.5) * f;
         let heads = cfg.num_attention_heads;
@@ -151,7 +157,10 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = (x + self.self_attn.forward_self(&self.layer_norm1.forward(x)?, None, None, None)?.output)?;
+        let h = (x + self
+            .self_attn
+            .forward_self(&self.layer_norm1.forward(x)?, None, None, None)?
+            .output)?;
         &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
     }
 }
@@ -185,17 +194,26 @@ impl VisionTransformer {
         let patch_embedding = emb.get_with_hints(
             (d, cfg.num_channels, p, p),
             "patch_embedding.weight",
-            Init::Randn { mean: 0.0, stdev: cfg.initializer_range * f },
+            Init::Randn {
+                mean: 0.0,
+                stdev: cfg.initializer_range * f,
+            },
         )?;
         let class_embedding = emb.get_with_hints(
             d,
             "class_embedding",
-            Init::Randn { mean: 0.0, stdev: (d as f64).powf(-0.5) * f },
+            Init::Randn {
+                mean: 0.0,
+                stdev: (d as f64).powf(-0.5) * f,
+            },
         )?;
         let position_embedding = emb.get_with_hints(
             (cfg.num_patches() + 1, d),
             "position_embedding.weight",
-            Init::Randn { mean: 0.0, stdev: cfg.initializer_range * f },
+            Init::Randn {
+                mean: 0.0,
+                stdev: cfg.initializer_range * f,
+            },
         )?;
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(cfg, vb.pp("encoder").pp("layers").pp(i)))
@@ -257,7 +275,9 @@ impl VisionEncoder for VisionTransformer {
     fn forward(&self, pixels: &Tensor, layers: &[usize]) -> Result<VisualFeatures> {
         let depth = self.cfg.num_hidden_layers;
         if let Some(&bad) = layers.iter().find(|&&l| l > depth) {
-            candle_core::bail!("hidden state hs[{bad}] requested from an encoder with {depth} blocks");
+            candle_core::bail!(
+                "hidden state hs[{bad}] requested from an encoder with {depth} blocks"
+            );
         }
         let deepest = layers.iter().copied().max().unwrap_or(0);
         let mut states = Vec::with_capacity(deepest + 1);

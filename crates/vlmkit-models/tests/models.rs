@@ -45,8 +45,15 @@ fn named(store: &ParamStore) -> Vec<(String, Var)> {
 fn gradcheck_all(store: &ParamStore, loss: impl Fn() -> candle_core::Result<Tensor>) {
     let vars = named(store);
     let refs: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
-    check_gradients(&refs, loss, &GradCheck { max_elems: 6, ..GradCheck::default() })
-        .unwrap_or_else(|e| panic!("{e}"));
+    check_gradients(
+        &refs,
+        loss,
+        &GradCheck {
+            max_elems: 6,
+            ..GradCheck::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
@@ -58,7 +65,9 @@ fn vit_gradients_match_finite_differences() {
     gradcheck_all(&store, || {
         let f = vit.forward(&pixels, &[0, 1, 2])?;
         let cls = Tensor::stack(f.cls.as_ref().unwrap(), 1)?;
-        random_projection(&f.layers[2], 1)? + random_projection(&f.layers[1], 2)? + random_projection(&cls, 3)?
+        random_projection(&f.layers[2], 1)?
+            + random_projection(&f.layers[1], 2)?
+            + random_projection(&cls, 3)?
     });
 }
 
@@ -73,12 +82,22 @@ fn vit_hidden_states_follow_hf_indexing() {
     assert_eq!(all.grid, (2, 2));
     // Asking for hs[1] alone runs one block and gives the same tensor.
     let one = vit.forward(&pixels, &[1]).unwrap();
-    let d = (&one.layers[0] - &all.layers[1]).unwrap().abs().unwrap().max_keepdim(2).unwrap().flatten_all().unwrap();
+    let d = (&one.layers[0] - &all.layers[1])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_keepdim(2)
+        .unwrap()
+        .flatten_all()
+        .unwrap();
     assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() == 0.0);
     // Blocks past the deepest requested layer, and the pooled-output norm, are unused.
     assert_eq!(
         vit.unused_params(&[1]),
-        ["vision_model.encoder.layers.1.", "vision_model.post_layernorm."]
+        [
+            "vision_model.encoder.layers.1.",
+            "vision_model.post_layernorm."
+        ]
     );
     let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
     for expected in [
@@ -105,13 +124,26 @@ fn patch_unfold_matches_candle_conv2d() {
     let vit = VisionTransformer::new(&cfg, store.init_builder(3)).unwrap();
     let pixels = Tensor::randn(0f64, 1.0, (2, 3, 8, 8), &Device::Cpu).unwrap();
     let hs0 = vit.forward(&pixels, &[0]).unwrap();
-    let w = store.get("vision_model.embeddings.patch_embedding.weight").unwrap();
+    let w = store
+        .get("vision_model.embeddings.patch_embedding.weight")
+        .unwrap();
     let conv = pixels.conv2d(w.as_tensor(), 0, 4, 1, 1).unwrap(); // (2, 8, 2, 2)
     let tokens = conv.flatten_from(2).unwrap().transpose(1, 2).unwrap(); // (2, 4, 8)
-    let cls = store.get("vision_model.embeddings.class_embedding").unwrap();
-    let pos = store.get("vision_model.embeddings.position_embedding.weight").unwrap();
+    let cls = store
+        .get("vision_model.embeddings.class_embedding")
+        .unwrap();
+    let pos = store
+        .get("vision_model.embeddings.position_embedding.weight")
+        .unwrap();
     let x = Tensor::cat(
-        &[&cls.as_tensor().reshape((1, 1, 8)).unwrap().broadcast_as((2, 1, 8)).unwrap(), &tokens],
+        &[
+            &cls.as_tensor()
+                .reshape((1, 1, 8))
+                .unwrap()
+                .broadcast_as((2, 1, 8))
+                .unwrap(),
+            &tokens,
+        ],
         1,
     )
     .unwrap()
@@ -119,8 +151,18 @@ fn patch_unfold_matches_candle_conv2d() {
     .unwrap();
     let g = store.get("vision_model.pre_layrnorm.weight").unwrap();
     let b = store.get("vision_model.pre_layrnorm.bias").unwrap();
-    let expected = ops::layer_norm(&x, g.as_tensor(), b.as_tensor(), 1e-5).unwrap().narrow(1, 1, 4).unwrap();
-    let d = (hs0.layers[0].clone() - expected).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let expected = ops::layer_norm(&x, g.as_tensor(), b.as_tensor(), 1e-5)
+        .unwrap()
+        .narrow(1, 1, 4)
+        .unwrap();
+    let d = (hs0.layers[0].clone() - expected)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
 }
 
@@ -128,7 +170,10 @@ fn decoder_input(b: usize, t: usize, valid: &[Vec<bool>]) -> DecoderInput {
     let positions: Vec<u32> = (0..b).flat_map(|_| 0..t as u32).collect();
     DecoderInput {
         positions: Tensor::from_vec(positions, (b, t), &Device::Cpu).unwrap(),
-        mask: ops::causal_mask(valid, 0, t, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap(),
+        mask: ops::causal_mask(valid, 0, t, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap(),
     }
 }
 
@@ -172,25 +217,53 @@ fn kv_cache_decoding_matches_full_forward() {
     let llm = Llama::new(&tiny_llama(), store.init_builder(6)).unwrap();
     let ids = Tensor::new(&[[1u32, 4, 2, 7, 3, 9]], &Device::Cpu).unwrap();
     let full = llm
-        .forward(&llm.embed_tokens(&ids).unwrap(), &decoder_input(1, 6, &[vec![true; 6]]), None, None)
+        .forward(
+            &llm.embed_tokens(&ids).unwrap(),
+            &decoder_input(1, 6, &[vec![true; 6]]),
+            None,
+            None,
+        )
         .unwrap();
     // Prefill 4 tokens, then decode 2 one at a time.
     let mut cache = KvCache::new(2);
     let prefix = ids.narrow(1, 0, 4).unwrap();
     let mut outs = vec![llm
-        .forward(&llm.embed_tokens(&prefix).unwrap(), &decoder_input(1, 4, &[vec![true; 4]]), Some(&mut cache), None)
+        .forward(
+            &llm.embed_tokens(&prefix).unwrap(),
+            &decoder_input(1, 4, &[vec![true; 4]]),
+            Some(&mut cache),
+            None,
+        )
         .unwrap()];
     for p in 4..6 {
         let tok = ids.narrow(1, p, 1).unwrap();
         let input = DecoderInput {
             positions: Tensor::new(&[[p as u32]], &Device::Cpu).unwrap(),
-            mask: ops::causal_mask(&[vec![true; p + 1]], p, 1, &Device::Cpu).unwrap().to_dtype(DType::F64).unwrap(),
+            mask: ops::causal_mask(&[vec![true; p + 1]], p, 1, &Device::Cpu)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap(),
         };
-        outs.push(llm.forward(&llm.embed_tokens(&tok).unwrap(), &input, Some(&mut cache), None).unwrap());
+        outs.push(
+            llm.forward(
+                &llm.embed_tokens(&tok).unwrap(),
+                &input,
+                Some(&mut cache),
+                None,
+            )
+            .unwrap(),
+        );
     }
     assert_eq!(cache.len(), 6);
     let stepwise = Tensor::cat(&outs, 1).unwrap();
-    let d = (full - stepwise).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (full - stepwise)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
 }
 
@@ -202,15 +275,32 @@ fn padding_does_not_change_real_positions() {
     let short = Tensor::new(&[[1u32, 4, 2]], &Device::Cpu).unwrap();
     let padded = Tensor::new(&[[1u32, 4, 2, 0, 0]], &Device::Cpu).unwrap();
     let a = llm
-        .forward(&llm.embed_tokens(&short).unwrap(), &decoder_input(1, 3, &[vec![true; 3]]), None, None)
+        .forward(
+            &llm.embed_tokens(&short).unwrap(),
+            &decoder_input(1, 3, &[vec![true; 3]]),
+            None,
+            None,
+        )
         .unwrap();
     let valid = vec![vec![true, true, true, false, false]];
     let b = llm
-        .forward(&llm.embed_tokens(&padded).unwrap(), &decoder_input(1, 5, &valid), None, None)
+        .forward(
+            &llm.embed_tokens(&padded).unwrap(),
+            &decoder_input(1, 5, &valid),
+            None,
+            None,
+        )
         .unwrap()
         .narrow(1, 0, 3)
         .unwrap();
-    let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let d = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
 }
 
@@ -231,9 +321,25 @@ fn hooks_run_between_decoder_layers() {
     let llm = Llama::new(&tiny_llama(), store.init_builder(8)).unwrap();
     let ids = Tensor::new(&[[1u32, 4, 2]], &Device::Cpu).unwrap();
     let input = decoder_input(1, 3, &[vec![true; 3]]);
-    let plain = llm.forward(&llm.embed_tokens(&ids).unwrap(), &input, None, None).unwrap();
-    let hooked = llm.forward(&llm.embed_tokens(&ids).unwrap(), &input, None, Some(&AddOne)).unwrap();
-    let d = (plain - hooked).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+    let plain = llm
+        .forward(&llm.embed_tokens(&ids).unwrap(), &input, None, None)
+        .unwrap();
+    let hooked = llm
+        .forward(
+            &llm.embed_tokens(&ids).unwrap(),
+            &input,
+            None,
+            Some(&AddOne),
+        )
+        .unwrap();
+    let d = (plain - hooked)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
     assert!(d.to_scalar::<f64>().unwrap() > 1e-3);
 }
 
@@ -251,9 +357,16 @@ fn frozen_decoder_passes_gradients_to_its_input_without_weight_gradients() {
     let grads = h.sum_all().unwrap().backward().unwrap();
     assert!(grads.get(x.as_tensor()).is_some());
     for (name, var) in store.vars() {
-        assert!(grads.get(var.as_tensor()).is_none(), "frozen {name} got a gradient");
+        assert!(
+            grads.get(var.as_tensor()).is_none(),
+            "frozen {name} got a gradient"
+        );
     }
     // No gradient was computed for any frozen weight either (candle's own matmul
     // would have filled the store with one per weight): only the input's remains.
-    assert_eq!(grads.get_ids().count(), 1, "gradients were computed for frozen tensors");
+    assert_eq!(
+        grads.get_ids().count(),
+        1,
+        "gradients were computed for frozen tensors"
+    );
 }

@@ -36,7 +36,8 @@ pub mod prelude {
     pub use vlmkit_core::nn;
     pub use vlmkit_core::ops;
     pub use vlmkit_core::{
-        Connector, ConnectorNeeds, ConnectorOutput, Placement, TextContext, VisionInfo, VisualFeatures,
+        Connector, ConnectorNeeds, ConnectorOutput, Placement, TextContext, VisionInfo,
+        VisualFeatures,
     };
 }
 
@@ -60,7 +61,12 @@ impl ConnectorEnv {
 
     /// Resolves a HF-style index (negative from the end) against the encoder, and
     /// checks it is among the selected layers.
-    pub fn selected(&self, index: i64, key: &str, settings: &Settings) -> Result<usize, SettingsError> {
+    pub fn selected(
+        &self,
+        index: i64,
+        key: &str,
+        settings: &Settings,
+    ) -> Result<usize, SettingsError> {
         let abs = self
             .vision
             .resolve(index)
@@ -99,7 +105,11 @@ pub trait ConnectorFactory: Send + Sync {
     fn defaults(&self) -> toml::Table;
 
     /// Validates the settings and declares what the connector needs. No tensors.
-    fn needs(&self, settings: &Settings, vision: &VisionInfo) -> Result<ConnectorNeeds, SettingsError>;
+    fn needs(
+        &self,
+        settings: &Settings,
+        vision: &VisionInfo,
+    ) -> Result<ConnectorNeeds, SettingsError>;
 
     /// Checks the settings against the selected layers and model widths. No tensors.
     fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
@@ -108,7 +118,12 @@ pub trait ConnectorFactory: Send + Sync {
     }
 
     /// Builds the connector; its weights live under `vb`.
-    fn build(&self, settings: &Settings, env: &ConnectorEnv, vb: VarBuilder) -> Result<Box<dyn Connector>, BuildError>;
+    fn build(
+        &self,
+        settings: &Settings,
+        env: &ConnectorEnv,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Connector>, BuildError>;
 
     /// Named groups of its parameters, reported separately by `vlmkit params`.
     fn param_groups(&self) -> Vec<ParamGroup> {
@@ -143,8 +158,14 @@ impl std::fmt::Display for Origin {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("connector `{kind}` from {new} collides with the one already registered from {existing}")]
-    Duplicate { kind: String, existing: Origin, new: Origin },
+    #[error(
+        "connector `{kind}` from {new} collides with the one already registered from {existing}"
+    )]
+    Duplicate {
+        kind: String,
+        existing: Origin,
+        new: Origin,
+    },
 }
 
 /// A registered factory and its origin.
@@ -171,7 +192,11 @@ impl Registry {
         Self::default()
     }
 
-    pub fn register(&mut self, factory: Arc<dyn ConnectorFactory>, origin: Origin) -> Result<(), RegistryError> {
+    pub fn register(
+        &mut self,
+        factory: Arc<dyn ConnectorFactory>,
+        origin: Origin,
+    ) -> Result<(), RegistryError> {
         let kind = factory.kind().to_string();
         if let Some(existing) = self.entries.get(&kind) {
             return Err(RegistryError::Duplicate {
@@ -203,7 +228,9 @@ impl Registry {
 macro_rules! export_connector {
     ($factory:expr) => {
         /// Registers this crate's connector.
-        pub fn register(registry: &mut $crate::Registry) -> ::std::result::Result<(), $crate::RegistryError> {
+        pub fn register(
+            registry: &mut $crate::Registry,
+        ) -> ::std::result::Result<(), $crate::RegistryError> {
             registry.register(::std::sync::Arc::new($factory), $crate::Origin::BuiltIn)
         }
     };

@@ -440,9 +440,14 @@ mod tests {
     #[test]
     fn a_table_whose_kind_changes_is_replaced_not_merged() {
         let mut base = layer("[data]\nkind = \"shapes\"\ngrid = 4\n[c]\nkind = \"mlp\"\nx = 1\n");
-        merge(&mut base, layer("[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\ny = 2\n"));
-        let expected: Table =
-            toml::from_str("[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\nx = 1\ny = 2\n").unwrap();
+        merge(
+            &mut base,
+            layer("[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\ny = 2\n"),
+        );
+        let expected: Table = toml::from_str(
+            "[data]\nkind = \"llava\"\njson = \"a.json\"\n[c]\nkind = \"mlp\"\nx = 1\ny = 2\n",
+        )
+        .unwrap();
         assert_eq!(base.table, expected);
         assert!(!base.origins.contains_key("data.grid"));
     }

@@ -75,7 +75,11 @@ impl Recipe {
 
     /// As [`Recipe::from_resolved_str`], then applies `--set` `overrides` (e.g. to
     /// evaluate a checkpoint on other data).
-    pub fn from_resolved_str_with(text: &str, display_path: &Path, overrides: &[String]) -> Result<Recipe, RecipeError> {
+    pub fn from_resolved_str_with(
+        text: &str,
+        display_path: &Path,
+        overrides: &[String],
+    ) -> Result<Recipe, RecipeError> {
         let mut layer = loader::parse_text(display_path, text)?;
         for raw in overrides {
             loader::apply_override(&mut layer, raw)?;

@@ -35,13 +35,22 @@ impl BatchBuilder {
     }
 
     /// A batch of already tokenised sequences and their examples' images.
-    pub fn assemble(&self, examples: &[Example], sequences: Vec<TokenSequence>) -> Result<VlmBatch, TrainError> {
+    pub fn assemble(
+        &self,
+        examples: &[Example],
+        sequences: Vec<TokenSequence>,
+    ) -> Result<VlmBatch, TrainError> {
         let size = self.vision.image_size;
         let per = 3 * size * size;
         let mut data = vec![0f32; examples.len() * per];
         for (i, e) in examples.iter().enumerate() {
             if let Some(img) = &e.image {
-                let px = pixels(img, size as u32, self.vision.image_mean, self.vision.image_std);
+                let px = pixels(
+                    img,
+                    size as u32,
+                    self.vision.image_mean,
+                    self.vision.image_std,
+                );
                 data[i * per..(i + 1) * per].copy_from_slice(&px);
             }
         }

@@ -77,7 +77,12 @@ pub fn peak_rss_mib() -> Option<f64> {
 /// Waits for pending device work (timing on asynchronous devices).
 fn sync(params: &[(String, Var)]) -> Result<(), TrainError> {
     if let Some((_, v)) = params.first() {
-        let _ = v.as_tensor().flatten_all()?.get(0)?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let _ = v
+            .as_tensor()
+            .flatten_all()?
+            .get(0)?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?;
     }
     Ok(())
 }
@@ -90,12 +95,28 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
         .ok_or_else(|| TrainError::Invalid(format!("the recipe has no stage {}", opts.stage)))?;
     let device = select_device(&recipe.run.device)?;
     let store = ParamStore::new(device.clone(), DType::F32);
-    let probe = plan.build(&store, Missing::Initialize { seed: recipe.run.seed }, Arc::new(|_| true), BTreeMap::new())?;
+    let probe = plan.build(
+        &store,
+        Missing::Initialize {
+            seed: recipe.run.seed,
+        },
+        Arc::new(|_| true),
+        BTreeMap::new(),
+    )?;
     let unused = plan.unused_params(&probe);
     drop(probe);
     let trainable = stage_trainable(stage, &unused);
-    let vlm = plan.build(&store, Missing::Error, trainable.clone(), stage.losses.clone())?;
-    let params: Vec<(String, Var)> = store.vars().into_iter().filter(|(n, _)| trainable(n)).collect();
+    let vlm = plan.build(
+        &store,
+        Missing::Error,
+        trainable.clone(),
+        stage.losses.clone(),
+    )?;
+    let params: Vec<(String, Var)> = store
+        .vars()
+        .into_iter()
+        .filter(|(n, _)| trainable(n))
+        .collect();
     let trainable_params = params.iter().map(|(_, v)| v.elem_count()).sum();
     let frozen_params = store.count(|_| true) - trainable_params;
     let mut opt = AdamW::new(

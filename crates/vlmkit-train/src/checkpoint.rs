@@ -112,7 +112,11 @@ impl RunDir {
 
     /// Writes a checkpoint atomically and points `latest` at it; keeps the newest
     /// `keep` checkpoints.
-    pub fn save_checkpoint(&self, contents: &CheckpointContents, keep: usize) -> Result<PathBuf, TrainError> {
+    pub fn save_checkpoint(
+        &self,
+        contents: &CheckpointContents,
+        keep: usize,
+    ) -> Result<PathBuf, TrainError> {
         let root = self.checkpoints();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let name = format!("step-{:06}", contents.state.global_step);
@@ -161,7 +165,11 @@ pub struct CheckpointContents {
     pub tokenizer_json: String,
 }
 
-fn write_dir_atomic(parent: &Path, name: &str, c: &CheckpointContents) -> Result<PathBuf, TrainError> {
+fn write_dir_atomic(
+    parent: &Path,
+    name: &str,
+    c: &CheckpointContents,
+) -> Result<PathBuf, TrainError> {
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -169,10 +177,16 @@ fn write_dir_atomic(parent: &Path, name: &str, c: &CheckpointContents) -> Result
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     // One metadata key: safetensors takes a HashMap, whose order (and so the file's
     // bytes) would vary between processes with more.
-    let meta = || Some(std::collections::HashMap::from([("format".to_string(), "pt".to_string())]));
+    let meta = || {
+        Some(std::collections::HashMap::from([(
+            "format".to_string(),
+            "pt".to_string(),
+        )]))
+    };
     save_safetensors_atomic(&c.model, meta(), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
     if !c.optimizer.is_empty() {
-        save_safetensors_atomic(&c.optimizer, meta(), &tmp.join(OPTIMIZER_FILE)).map_err(io(&tmp))?;
+        save_safetensors_atomic(&c.optimizer, meta(), &tmp.join(OPTIMIZER_FILE))
+            .map_err(io(&tmp))?;
     }
     let state = serde_json::to_string_pretty(&c.state).expect("state serialises");
     write_atomic(&tmp.join(STATE_FILE), state.as_bytes()).map_err(io(&tmp))?;
@@ -208,15 +222,20 @@ pub struct LoadedCheckpoint {
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
     let read = |name: &str| -> Result<String, TrainError> {
         let p = dir.join(name);
-        std::fs::read_to_string(&p).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
+        std::fs::read_to_string(&p)
+            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
     };
     let tensors = |name: &str, required: bool| -> Result<BTreeMap<String, Tensor>, TrainError> {
         let p = dir.join(name);
         if !p.exists() && !required {
             return Ok(BTreeMap::new());
         }
-        let map = candle_core::safetensors::load(&p, &candle_core::Device::Cpu)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: not a readable safetensors file: {e}", p.display())))?;
+        let map = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).map_err(|e| {
+            TrainError::Checkpoint(format!(
+                "{}: not a readable safetensors file: {e}",
+                p.display()
+            ))
+        })?;
         Ok(map.into_iter().collect())
     };
     let state: TrainState = serde_json::from_str(&read(STATE_FILE)?)
@@ -275,7 +294,11 @@ pub fn load_model(
 
     let dir = resolve_checkpoint(path)?;
     let ck = load_checkpoint(&dir)?;
-    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(&ck.recipe_toml, &dir.join(RECIPE_FILE), overrides)?;
+    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(
+        &ck.recipe_toml,
+        &dir.join(RECIPE_FILE),
+        overrides,
+    )?;
     if let Some(d) = device {
         recipe.run.device = d.to_string();
     }
@@ -294,7 +317,12 @@ pub fn load_model(
             "{}: {} weight(s) the model does not use, e.g. {}",
             dir.join(MODEL_FILE).display(),
             unexpected.len(),
-            unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            unexpected
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
     Ok(LoadedModel {

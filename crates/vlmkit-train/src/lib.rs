@@ -19,7 +19,9 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use checkpoint::{load_checkpoint, load_model, resolve_checkpoint, LoadedModel, RunDir, TrainState};
+pub use checkpoint::{
+    load_checkpoint, load_model, resolve_checkpoint, LoadedModel, RunDir, TrainState,
+};
 pub use plan::Plan;
 pub use trainer::{train, Observer, StepRecord, TrainSummary};
 

@@ -52,7 +52,11 @@ impl AdamW {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { cfg, slots, steps: 0 })
+        Ok(Self {
+            cfg,
+            slots,
+            steps: 0,
+        })
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -61,7 +65,12 @@ impl AdamW {
 
     /// Applies one update with learning rate `lr`, gradients scaled by `grad_scale`
     /// (for clipping). Parameters without a gradient are left untouched.
-    pub fn step(&mut self, grads: &BTreeMap<String, Tensor>, lr: f64, grad_scale: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        grads: &BTreeMap<String, Tensor>,
+        lr: f64,
+        grad_scale: f64,
+    ) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
         let update = AdamUpdate {
@@ -79,7 +88,11 @@ impl AdamW {
                 continue;
             };
             let op = AdamUpdate {
-                weight_decay: if slot.decay { self.cfg.weight_decay } else { 0.0 },
+                weight_decay: if slot.decay {
+                    self.cfg.weight_decay
+                } else {
+                    0.0
+                },
                 ..update
             };
             let grad = grad.to_dtype(DType::F32)?.contiguous()?;
@@ -99,8 +112,14 @@ impl AdamW {
         for slot in &self.slots {
             let n = slot.var.elem_count();
             let state = slot.state.to_device(&candle_core::Device::Cpu)?;
-            out.insert(format!("adam.m.{}", slot.name), state.narrow(0, 0, n)?.reshape(slot.var.shape())?);
-            out.insert(format!("adam.v.{}", slot.name), state.narrow(0, n, n)?.reshape(slot.var.shape())?);
+            out.insert(
+                format!("adam.m.{}", slot.name),
+                state.narrow(0, 0, n)?.reshape(slot.var.shape())?,
+            );
+            out.insert(
+                format!("adam.v.{}", slot.name),
+                state.narrow(0, n, n)?.reshape(slot.var.shape())?,
+            );
         }
         Ok(out)
     }
@@ -111,9 +130,9 @@ impl AdamW {
         for slot in &mut self.slots {
             let get = |k: &str| -> Result<Tensor> {
                 let key = format!("adam.{k}.{}", slot.name);
-                let t = tensors
-                    .get(&key)
-                    .ok_or_else(|| candle_core::Error::Msg(format!("checkpoint lacks optimizer state `{key}`")))?;
+                let t = tensors.get(&key).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("checkpoint lacks optimizer state `{key}`"))
+                })?;
                 if t.shape() != slot.var.shape() {
                     candle_core::bail!(
                         "optimizer state `{key}` has shape {:?}, parameter has {:?}",
@@ -149,7 +168,14 @@ pub fn global_grad_norm(grads: &BTreeMap<String, Tensor>) -> Result<f64> {
 
 /// Learning rate at `step` (0-based) of a stage of `total` steps: linear warm-up over
 /// `warmup_ratio` of the steps, then the schedule down to `min_lr_ratio · lr`.
-pub fn learning_rate(step: u64, total: u64, lr: f64, warmup_ratio: f64, schedule: Schedule, min_ratio: f64) -> f64 {
+pub fn learning_rate(
+    step: u64,
+    total: u64,
+    lr: f64,
+    warmup_ratio: f64,
+    schedule: Schedule,
+    min_ratio: f64,
+) -> f64 {
     let warmup = (warmup_ratio * total as f64).ceil() as u64;
     if step < warmup {
         return lr * (step + 1) as f64 / warmup as f64;
@@ -160,7 +186,9 @@ pub fn learning_rate(step: u64, total: u64, lr: f64, warmup_ratio: f64, schedule
     match schedule {
         Schedule::Constant => lr,
         Schedule::Linear => floor + (lr - floor) * (1.0 - progress),
-        Schedule::Cosine => floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        Schedule::Cosine => {
+            floor + (lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+        }
     }
 }
 
@@ -218,12 +246,22 @@ impl InplaceOp2 for MomentUpdate {
         "vlmkit-adamw-moments"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, g: &CpuStorage, gl: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+    ) -> Result<()> {
         let state = f32_slice_mut(dst, dst_l)?;
         let g = f32_slice(g, gl)?;
         let n = g.len();
         let (m, v) = state.split_at_mut(n);
-        let (b1, b2, s) = (self.0.beta1 as f32, self.0.beta2 as f32, self.0.grad_scale as f32);
+        let (b1, b2, s) = (
+            self.0.beta1 as f32,
+            self.0.beta2 as f32,
+            self.0.grad_scale as f32,
+        );
         for i in 0..n {
             let gi = g[i] * s;
             m[i] = b1 * m[i] + (1.0 - b1) * gi;
@@ -239,7 +277,13 @@ impl InplaceOp2 for AdamUpdate {
         "vlmkit-adamw-step"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, s: &CpuStorage, sl: &Layout) -> Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        s: &CpuStorage,
+        sl: &Layout,
+    ) -> Result<()> {
         let p = f32_slice_mut(dst, dst_l)?;
         let state = f32_slice(s, sl)?;
         let n = p.len();
@@ -292,11 +336,18 @@ mod tests {
     }
 
     fn run(fused: bool) -> Vec<f32> {
-        let w = Var::from_tensor(&Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &Device::Cpu).unwrap()).unwrap();
+        let w =
+            Var::from_tensor(&Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &Device::Cpu).unwrap())
+                .unwrap();
         let mut opt = AdamW::new(vec![("w".into(), w.clone())], cfg()).unwrap();
         for step in 0..3 {
             let x = Tensor::new(&[[1.0f32, 2.0 + step as f32], [-1.0, 0.5]], &Device::Cpu).unwrap();
-            let loss = (w.as_tensor() * &x).unwrap().sqr().unwrap().sum_all().unwrap();
+            let loss = (w.as_tensor() * &x)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap();
             let store = loss.backward().unwrap();
             let mut grads = BTreeMap::new();
             grads.insert("w".to_string(), store.get(w.as_tensor()).unwrap().clone());
@@ -320,7 +371,11 @@ mod tests {
                 .unwrap();
             }
         }
-        w.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        w.as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
     }
 
     #[test]
@@ -352,7 +407,10 @@ mod tests {
         assert!((lr(9) - 1.0).abs() < 1e-12);
         assert!(lr(50) < 1.0 && lr(50) > 0.0);
         assert!(lr(99) < 0.01);
-        assert_eq!(learning_rate(70, 100, 0.5, 0.0, Schedule::Constant, 0.0), 0.5);
+        assert_eq!(
+            learning_rate(70, 100, 0.5, 0.0, Schedule::Constant, 0.0),
+            0.5
+        );
         let lin = learning_rate(50, 100, 1.0, 0.0, Schedule::Linear, 0.2);
         assert!((lin - 0.6).abs() < 1e-12);
     }

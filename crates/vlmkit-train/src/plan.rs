@@ -45,8 +45,22 @@ impl std::fmt::Debug for Plan {
 impl Plan {
     /// Validates `recipe`. `tokenizer` is the one a checkpoint saved (evaluation and
     /// resume must use exactly that one); `None` builds it from the recipe.
-    pub fn new(recipe: Recipe, registry: &Registry, tokenizer: Option<TextTokenizer>) -> Result<Self, RecipeError> {
-        let vision = VisionSpec::from_settings(&recipe.section("vision")).map_err(|e| recipe.error_for(e))?;
+    pub fn new(
+        recipe: Recipe,
+        registry: &Registry,
+        tokenizer: Option<TextTokenizer>,
+    ) -> Result<Self, RecipeError> {
+        if recipe.run.dtype != "f32" {
+            return Err(recipe.error_at(
+                "run.dtype",
+                format!(
+                    "training in `{}` is not available in this version (mixed precision comes with the CUDA backend); use \"f32\"",
+                    recipe.run.dtype
+                ),
+            ));
+        }
+        let vision = VisionSpec::from_settings(&recipe.section("vision"))
+            .map_err(|e| recipe.error_for(e))?;
         let llm_settings = recipe.section("llm");
         let mut llm = LlmSpec::from_settings(&llm_settings).map_err(|e| recipe.error_for(e))?;
 
@@ -54,7 +68,9 @@ impl Plan {
         let kind = conn_section
             .get_str("kind")
             .map_err(|e| recipe.error_for(e))?
-            .ok_or_else(|| recipe.error_at("connector.kind", "missing: which connector (e.g. \"mlp\")"))?;
+            .ok_or_else(|| {
+                recipe.error_at("connector.kind", "missing: which connector (e.g. \"mlp\")")
+            })?;
         let connector = registry.get(kind).cloned().ok_or_else(|| {
             let known: Vec<&str> = registry.kinds().collect();
             recipe.error_at(
@@ -72,12 +88,20 @@ impl Plan {
         // The hidden states the connector receives: the recipe's choice, or the
         // connector's default.
         let layer_key = "vision.layers";
-        let requested = vision.layers.clone().unwrap_or_else(|| needs.default_layers.clone());
+        let requested = vision
+            .layers
+            .clone()
+            .unwrap_or_else(|| needs.default_layers.clone());
         let mut layers = Vec::with_capacity(requested.len());
         for &l in &requested {
-            let abs = info.resolve(l).map_err(|e| recipe.error_at(layer_key, e.to_string()))?;
+            let abs = info
+                .resolve(l)
+                .map_err(|e| recipe.error_at(layer_key, e.to_string()))?;
             if layers.contains(&abs) {
-                return Err(recipe.error_at(layer_key, format!("hs[{l}] (= hs[{abs}]) is selected twice")));
+                return Err(recipe.error_at(
+                    layer_key,
+                    format!("hs[{l}] (= hs[{abs}]) is selected twice"),
+                ));
             }
             layers.push(abs);
         }
@@ -98,7 +122,10 @@ impl Plan {
         if needs.reads_cls && !info.has_cls {
             return Err(recipe.error_at(
                 "connector.kind",
-                format!("connector `{kind}` reads the class token, but vision encoder `{}` has none", vision.kind),
+                format!(
+                    "connector `{kind}` reads the class token, but vision encoder `{}` has none",
+                    vision.kind
+                ),
             ));
         }
 
@@ -124,7 +151,8 @@ impl Plan {
 
         for (i, stage) in recipe.stages.iter().enumerate() {
             for name in stage.losses.keys() {
-                let known = HOST_LOSSES.contains(&name.as_str()) || needs.aux_losses.iter().any(|a| a == name);
+                let known = HOST_LOSSES.contains(&name.as_str())
+                    || needs.aux_losses.iter().any(|a| a == name);
                 if !known {
                     let mut all: Vec<String> = HOST_LOSSES.iter().map(|s| s.to_string()).collect();
                     all.extend(needs.aux_losses.iter().cloned());
@@ -160,8 +188,12 @@ impl Plan {
     /// Checked on shapes alone (nothing is allocated).
     fn check_trainable_patterns(&self) -> Result<(), RecipeError> {
         let recorder = vlmkit_core::params::ShapeRecorder::new();
-        self.build_with(recorder.builder(), candle_core::Device::Cpu, BTreeMap::new())
-            .map_err(|e| self.recipe.error_at("vision", e.to_string()))?;
+        self.build_with(
+            recorder.builder(),
+            candle_core::Device::Cpu,
+            BTreeMap::new(),
+        )
+        .map_err(|e| self.recipe.error_at("vision", e.to_string()))?;
         let names: Vec<String> = recorder.shapes().into_keys().collect();
         for (i, stage) in self.recipe.stages.iter().enumerate() {
             for pattern in &stage.trainable {
@@ -188,7 +220,11 @@ impl Plan {
         trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
         loss_weights: BTreeMap<String, f64>,
     ) -> TensorResult<Vlm> {
-        self.build_with(store.builder(missing, trainable), store.device().clone(), loss_weights)
+        self.build_with(
+            store.builder(missing, trainable),
+            store.device().clone(),
+            loss_weights,
+        )
     }
 
     /// Builds the model from any `VarBuilder` (e.g. a [`vlmkit_core::params::ShapeRecorder`]).
@@ -316,7 +352,10 @@ mod tests {
         assert!(!pattern_matches("vision.blocks.2", n));
         assert!(pattern_matches("vision.*.encoder.layers.3.mlp", n));
         assert!(!pattern_matches("visio", n));
-        assert!(pattern_matches("llm.blocks.0", "llm.model.layers.0.self_attn.q_proj.weight"));
+        assert!(pattern_matches(
+            "llm.blocks.0",
+            "llm.model.layers.0.self_attn.q_proj.weight"
+        ));
         assert!(pattern_matches("connector", "connector.proj.0.weight"));
     }
 }

@@ -30,7 +30,14 @@ impl Progress {
 }
 
 impl Observer for Progress {
-    fn stage_started(&mut self, index: usize, stage: &StageConfig, total: u64, start: u64, data: &str) {
+    fn stage_started(
+        &mut self,
+        index: usize,
+        stage: &StageConfig,
+        total: u64,
+        start: u64,
+        data: &str,
+    ) {
         self.smoothed = None;
         let header = format!(
             "stage {} `{}`: {} steps of {}×{} on {data}, trainable {:?}, lr {:e}",
@@ -45,9 +52,11 @@ impl Observer for Progress {
         if self.interactive {
             let bar = ProgressBar::new(total);
             bar.set_style(
-                ProgressStyle::with_template("{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} {msg} ({elapsed} < {eta})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} {msg} ({elapsed} < {eta})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_prefix(stage.name.clone());
             bar.set_position(start);
@@ -65,7 +74,10 @@ impl Observer for Progress {
         };
         self.smoothed = Some(s);
         let rate = r.samples as f64 / r.seconds.max(1e-9);
-        let msg = format!("loss {s:.4} lr {:.2e} |g| {:.2} {rate:.0} samples/s", r.lr, r.grad_norm);
+        let msg = format!(
+            "loss {s:.4} lr {:.2e} |g| {:.2} {rate:.0} samples/s",
+            r.lr, r.grad_norm
+        );
         match &self.bar {
             Some(bar) => {
                 bar.set_position(r.stage_step);
@@ -73,7 +85,10 @@ impl Observer for Progress {
             }
             None => {
                 if r.stage_step % self.every == 0 || r.stage_step == r.stage_steps {
-                    eprintln!("  {} step {}/{}: {msg}", r.stage, r.stage_step, r.stage_steps);
+                    eprintln!(
+                        "  {} step {}/{}: {msg}",
+                        r.stage, r.stage_step, r.stage_steps
+                    );
                 }
             }
         }

@@ -31,7 +31,11 @@ impl ExampleSource for ShapesDataset {
     }
 
     fn describe(&self) -> String {
-        format!("shapes/{} ({} samples)", self.split(), ShapesDataset::len(self))
+        format!(
+            "shapes/{} ({} samples)",
+            self.split(),
+            ShapesDataset::len(self)
+        )
     }
 }
 
@@ -45,15 +49,25 @@ impl ExampleSource for LlavaDataset {
     }
 
     fn describe(&self) -> String {
-        format!("llava {} ({} records)", self.json_path().display(), LlavaDataset::len(self))
+        format!(
+            "llava {} ({} records)",
+            self.json_path().display(),
+            LlavaDataset::len(self)
+        )
     }
 }
 
 /// A parsed data section.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSpec {
-    Shapes { config: ShapesConfig, split: Split },
-    Llava { json: PathBuf, images: Option<PathBuf> },
+    Shapes {
+        config: ShapesConfig,
+        split: Split,
+    },
+    Llava {
+        json: PathBuf,
+        images: Option<PathBuf>,
+    },
 }
 
 /// Data kinds this build knows.
@@ -70,7 +84,11 @@ struct LlavaSettings {
 impl DataSpec {
     /// Parses `settings` (a `[data.*]` table); `split` says which shapes split it
     /// reads. Paths are resolved by `recipe` relative to the file that set them.
-    pub fn from_settings(settings: &Settings, split: Split, recipe: &Recipe) -> Result<Self, SettingsError> {
+    pub fn from_settings(
+        settings: &Settings,
+        split: Split,
+        recipe: &Recipe,
+    ) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
             .ok_or_else(|| settings.error("kind", "missing: \"shapes\" or \"llava\""))?;
@@ -94,7 +112,10 @@ impl DataSpec {
             }
             other => Err(settings.error(
                 "kind",
-                format!("unknown data kind `{other}` (known: {})", DATA_KINDS.join(", ")),
+                format!(
+                    "unknown data kind `{other}` (known: {})",
+                    DATA_KINDS.join(", ")
+                ),
             )),
         }
     }
@@ -140,7 +161,9 @@ fn shapes_error(settings: &Settings, err: vlmkit_data::shapes::ShapesConfigError
 pub fn eval_settings(recipe: &Recipe) -> Settings {
     let train = recipe.data_section("train");
     let eval = recipe.data_section("eval");
-    if train.get_str("kind").ok().flatten() == Some("shapes") && eval.get_str("kind").ok().flatten() == Some("shapes") {
+    if train.get_str("kind").ok().flatten() == Some("shapes")
+        && eval.get_str("kind").ok().flatten() == Some("shapes")
+    {
         let mut table = train.table().clone();
         // The eval split asks every scored family unless it says otherwise.
         table.remove("families");
@@ -156,12 +179,14 @@ pub fn eval_settings(recipe: &Recipe) -> Settings {
 
 /// Parses and opens the training data of stage `stage` (with its overrides).
 pub fn train_spec(recipe: &Recipe, stage: usize) -> Result<DataSpec, RecipeError> {
-    DataSpec::from_settings(&recipe.stage_data(stage), Split::Train, recipe).map_err(|e| recipe.error_for(e))
+    DataSpec::from_settings(&recipe.stage_data(stage), Split::Train, recipe)
+        .map_err(|e| recipe.error_for(e))
 }
 
 /// Parses the eval data section.
 pub fn eval_spec(recipe: &Recipe) -> Result<DataSpec, RecipeError> {
-    DataSpec::from_settings(&eval_settings(recipe), Split::Eval, recipe).map_err(|e| recipe.error_for(e))
+    DataSpec::from_settings(&eval_settings(recipe), Split::Eval, recipe)
+        .map_err(|e| recipe.error_for(e))
 }
 
 /// The order a stage reads its source in: epoch `e` is a permutation drawn from a

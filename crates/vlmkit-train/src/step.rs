@@ -65,7 +65,11 @@ fn schedule(lengths: &[usize], parts: usize, workers: usize) -> Vec<Vec<Vec<usiz
         c.len() as f64 * (l + l * l / 64.0)
     };
     let mut by_cost: Vec<usize> = (0..chunks.len()).collect();
-    by_cost.sort_by(|&a, &b| cost(&chunks[b]).total_cmp(&cost(&chunks[a])).then(a.cmp(&b)));
+    by_cost.sort_by(|&a, &b| {
+        cost(&chunks[b])
+            .total_cmp(&cost(&chunks[a]))
+            .then(a.cmp(&b))
+    });
     let mut loads = vec![0f64; workers];
     let mut assigned: Vec<Vec<usize>> = vec![Vec::new(); workers];
     for c in by_cost {
@@ -128,7 +132,8 @@ pub fn forward_backward(
 
     let run_part = |indices: &[usize]| -> Result<PartOutput, TrainError> {
         let part_examples: Vec<Example> = indices.iter().map(|&i| examples[i].clone()).collect();
-        let part_sequences: Vec<TokenSequence> = indices.iter().map(|&i| sequences[i].clone()).collect();
+        let part_sequences: Vec<TokenSequence> =
+            indices.iter().map(|&i| sequences[i].clone()).collect();
         let batch = builder.assemble(&part_examples, part_sequences)?;
         let out = vlm.loss(&batch)?;
         let token_share = if tokens == 0 {
@@ -139,12 +144,21 @@ pub fn forward_backward(
         let sample_share = indices.len() as f64 / n as f64;
         let mut terms = BTreeMap::new();
         for (name, t) in &out.terms {
-            let share = if name == "lm" { token_share } else { sample_share };
-            terms.insert(name.clone(), share * t.to_dtype(DType::F64)?.to_scalar::<f64>()?);
+            let share = if name == "lm" {
+                token_share
+            } else {
+                sample_share
+            };
+            terms.insert(
+                name.clone(),
+                share * t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+            );
         }
         let mut grads = BTreeMap::new();
         let mut loss = 0.0;
-        if let Some(objective) = out.objective(&vlm.loss_weights, token_share * scale, sample_share * scale)? {
+        if let Some(objective) =
+            out.objective(&vlm.loss_weights, token_share * scale, sample_share * scale)?
+        {
             loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale;
             let store = objective.backward()?;
             for (name, var) in params {
@@ -164,14 +178,21 @@ pub fn forward_backward(
                 .iter()
                 .map(|parts| {
                     let run_part = &run_part;
-                    scope.spawn(move || parts.iter().map(|p| run_part(p)).collect::<Result<Vec<_>, _>>())
+                    scope.spawn(move || {
+                        parts
+                            .iter()
+                            .map(|p| run_part(p))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
                 })
                 .collect();
             handles
                 .into_iter()
                 .map(|h| match h.join() {
                     Ok(r) => r,
-                    Err(_) => Err(TrainError::Invalid("a training worker thread panicked".into())),
+                    Err(_) => Err(TrainError::Invalid(
+                        "a training worker thread panicked".into(),
+                    )),
                 })
                 .collect()
         })

@@ -44,7 +44,14 @@ pub struct StepRecord {
 
 /// Receives progress from [`train`] (progress bars, logs, tests).
 pub trait Observer {
-    fn stage_started(&mut self, index: usize, stage: &StageConfig, total_steps: u64, start_step: u64, data: &str) {
+    fn stage_started(
+        &mut self,
+        index: usize,
+        stage: &StageConfig,
+        total_steps: u64,
+        start_step: u64,
+        data: &str,
+    ) {
         let _ = (index, stage, total_steps, start_step, data);
     }
     fn step(&mut self, record: &StepRecord) {
@@ -168,7 +175,10 @@ impl MetricsLog {
             }
             None => std::fs::write(path, b"").map_err(io)?,
         }
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(io)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io)?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -204,8 +214,9 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
         .filter(|l| !l.trim().is_empty())
         .enumerate()
         .map(|(i, l)| {
-            serde_json::from_str(l)
-                .map_err(|e| TrainError::Invalid(format!("{}: line {}: {e}", path.display(), i + 1)))
+            serde_json::from_str(l).map_err(|e| {
+                TrainError::Invalid(format!("{}: line {}: {e}", path.display(), i + 1))
+            })
         })
         .collect()
 }
@@ -214,14 +225,20 @@ pub fn read_metrics(path: &Path) -> Result<Vec<MetricsRecord>, TrainError> {
 pub fn plot_losses(metrics: &[MetricsRecord], title: &str, out: &Path) -> Result<(), TrainError> {
     let mut plot = LinePlot::new(title).x_label("step").y_label("loss");
     let pts = |f: &dyn Fn(&MetricsRecord) -> Option<f64>| -> Vec<(f64, f64)> {
-        metrics.iter().filter_map(|m| f(m).map(|v| (m.step as f64, v))).collect()
+        metrics
+            .iter()
+            .filter_map(|m| f(m).map(|v| (m.step as f64, v)))
+            .collect()
     };
     let window = (metrics.len() / 25).max(1);
     plot.add_series(Series::new("loss", pts(&|m| Some(m.loss))).smoothed(window));
-    let term_names: std::collections::BTreeSet<&String> = metrics.iter().flat_map(|m| m.terms.keys()).collect();
+    let term_names: std::collections::BTreeSet<&String> =
+        metrics.iter().flat_map(|m| m.terms.keys()).collect();
     if term_names.len() > 1 {
         for name in term_names {
-            plot.add_series(Series::new(name.clone(), pts(&|m| m.terms.get(name).copied())).smoothed(window));
+            plot.add_series(
+                Series::new(name.clone(), pts(&|m| m.terms.get(name).copied())).smoothed(window),
+            );
         }
     }
     plot.save_png(out, 900, 520)
@@ -253,11 +270,15 @@ pub fn select_device(name: &str) -> Result<Device, TrainError> {
 
 /// Trainable-parameter predicate of a stage: its patterns, minus parameters that
 /// cannot receive a gradient with this layer selection.
-pub fn stage_trainable(stage: &StageConfig, unused: &[String]) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
+pub fn stage_trainable(
+    stage: &StageConfig,
+    unused: &[String],
+) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
     let patterns = stage.trainable.clone();
     let unused = unused.to_vec();
     Arc::new(move |name: &str| {
-        patterns.iter().any(|p| pattern_matches(p, name)) && !unused.iter().any(|u| name.starts_with(u.as_str()))
+        patterns.iter().any(|p| pattern_matches(p, name))
+            && !unused.iter().any(|u| name.starts_with(u.as_str()))
     })
 }
 
@@ -282,7 +303,11 @@ fn stage_steps(stage: &StageConfig, len: u64) -> u64 {
 }
 
 /// Trains `plan` into `run`, resuming from its newest checkpoint if it has one.
-pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<TrainSummary, TrainError> {
+pub fn train(
+    plan: &Plan,
+    run: &RunDir,
+    observer: &mut dyn Observer,
+) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let recipe = &plan.recipe;
     let recipe_toml = recipe.to_toml_string();
@@ -290,7 +315,11 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
         path: run.path.clone(),
         source,
     })?;
-    if run.final_dir().join(crate::checkpoint::STATE_FILE).is_file() {
+    if run
+        .final_dir()
+        .join(crate::checkpoint::STATE_FILE)
+        .is_file()
+    {
         return Ok(TrainSummary {
             run_dir: run.path.clone(),
             final_dir: run.final_dir(),
@@ -327,12 +356,12 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
             (ck.state, Some(ck.optimizer), Some(step), Some(keep))
         }
         None => {
-            vlmkit_core::fsutil::write_atomic(&run.recipe(), recipe_toml.as_bytes()).map_err(|source| {
-                TrainError::Io {
+            vlmkit_core::fsutil::write_atomic(&run.recipe(), recipe_toml.as_bytes()).map_err(
+                |source| TrainError::Io {
                     path: run.recipe(),
                     source,
-                }
-            })?;
+                },
+            )?;
             let state = TrainState {
                 global_step: 0,
                 stage: 0,
@@ -351,7 +380,11 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
 
     // Create every parameter (fresh runs: from the seed) and find those that can
     // receive no gradient with this layer selection.
-    let missing = if latest.is_some() { Missing::Error } else { Missing::Initialize { seed } };
+    let missing = if latest.is_some() {
+        Missing::Error
+    } else {
+        Missing::Initialize { seed }
+    };
     let probe = plan.build(&store, missing, Arc::new(|_| true), BTreeMap::new())?;
     let unused = plan.unused_params(&probe);
     let n_visual = plan.env.vision.grids[plan.env.layers[0]];
@@ -365,7 +398,10 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
 
-    let contents = |store: &ParamStore, opt: Option<&AdamW>, state: &TrainState| -> Result<CheckpointContents, TrainError> {
+    let contents = |store: &ParamStore,
+                    opt: Option<&AdamW>,
+                    state: &TrainState|
+     -> Result<CheckpointContents, TrainError> {
         Ok(CheckpointContents {
             model: store.to_cpu_tensors(|_| true)?,
             optimizer: match opt {
@@ -383,7 +419,10 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
         let source = plan.train_data(stage_index)?.open()?;
         if source.is_empty() {
             return Err(recipe
-                .error_at(&format!("stage.{stage_index}"), "the stage's training data is empty")
+                .error_at(
+                    &format!("stage.{stage_index}"),
+                    "the stage's training data is empty",
+                )
                 .into());
         }
         let total = stage_steps(stage, source.len());
@@ -395,8 +434,17 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
             state.samples_seen = 0;
         }
         let trainable = stage_trainable(stage, &unused);
-        let vlm = plan.build(&store, Missing::Error, trainable.clone(), stage.losses.clone())?;
-        let params: Vec<(String, Var)> = store.vars().into_iter().filter(|(n, _)| trainable(n)).collect();
+        let vlm = plan.build(
+            &store,
+            Missing::Error,
+            trainable.clone(),
+            stage.losses.clone(),
+        )?;
+        let params: Vec<(String, Var)> = store
+            .vars()
+            .into_iter()
+            .filter(|(n, _)| trainable(n))
+            .collect();
         let mut opt = AdamW::new(
             params.clone(),
             AdamWConfig {
@@ -411,7 +459,13 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
             opt.load_state(&saved, state.stage_step)?;
         }
         let mut order = Order::new(source.len(), seed, &stage.name);
-        observer.stage_started(stage_index, stage, total, state.stage_step, &source.describe());
+        observer.stage_started(
+            stage_index,
+            stage,
+            total,
+            state.stage_step,
+            &source.describe(),
+        );
         let mut window = Window::default();
         let mut checked_gradients = false;
 
@@ -513,8 +567,8 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
             observer.step(&record);
             window.add(&record);
             let log_now = state.global_step % recipe.run.log_every.max(1) == 0;
-            let checkpoint_now =
-                state.global_step % recipe.run.checkpoint_every.max(1) == 0 && state.stage_step < total;
+            let checkpoint_now = state.global_step % recipe.run.checkpoint_every.max(1) == 0
+                && state.stage_step < total;
             if log_now || checkpoint_now {
                 if let Some(m) = window.take(started.elapsed().as_secs_f64()) {
                     metrics.write(&m)?;
@@ -524,7 +578,10 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
                 metrics.sync()?;
                 state.metrics_lines = metrics.lines;
                 state.rng = rng.state();
-                let dir = run.save_checkpoint(&contents(&store, Some(&opt), &state)?, recipe.run.keep_checkpoints)?;
+                let dir = run.save_checkpoint(
+                    &contents(&store, Some(&opt), &state)?,
+                    recipe.run.keep_checkpoints,
+                )?;
                 observer.checkpoint(&dir);
                 last_checkpoint = Some(dir);
             }
@@ -540,7 +597,10 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
         state.samples_seen = 0;
         state.metrics_lines = metrics.lines;
         state.rng = rng.state();
-        let dir = run.save_checkpoint(&contents(&store, None, &state)?, recipe.run.keep_checkpoints)?;
+        let dir = run.save_checkpoint(
+            &contents(&store, None, &state)?,
+            recipe.run.keep_checkpoints,
+        )?;
         observer.checkpoint(&dir);
         last_checkpoint = Some(dir);
     }
@@ -548,7 +608,11 @@ pub fn train(plan: &Plan, run: &RunDir, observer: &mut dyn Observer) -> Result<T
     let final_dir = run.save_final(&contents(&store, None, &state)?)?;
     if let Ok(records) = read_metrics(&run.metrics()) {
         if !records.is_empty() {
-            plot_losses(&records, &format!("{} — training loss", recipe.run.name), &run.loss_plot())?;
+            plot_losses(
+                &records,
+                &format!("{} — training loss", recipe.run.name),
+                &run.loss_plot(),
+            )?;
         }
     }
     Ok(TrainSummary {

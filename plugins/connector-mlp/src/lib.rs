@@ -2,8 +2,8 @@
 //! tokens of one hidden state (`hs[-2]` by default). Weights `proj.0.*`, `proj.2.*`.
 
 use serde::Deserialize;
-use vlmkit_plugin::prelude::*;
 use vlmkit_plugin::candle_core::Result as TensorResult;
+use vlmkit_plugin::prelude::*;
 use vlmkit_plugin::BuildError;
 
 /// `[connector]` settings of `kind = "mlp"`.
@@ -37,7 +37,11 @@ impl ConnectorFactory for MlpFactory {
         t
     }
 
-    fn needs(&self, settings: &Settings, vision: &VisionInfo) -> Result<ConnectorNeeds, SettingsError> {
+    fn needs(
+        &self,
+        settings: &Settings,
+        vision: &VisionInfo,
+    ) -> Result<ConnectorNeeds, SettingsError> {
         let cfg: MlpConfig = settings.parse()?;
         vision
             .resolve(cfg.base_layer)
@@ -58,10 +62,20 @@ impl ConnectorFactory for MlpFactory {
         Ok(())
     }
 
-    fn build(&self, settings: &Settings, env: &ConnectorEnv, vb: VarBuilder) -> Result<Box<dyn Connector>, BuildError> {
+    fn build(
+        &self,
+        settings: &Settings,
+        env: &ConnectorEnv,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Connector>, BuildError> {
         let cfg: MlpConfig = settings.parse()?;
         let base = env.selected(cfg.base_layer, "base_layer", settings)?;
-        Ok(Box::new(MlpConnector::new(&cfg, env.width(base), env.llm_hidden, vb)?))
+        Ok(Box::new(MlpConnector::new(
+            &cfg,
+            env.width(base),
+            env.llm_hidden,
+            vb,
+        )?))
     }
 }
 
@@ -72,7 +86,12 @@ pub struct MlpConnector {
 }
 
 impl MlpConnector {
-    pub fn new(cfg: &MlpConfig, vision_width: usize, llm_width: usize, vb: VarBuilder) -> TensorResult<Self> {
+    pub fn new(
+        cfg: &MlpConfig,
+        vision_width: usize,
+        llm_width: usize,
+        vb: VarBuilder,
+    ) -> TensorResult<Self> {
         Ok(Self {
             base_layer: cfg.base_layer,
             proj: nn::mlp_projector(vision_width, llm_width, vb.pp("proj"))?,
@@ -81,8 +100,14 @@ impl MlpConnector {
 }
 
 impl Connector for MlpConnector {
-    fn forward(&self, vision: &VisualFeatures, _text: Option<&TextContext>) -> TensorResult<ConnectorOutput> {
-        let x = vision.layer(self.base_layer).map_err(vlmkit_plugin::candle_core::Error::from)?;
+    fn forward(
+        &self,
+        vision: &VisualFeatures,
+        _text: Option<&TextContext>,
+    ) -> TensorResult<ConnectorOutput> {
+        let x = vision
+            .layer(self.base_layer)
+            .map_err(vlmkit_plugin::candle_core::Error::from)?;
         Ok(ConnectorOutput {
             tokens: Some(self.proj.forward(x)?),
             ..Default::default()
@@ -110,7 +135,15 @@ mod tests {
         let _ = MlpConnector::new(&cfg, 8, 16, store.init_builder(0)).unwrap();
         assert_eq!(store.count(|_| true), 8 * 16 + 16 + 16 * 16 + 16);
         let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
-        assert_eq!(names, ["proj.0.bias", "proj.0.weight", "proj.2.bias", "proj.2.weight"]);
+        assert_eq!(
+            names,
+            [
+                "proj.0.bias",
+                "proj.0.weight",
+                "proj.2.bias",
+                "proj.2.weight"
+            ]
+        );
     }
 
     #[test]
@@ -126,7 +159,8 @@ mod tests {
             grid: (1, 3),
         };
         let vars = store.vars();
-        let named: Vec<(&str, &vlmkit_plugin::candle_core::Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let named: Vec<(&str, &vlmkit_plugin::candle_core::Var)> =
+            vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
         check_gradients(
             &named,
             || random_projection(conn.forward(&feats, None)?.tokens.as_ref().unwrap(), 3),

@@ -47,7 +47,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let pct = |s: f64| 100.0 * s / report.step_s;
     println!(
         "{} on {} ({} threads), batch {}, {} measured steps, {} trainable / {} frozen parameters",
-        report.recipe, report.device, report.threads, report.batch_size, report.steps, report.trainable_params, report.frozen_params
+        report.recipe,
+        report.device,
+        report.threads,
+        report.batch_size,
+        report.steps,
+        report.trainable_params,
+        report.frozen_params
     );
     println!("{:<12} {:>12} {:>8}", "phase", "median ms", "share");
     for (name, s) in [
@@ -59,7 +65,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     ] {
         println!("{name:<12} {:>12.2} {:>7.1}%", ms(s), pct(s));
     }
-    println!("throughput   {:>12.1} samples/s (one graph, serial)", report.samples_per_s);
+    println!(
+        "throughput   {:>12.1} samples/s (one graph, serial)",
+        report.samples_per_s
+    );
     println!(
         "trainer step {:>12.2} ms: {} length-sorted parts on {} workers, {:.1} samples/s, {:.2}× the serial step",
         ms(report.sharded_step_s),

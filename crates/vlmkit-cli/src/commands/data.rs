@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
-use vlmkit_data::shapes::{ShapesConfig, ShapesDataset, Split};
 use vlmkit_data::export_split;
+use vlmkit_data::shapes::{ShapesConfig, ShapesDataset, Split};
 use vlmkit_recipe::Recipe;
 
 #[derive(Debug, Args)]
@@ -59,7 +59,10 @@ pub fn run(args: DataArgs) -> Result<()> {
                     if section.get_str("kind").map_err(|e| recipe.error_for(e))? != Some("shapes") {
                         return Err(recipe.error_at(section.path(), "`data export` writes the built-in shapes data; this section is not `kind = \"shapes\"`").into());
                     }
-                    section.without(&["kind"]).parse::<ShapesConfig>().map_err(|e| recipe.error_for(e))?
+                    section
+                        .without(&["kind"])
+                        .parse::<ShapesConfig>()
+                        .map_err(|e| recipe.error_for(e))?
                 }
                 None => ShapesConfig::default(),
             };

@@ -36,7 +36,12 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = load_model(&args.model, &common::registry(), args.device.as_deref(), &args.overrides)?;
+    let model = load_model(
+        &args.model,
+        &common::registry(),
+        args.device.as_deref(),
+        &args.overrides,
+    )?;
     let eval_cfg = &model.plan.recipe.eval;
     let source = model.plan.eval_data()?.open()?;
     let opts = EvalOptions {
@@ -44,7 +49,11 @@ pub fn run(args: EvalArgs) -> Result<()> {
         max_new_tokens: args.max_new_tokens.unwrap_or(eval_cfg.max_new_tokens),
         limit: args.samples.or(eval_cfg.samples),
     };
-    eprintln!("evaluating {} on {}", model.dir.display(), source.describe());
+    eprintln!(
+        "evaluating {} on {}",
+        model.dir.display(),
+        source.describe()
+    );
     let predictions = evaluate(&model, source.as_ref(), &opts, |done, total| {
         eprint!("\r  {done}/{total}");
     })?;
@@ -59,8 +68,20 @@ pub fn run(args: EvalArgs) -> Result<()> {
         writeln!(jsonl, "{}", serde_json::to_string(p)?)?;
     }
     vlmkit_core::fsutil::write_atomic(&out.join("predictions.jsonl"), &jsonl)?;
-    vlmkit_core::fsutil::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    report.save_chart(&format!("{} — accuracy per question family", model.plan.recipe.run.name), &out.join("accuracy.png"))?;
-    eprintln!("wrote {}/{{predictions.jsonl, report.json, accuracy.png}}", out.display());
+    vlmkit_core::fsutil::write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    report.save_chart(
+        &format!(
+            "{} — accuracy per question family",
+            model.plan.recipe.run.name
+        ),
+        &out.join("accuracy.png"),
+    )?;
+    eprintln!(
+        "wrote {}/{{predictions.jsonl, report.json, accuracy.png}}",
+        out.display()
+    );
     Ok(())
 }

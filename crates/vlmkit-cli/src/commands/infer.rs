@@ -52,7 +52,12 @@ pub fn run(args: InferArgs) -> Result<()> {
         ),
         None => None,
     };
-    let model = load_model(&args.model, &common::registry(), args.device.as_deref(), &[])?;
+    let model = load_model(
+        &args.model,
+        &common::registry(),
+        args.device.as_deref(),
+        &[],
+    )?;
     let example = Example::single_turn("infer", image, &args.question, "");
     let gen = GenerateOptions {
         max_new_tokens: args.max_new_tokens,

@@ -35,11 +35,19 @@ struct Row {
 pub fn run(args: ParamsArgs) -> Result<()> {
     let plan = common::plan(&args.recipe, &args.overrides)?;
     let Some(stage) = plan.recipe.stages.get(args.stage) else {
-        anyhow::bail!("the recipe has {} stage(s); there is no stage {}", plan.recipe.stages.len(), args.stage);
+        anyhow::bail!(
+            "the recipe has {} stage(s); there is no stage {}",
+            plan.recipe.stages.len(),
+            args.stage
+        );
     };
     // Shapes only: nothing is allocated, so paper-scale recipes cost nothing.
     let recorder = ShapeRecorder::new();
-    let vlm = plan.build_with(recorder.builder(), candle_core::Device::Cpu, BTreeMap::new())?;
+    let vlm = plan.build_with(
+        recorder.builder(),
+        candle_core::Device::Cpu,
+        BTreeMap::new(),
+    )?;
     let unused = plan.unused_params(&vlm);
     let trainable = stage_trainable(stage, &unused);
     let groups = plan.connector.factory.param_groups();
@@ -50,7 +58,10 @@ pub fn run(args: ParamsArgs) -> Result<()> {
         let mut keys = vec![top.clone()];
         if top == "connector" {
             let rel = &name["connector.".len()..];
-            if let Some(g) = groups.iter().find(|g| g.prefixes.iter().any(|p| rel.starts_with(p))) {
+            if let Some(g) = groups
+                .iter()
+                .find(|g| g.prefixes.iter().any(|p| rel.starts_with(p)))
+            {
                 keys.push(format!("connector/{}", g.name));
             }
         }
@@ -82,7 +93,10 @@ pub fn run(args: ParamsArgs) -> Result<()> {
         return Ok(());
     }
     println!("stage `{}` (trainable: {:?})", stage.name, stage.trainable);
-    println!("{:<24} {:>15} {:>15} {:>15} {:>15}", "component", "trainable", "frozen", "unused", "total");
+    println!(
+        "{:<24} {:>15} {:>15} {:>15} {:>15}",
+        "component", "trainable", "frozen", "unused", "total"
+    );
     let fmt = |n: usize| {
         let s = n.to_string();
         let mut out = String::new();
@@ -96,7 +110,9 @@ pub fn run(args: ParamsArgs) -> Result<()> {
     };
     for k in keys {
         let r = &rows[k];
-        let label = k.strip_prefix("connector/").map_or(k.clone(), |g| format!("  {g}"));
+        let label = k
+            .strip_prefix("connector/")
+            .map_or(k.clone(), |g| format!("  {g}"));
         println!(
             "{label:<24} {:>15} {:>15} {:>15} {:>15}",
             fmt(r.trainable),

@@ -37,7 +37,9 @@ impl Activation {
         let one = T::one();
         let half = T::from_f64(0.5);
         match self {
-            Activation::Gelu => half * x * (one + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf()),
+            Activation::Gelu => {
+                half * x * (one + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+            }
             Activation::GeluPytorchTanh => {
                 let inner = T::from_f64(GELU_TANH_C) * (x + T::from_f64(0.044715) * x * x * x);
                 half * x * (one + inner.tanh())
@@ -61,7 +63,8 @@ impl Activation {
                 let c = T::from_f64(GELU_TANH_C);
                 let a = T::from_f64(0.044715);
                 let t = (c * (x + a * x * x * x)).tanh();
-                half * (one + t) + half * x * (one - t * t) * c * (one + T::from_f64(3.0) * a * x * x)
+                half * (one + t)
+                    + half * x * (one - t * t) * c * (one + T::from_f64(3.0) * a * x * x)
             }
             Activation::QuickGelu => {
                 let k = T::from_f64(1.702);
@@ -170,7 +173,10 @@ impl CustomOp1 for ActOp {
         if !needs_grad(arg) {
             return Ok(None);
         }
-        Ok(Some(arg.apply_op2_no_bwd(&grad.contiguous()?, &ActGradOp(self.0))?))
+        Ok(Some(arg.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &ActGradOp(self.0),
+        )?))
     }
 }
 
@@ -188,7 +194,10 @@ impl CustomOp2 for ActGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Ok((dispatch(&ActKernel(self.0), [(s1, l1), (s2, l2)])?, l1.shape().clone()))
+        Ok((
+            dispatch(&ActKernel(self.0), [(s1, l1), (s2, l2)])?,
+            l1.shape().clone(),
+        ))
     }
 }
 
@@ -216,7 +225,11 @@ impl Kernel<3> for SwiGluKernel {
                 .zip(g)
                 .map(|((&a, &u), &g)| g * u * Activation::Silu.derivative(a)),
         );
-        out.extend(gate.iter().zip(g).map(|(&a, &g)| g * Activation::Silu.value(a)));
+        out.extend(
+            gate.iter()
+                .zip(g)
+                .map(|(&a, &g)| g * Activation::Silu.value(a)),
+        );
         Ok(out)
     }
 }
@@ -235,7 +248,10 @@ impl CustomOp2 for SwiGluOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        Ok((dispatch(&SwiGluKernel, [(s1, l1), (s2, l2)])?, l1.shape().clone()))
+        Ok((
+            dispatch(&SwiGluKernel, [(s1, l1), (s2, l2)])?,
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -249,7 +265,10 @@ impl CustomOp2 for SwiGluOp {
         let n = gate.elem_count();
         let dgate = packed.narrow(0, 0, n)?.reshape(gate.shape())?;
         let dup = packed.narrow(0, n, n)?.reshape(up.shape())?;
-        Ok((needs_grad(gate).then_some(dgate), needs_grad(up).then_some(dup)))
+        Ok((
+            needs_grad(gate).then_some(dgate),
+            needs_grad(up).then_some(dup),
+        ))
     }
 }
 

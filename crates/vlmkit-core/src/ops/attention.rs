@@ -20,7 +20,13 @@ pub struct Attended {
 /// `q` is `B×H×T×D`; `k` and `v` are `B×KV×S×D` with `H` a multiple of `KV` (grouped-
 /// query attention: query head `h` reads key/value head `h / (H/KV)`, as Hugging Face's
 /// `repeat_kv` does). `mask` is additive, `1×T×S` or `B×T×S`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scale: f64) -> Result<Attended> {
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Attended> {
     let (b, h, t, d) = q.dims4()?;
     let (bk, kv, s, dk) = k.dims4()?;
     if bk != b || dk != d || v.dims() != k.dims() || kv == 0 || h % kv != 0 {
@@ -37,21 +43,29 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>, scal
     let q = q.contiguous()?.reshape((b, kv, groups * t, d))?;
     let scores = matmul(&q, &k.t()?)?.reshape((b, h, t, s))?;
     let probs = masked_softmax(&scores, mask, scale)?;
-    let output = matmul(&probs.reshape((b, kv, groups * t, s))?, &v.contiguous()?)?
-        .reshape((b, h, t, d))?;
+    let output =
+        matmul(&probs.reshape((b, kv, groups * t, s))?, &v.contiguous()?)?.reshape((b, h, t, d))?;
     Ok(Attended { output, probs })
 }
 
 /// An additive mask (`B×T×S`, `0` = attend, `-inf` = blocked) for `t` new queries
 /// after `past` cached positions: causal, and blocking keys whose `key_valid` entry
 /// (`B` rows of `past + t`) is false.
-pub fn causal_mask(key_valid: &[Vec<bool>], past: usize, t: usize, device: &candle_core::Device) -> Result<Tensor> {
+pub fn causal_mask(
+    key_valid: &[Vec<bool>],
+    past: usize,
+    t: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let b = key_valid.len();
     let s = past + t;
     let mut data = vec![0f32; b * t * s];
     for (bi, valid) in key_valid.iter().enumerate() {
         if valid.len() != s {
-            bail!("causal_mask: row {bi} has {} key flags, expected {s}", valid.len());
+            bail!(
+                "causal_mask: row {bi} has {} key flags, expected {s}",
+                valid.len()
+            );
         }
         for qi in 0..t {
             let row = &mut data[(bi * t + qi) * s..(bi * t + qi + 1) * s];
@@ -75,7 +89,11 @@ pub fn padding_mask(key_valid: &[Vec<bool>], device: &candle_core::Device) -> Re
         if valid.len() != s {
             bail!("padding_mask: rows have different lengths");
         }
-        data.extend(valid.iter().map(|&ok| if ok { 0f32 } else { f32::NEG_INFINITY }));
+        data.extend(
+            valid
+                .iter()
+                .map(|&ok| if ok { 0f32 } else { f32::NEG_INFINITY }),
+        );
     }
     Tensor::from_vec(data, (b, 1, s), device)
 }

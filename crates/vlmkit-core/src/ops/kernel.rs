@@ -40,7 +40,10 @@ impl Real for f64 {
 pub(crate) fn contiguous<'a, T>(data: &'a [T], layout: &Layout, what: &str) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{what}: input must be contiguous (got strides {:?})", layout.stride()),
+        None => bail!(
+            "{what}: input must be contiguous (got strides {:?})",
+            layout.stride()
+        ),
     }
 }
 
@@ -62,11 +65,17 @@ pub fn set_intra_op_threads(threads: usize) {
 
 /// Whether a kernel over `elems` elements should split across threads.
 pub(crate) fn parallel(elems: usize) -> bool {
-    elems >= PARALLEL_MIN_ELEMS && INTRA_OP_THREADS.load(Ordering::Relaxed) != 1 && rayon::current_num_threads() > 1
+    elems >= PARALLEL_MIN_ELEMS
+        && INTRA_OP_THREADS.load(Ordering::Relaxed) != 1
+        && rayon::current_num_threads() > 1
 }
 
 /// Runs `f(row_index, row_out)` over the rows of `out`, in parallel when worthwhile.
-pub(crate) fn for_each_row<T: Send>(out: &mut [T], width: usize, f: impl Fn(usize, &mut [T]) + Sync) {
+pub(crate) fn for_each_row<T: Send>(
+    out: &mut [T],
+    width: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
     if width == 0 {
         return;
     }
@@ -75,7 +84,9 @@ pub(crate) fn for_each_row<T: Send>(out: &mut [T], width: usize, f: impl Fn(usiz
             .enumerate()
             .for_each(|(r, row)| f(r, row));
     } else {
-        out.chunks_mut(width).enumerate().for_each(|(r, row)| f(r, row));
+        out.chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| f(r, row));
     }
 }
 
@@ -129,7 +140,9 @@ pub(crate) fn dispatch<K: Kernel<N>, const N: usize>(
                 .collect();
             let refs: Vec<&[f32]> = wide.iter().map(|v| v.as_slice()).collect();
             let out = kernel.run(arr(refs))?;
-            Ok(CpuStorage::BF16(out.into_iter().map(bf16::from_f32).collect()))
+            Ok(CpuStorage::BF16(
+                out.into_iter().map(bf16::from_f32).collect(),
+            ))
         }
         candle_core::DType::F16 => {
             let wide: Vec<Vec<f32>> = slices!(F16)
@@ -138,7 +151,9 @@ pub(crate) fn dispatch<K: Kernel<N>, const N: usize>(
                 .collect();
             let refs: Vec<&[f32]> = wide.iter().map(|v| v.as_slice()).collect();
             let out = kernel.run(arr(refs))?;
-            Ok(CpuStorage::F16(out.into_iter().map(f16::from_f32).collect()))
+            Ok(CpuStorage::F16(
+                out.into_iter().map(f16::from_f32).collect(),
+            ))
         }
         other => bail!("{}: unsupported dtype {other:?}", K::NAME),
     }

@@ -95,8 +95,16 @@ impl Linear {
         } else {
             (x, w)
         };
-        let l_x = if widen { Layout::contiguous(l_x.shape().clone()) } else { l_x.clone() };
-        let l_w = if widen { Layout::contiguous(l_w.shape().clone()) } else { l_w.clone() };
+        let l_x = if widen {
+            Layout::contiguous(l_x.shape().clone())
+        } else {
+            l_x.clone()
+        };
+        let l_w = if widen {
+            Layout::contiguous(l_w.shape().clone())
+        } else {
+            l_w.clone()
+        };
         let mut y = x.matmul(w, (1, m, n, k), &l_x, &l_w.transpose(0, 1)?)?;
         if let Some((b, l_b)) = bias {
             add_bias(&mut y, b, l_b, n)?;
@@ -130,7 +138,11 @@ fn add_bias(y: &mut CpuStorage, b: &CpuStorage, l_b: &Layout, n: usize) -> Resul
             let b: Vec<f32> = b[start..end].iter().map(|v| v.to_f32()).collect();
             add(y, &b, n)
         }
-        (y, b) => bail!("linear: unsupported dtypes {:?} / {:?}", y.dtype(), b.dtype()),
+        (y, b) => bail!(
+            "linear: unsupported dtypes {:?} / {:?}",
+            y.dtype(),
+            b.dtype()
+        ),
     }
     Ok(())
 }
@@ -193,7 +205,12 @@ impl CustomOp3 for Linear {
 
 type LinearGrads = (Option<Tensor>, Option<Tensor>, Option<Tensor>);
 
-fn linear_backward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, grad: &Tensor) -> Result<LinearGrads> {
+fn linear_backward(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    grad: &Tensor,
+) -> Result<LinearGrads> {
     let dx = if needs_grad(x) {
         Some(matmul(grad, w)?)
     } else {

@@ -40,7 +40,9 @@ pub fn cross_entropy(logits: &Tensor, labels: &[i64]) -> Result<Tensor> {
     }
     let labels = Arc::new(labels.to_vec());
     if is_cpu(logits) {
-        logits.contiguous()?.apply_op1(CrossEntropy { labels, count })
+        logits
+            .contiguous()?
+            .apply_op1(CrossEntropy { labels, count })
     } else {
         reference::cross_entropy(logits, &labels)
     }
@@ -184,6 +186,12 @@ pub fn label_log_probs(logits: &Tensor, labels: &[i64]) -> Result<Vec<f32>> {
     Ok(rows
         .iter()
         .zip(labels)
-        .map(|(r, &l)| if l == IGNORE_INDEX { 0.0 } else { r[l as usize] })
+        .map(|(r, &l)| {
+            if l == IGNORE_INDEX {
+                0.0
+            } else {
+                r[l as usize]
+            }
+        })
         .collect())
 }

@@ -18,8 +18,11 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
     check_affine("layer_norm", x, gamma, width)?;
     check_affine("layer_norm", x, beta, width)?;
     if is_cpu(x) {
-        x.contiguous()?
-            .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, LayerNormOp { eps })
+        x.contiguous()?.apply_op3(
+            &gamma.contiguous()?,
+            &beta.contiguous()?,
+            LayerNormOp { eps },
+        )
     } else {
         reference::layer_norm(x, gamma, beta, eps)
     }
@@ -47,7 +50,11 @@ fn check_affine(op: &str, x: &Tensor, p: &Tensor, width: usize) -> Result<()> {
         );
     }
     if p.dtype() != x.dtype() {
-        bail!("{op}: parameter dtype {:?} differs from input dtype {:?}", p.dtype(), x.dtype());
+        bail!(
+            "{op}: parameter dtype {:?} differs from input dtype {:?}",
+            p.dtype(),
+            x.dtype()
+        );
     }
     Ok(())
 }
@@ -113,7 +120,11 @@ impl Kernel<3> for NormFwd {
             let xr = &x[r * w..(r + 1) * w];
             let (mean, rstd) = moments(xr, eps, self.centered);
             for i in 0..w {
-                let b = if self.centered { beta[i % p] } else { T::zero() };
+                let b = if self.centered {
+                    beta[i % p]
+                } else {
+                    T::zero()
+                };
                 row[i] = (xr[i] - mean) * rstd * gamma[i % p] + b;
             }
         });
@@ -174,9 +185,15 @@ impl Kernel<3> for NormBwd {
             partial
         };
         let partials: Vec<Vec<T>> = if parallel(x.len()) {
-            dx.par_chunks_mut(ROW_BLOCK * w).enumerate().map(block).collect()
+            dx.par_chunks_mut(ROW_BLOCK * w)
+                .enumerate()
+                .map(block)
+                .collect()
         } else {
-            dx.chunks_mut(ROW_BLOCK * w).enumerate().map(block).collect()
+            dx.chunks_mut(ROW_BLOCK * w)
+                .enumerate()
+                .map(block)
+                .collect()
         };
         let mut param_grads = vec![T::zero(); 2 * p];
         for part in partials {
@@ -239,7 +256,10 @@ impl CustomOp3 for LayerNormOp {
             eps: self.eps,
             centered: true,
         };
-        Ok((dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
+        Ok((
+            dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -338,6 +358,9 @@ impl CustomOp3 for NormBwdOp {
             eps: self.eps,
             centered: self.centered,
         };
-        Ok((dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?, packed_shape(l1)))
+        Ok((
+            dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?,
+            packed_shape(l1),
+        ))
     }
 }

@@ -126,7 +126,10 @@ impl CustomOp3 for Rope {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let k = Rope::kernel(l1, l2, false)?;
-        Ok((dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
+        Ok((
+            dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
     }
 
     fn bwd(
@@ -140,7 +143,9 @@ impl CustomOp3 for Rope {
         if !needs_grad(x) {
             return Ok((None, None, None));
         }
-        let dx = grad.contiguous()?.apply_op3_no_bwd(cos, sin, &RopeInverse)?;
+        let dx = grad
+            .contiguous()?
+            .apply_op3_no_bwd(cos, sin, &RopeInverse)?;
         Ok((Some(dx), None, None))
     }
 }
@@ -162,7 +167,10 @@ impl CustomOp3 for RopeInverse {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let k = Rope::kernel(l1, l2, true)?;
-        Ok((dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?, l1.shape().clone()))
+        Ok((
+            dispatch(&k, [(s1, l1), (s2, l2), (s3, l3)])?,
+            l1.shape().clone(),
+        ))
     }
 }
 

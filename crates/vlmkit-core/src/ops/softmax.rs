@@ -44,7 +44,9 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Res
     }
     if is_cpu(scores) {
         let mask = mask.to_dtype(scores.dtype())?.contiguous()?.detach();
-        scores.contiguous()?.apply_op2(&mask, MaskedSoftmax { scale })
+        scores
+            .contiguous()?
+            .apply_op2(&mask, MaskedSoftmax { scale })
     } else {
         reference::masked_softmax(scores, mask, scale)
     }
@@ -151,7 +153,11 @@ impl Kernel<2> for SoftmaxKernel {
         let w = self.width;
         let scale = T::from_f64(self.scale);
         for_each_row(&mut out, w, |r, row| {
-            let b = if mask_batch == 1 { 0 } else { r / rows_per_batch };
+            let b = if mask_batch == 1 {
+                0
+            } else {
+                r / rows_per_batch
+            };
             let mrow = b * t + r % t;
             softmax_row(
                 &x[r * w..(r + 1) * w],

@@ -225,7 +225,12 @@ impl ShapesDataset {
         let family = Family::ALL[rng
             .weighted(&self.family_weights)
             .expect("validated: some family has positive weight")];
-        let plan = Plan::draw(family, &self.sampler, self.config.negatives_for(self.split), &mut rng);
+        let plan = Plan::draw(
+            family,
+            &self.sampler,
+            self.config.negatives_for(self.split),
+            &mut rng,
+        );
 
         let (scene, asked) = (0..MAX_SCENE_ATTEMPTS)
             .find_map(|_| {
@@ -343,7 +348,11 @@ pub fn vocabulary(config: &ShapesConfig) -> Vec<String> {
         for shape in Shape::ALL {
             texts.push(text::position_question(color, shape));
             texts.push(text::existence_question(color, shape));
-            texts.extend(cells.iter().map(|&cell| text::object_sentence(color, shape, cell)));
+            texts.extend(
+                cells
+                    .iter()
+                    .map(|&cell| text::object_sentence(color, shape, cell)),
+            );
         }
     }
     for relation in Relation::ALL {

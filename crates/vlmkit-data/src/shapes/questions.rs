@@ -229,7 +229,12 @@ pub(crate) enum Plan {
 }
 
 impl Plan {
-    pub fn draw(family: Family, sampler: &SceneSampler, negatives: NegativeSampling, rng: &mut Rng) -> Plan {
+    pub fn draw(
+        family: Family,
+        sampler: &SceneSampler,
+        negatives: NegativeSampling,
+        rng: &mut Rng,
+    ) -> Plan {
         match family {
             Family::Describe => Plan::Describe,
             Family::Color => Plan::Color,
@@ -378,7 +383,11 @@ impl Plan {
 pub(crate) fn describe(scene: &Scene) -> String {
     let mut sentences = vec![text::count_sentence(scene.objects.len())];
     for object in &scene.objects {
-        sentences.push(text::object_sentence(object.color, object.shape, object.cell));
+        sentences.push(text::object_sentence(
+            object.color,
+            object.shape,
+            object.cell,
+        ));
     }
     if let Some(glyph) = scene.glyph {
         sentences.push(text::glyph_sentence(glyph.letter, glyph.cell));
@@ -664,7 +673,8 @@ mod tests {
         // Red circle and blue square each share an attribute with both objects.
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..50 {
-            let pair = pope_negative(&s, &sampler(), Some(PopeMode::Adversarial), &mut rng).unwrap();
+            let pair =
+                pope_negative(&s, &sampler(), Some(PopeMode::Adversarial), &mut rng).unwrap();
             assert!(s.find(pair.0, pair.1).is_none());
             seen.insert(pair);
         }

@@ -240,7 +240,10 @@ fn matched_training_negatives_leave_no_answer_in_the_question() {
         for index in 0..n {
             let sample = ds.get(index);
             if split == Split::Train {
-                assert!(sample.pope.is_none(), "training existence questions carry no POPE mode");
+                assert!(
+                    sample.pope.is_none(),
+                    "training existence questions carry no POPE mode"
+                );
             }
             let e = table.entry(sample.question.clone()).or_default();
             if sample.answer == "yes" {
@@ -254,8 +257,14 @@ fn matched_training_negatives_leave_no_answer_in_the_question() {
     };
     let train = per_question(Split::Train);
     let eval = per_question(Split::Eval);
-    assert!(train < 0.60, "text-only accuracy on train existence: {train:.3}");
-    assert!(eval > train + 0.03, "POPE negatives should be more text-predictable: {eval:.3} vs {train:.3}");
+    assert!(
+        train < 0.60,
+        "text-only accuracy on train existence: {train:.3}"
+    );
+    assert!(
+        eval > train + 0.03,
+        "POPE negatives should be more text-predictable: {eval:.3} vs {train:.3}"
+    );
 }
 
 #[test]

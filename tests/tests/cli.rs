@@ -1,0 +1,382 @@
+//! The `vlmkit` command line, end to end: help texts, recipe errors, training,
+//! evaluation, inference, resume after SIGKILL, failure handling, data export.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vlmkit_tests::{repo, run, set_args, tiny, vlmkit};
+
+fn help(args: &[&str]) -> String {
+    let (ok, out, err) = run(vlmkit().args(args).arg("--help"));
+    assert!(ok, "{err}");
+    out
+}
+
+#[test]
+fn help_texts() {
+    insta::assert_snapshot!("help", help(&[]));
+    for cmd in ["train", "eval", "infer", "params", "bench"] {
+        insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd]));
+    }
+    insta::assert_snapshot!("help_recipe_check", help(&["recipe", "check"]));
+    insta::assert_snapshot!("help_data_export", help(&["data", "export"]));
+}
+
+/// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh
+/// directory and runs `vlmkit recipe check bad.toml` there; returns stderr with the
+/// repository path replaced.
+fn recipe_error(body: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let base = repo().join("recipes/mlp.toml");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        format!("extends = {:?}\n{body}", base.display().to_string()),
+    )
+    .unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["recipe", "check", "bad.toml"]));
+    assert!(!ok, "the recipe should be refused:\n{body}");
+    err.replace(&repo().display().to_string(), "<repo>")
+}
+
+#[test]
+fn recipe_errors_name_file_line_and_key() {
+    insta::assert_snapshot!(
+        "error_unknown_connector_key",
+        recipe_error("[connector]\nbase_layr = -2\n")
+    );
+    insta::assert_snapshot!(
+        "error_unknown_connector_kind",
+        recipe_error("[connector]\nkind = \"mlpp\"\n")
+    );
+    insta::assert_snapshot!(
+        "error_layer_out_of_range",
+        recipe_error("[vision]\nlayers = [7]\n")
+    );
+    insta::assert_snapshot!(
+        "error_base_layer_not_selected",
+        recipe_error("[vision]\nlayers = [-1]\n")
+    );
+    insta::assert_snapshot!(
+        "error_unknown_family",
+        recipe_error("[data.train]\nfamilies = { colour = 1.0 }\n")
+    );
+    insta::assert_snapshot!(
+        "error_unknown_loss",
+        recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\nlosses = { lm = 1.0, dice = 0.5 }\n"
+        )
+    );
+    insta::assert_snapshot!(
+        "error_pattern_matches_nothing",
+        recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"conector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\n"
+        )
+    );
+    insta::assert_snapshot!(
+        "error_vision_config",
+        recipe_error("[vision]\npatch_size = 5\n")
+    );
+}
+
+#[test]
+fn params_reports_components() {
+    let (ok, out, err) = run(vlmkit().args(["params", "recipes/mlp.toml"]));
+    assert!(ok, "{err}");
+    insta::assert_snapshot!("params_mlp", out);
+}
+
+fn train(out: &Path, overrides: &[String]) -> (bool, String) {
+    let (ok, _stdout, err) = run(vlmkit()
+        .args(["train", "recipes/mlp.toml", "--out"])
+        .arg(out)
+        .args(set_args(overrides)));
+    (ok, err)
+}
+
+#[test]
+fn train_eval_infer_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, err) = train(&run_dir, &tiny(12));
+    assert!(ok, "{err}");
+    for f in [
+        "recipe.toml",
+        "metrics.jsonl",
+        "loss.png",
+        "final/model.safetensors",
+        "final/tokenizer.json",
+    ] {
+        assert!(run_dir.join(f).exists(), "missing {f}");
+    }
+    // Training again on a finished run does nothing and says so.
+    let (ok, err) = train(&run_dir, &tiny(12));
+    assert!(ok && err.contains("already holds a finished run"), "{err}");
+    // The same directory with another recipe is refused.
+    let mut other = tiny(12);
+    other.push("run.seed=5".into());
+    let (ok, err) = train(&run_dir, &other);
+    assert!(ok && err.contains("already holds a finished run"), "{err}");
+
+    let (ok, out, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .args(["--out"])
+        .arg(dir.path().join("eval")));
+    assert!(ok, "{err}");
+    for family in ["color", "count", "existence", "ocr", "position", "relation"] {
+        assert!(out.contains(family), "{family} missing from\n{out}");
+    }
+    assert!(out.contains("POPE"), "{out}");
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("eval/report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["samples"], 48);
+    let predictions = std::fs::read_to_string(dir.path().join("eval/predictions.jsonl")).unwrap();
+    assert_eq!(predictions.lines().count(), 48);
+    assert!(dir.path().join("eval/accuracy.png").exists());
+
+    // Inference on an exported image.
+    let export = dir.path().join("export");
+    let (ok, _out, err) = run(vlmkit()
+        .args(["data", "export", "--split", "eval", "--count", "2", "--out"])
+        .arg(&export));
+    assert!(ok, "{err}");
+    let image = std::fs::read_dir(export.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (ok, out, err) = run(vlmkit()
+        .arg("infer")
+        .arg(&run_dir)
+        .arg("--image")
+        .arg(&image)
+        .arg("What color is the circle?"));
+    assert!(ok, "{err}");
+    assert!(out.ends_with('\n'), "one answer line: {out:?}");
+
+    // A corrupt image is refused with the reason.
+    let bad = dir.path().join("bad.png");
+    std::fs::write(&bad, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .arg("infer")
+        .arg(&run_dir)
+        .arg("--image")
+        .arg(&bad)
+        .arg("Hi?"));
+    assert!(
+        !ok && err.contains("bad.png") && err.contains("not a readable image"),
+        "{err}"
+    );
+}
+
+#[test]
+fn corrupt_checkpoint_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, err) = train(&run_dir, &tiny(3));
+    assert!(ok, "{err}");
+    let model = run_dir.join("final/model.safetensors");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _out, err) = run(vlmkit().arg("eval").arg(&run_dir));
+    assert!(!ok, "a truncated checkpoint must be refused");
+    assert!(
+        err.contains("model.safetensors") && err.contains("not a readable safetensors file"),
+        "{err}"
+    );
+}
+
+/// Steps and their losses from `metrics.jsonl` (timings differ between runs).
+fn losses(run_dir: &Path) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                format!("{} {}", v["loss"], v["grad_norm"]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn killed_run_resumes_to_bit_identical_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut overrides = tiny(300);
+    overrides.push("run.checkpoint_every=25".into());
+    overrides.push("run.log_every=25".into());
+
+    // Uninterrupted.
+    let straight = dir.path().join("straight");
+    let (ok, err) = train(&straight, &overrides);
+    assert!(ok, "{err}");
+
+    // Killed with SIGKILL after its first checkpoint, then resumed.
+    let resumed = dir.path().join("resumed");
+    let mut child = vlmkit()
+        .args(["train", "recipes/mlp.toml", "--out"])
+        .arg(&resumed)
+        .args(set_args(&overrides))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let latest = resumed.join("checkpoints/latest");
+    let start = Instant::now();
+    while !latest.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL on Unix
+    child.wait().unwrap();
+    assert!(
+        !resumed.join("final").exists(),
+        "the run finished before it could be killed; the test needs a longer run"
+    );
+    let (ok, err) = train(&resumed, &overrides);
+    assert!(ok, "{err}");
+    assert!(err.contains("resuming from"), "{err}");
+
+    let a = std::fs::read(straight.join("final/model.safetensors")).unwrap();
+    let b = std::fs::read(resumed.join("final/model.safetensors")).unwrap();
+    assert!(
+        a == b,
+        "resumed weights differ from the uninterrupted run's"
+    );
+    assert_eq!(losses(&straight), losses(&resumed));
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut overrides = tiny(50);
+    overrides.extend(
+        [
+            "stage.0.lr=1e12",
+            "stage.0.clip_norm=0",
+            "stage.0.warmup_ratio=0",
+            "run.checkpoint_every=1",
+        ]
+        .map(String::from),
+    );
+    let (ok, err) = train(&run_dir, &overrides);
+    assert!(!ok, "training should stop");
+    assert!(
+        err.contains("training stopped") && err.contains("at step"),
+        "{err}"
+    );
+    assert!(err.contains("last good checkpoint is"), "{err}");
+    let latest = std::fs::read_to_string(run_dir.join("checkpoints/latest")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            run_dir
+                .join("checkpoints")
+                .join(latest.trim())
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(state["global_step"].as_u64().unwrap() >= 1);
+    assert!(!run_dir.join("final").exists());
+}
+
+#[test]
+fn trains_on_exported_llava_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, out, err) = run(vlmkit()
+        .args([
+            "data", "export", "--split", "train", "--count", "40", "--out",
+        ])
+        .arg(&data));
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote 40 examples"), "{out}");
+    let (ok, _out, err) = run(vlmkit()
+        .args([
+            "data", "export", "--split", "eval", "--count", "16", "--out",
+        ])
+        .arg(&data));
+    assert!(ok, "{err}");
+    let recipe = dir.path().join("llava.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = {:?}\n[data.train]\nkind = \"llava\"\njson = \"data/train.json\"\n[data.eval]\nkind = \"llava\"\njson = \"data/eval.json\"\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut overrides = tiny(4);
+    overrides.retain(|o| !o.starts_with("data.eval"));
+    let run_dir = dir.path().join("run");
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "llava.toml", "--out"])
+        .arg(&run_dir)
+        .args(set_args(&overrides)));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("llava"),
+        "the stage reads the LLaVA file: {err}"
+    );
+    assert!(run_dir.join("final/model.safetensors").exists());
+}
+
+#[test]
+fn bench_prints_the_step_breakdown() {
+    let mut overrides = tiny(1);
+    overrides.push("stage.0.batch_size=8".into());
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let (ok, out, err) = run(vlmkit()
+        .args([
+            "bench",
+            "recipes/mlp.toml",
+            "--warmup",
+            "1",
+            "--steps",
+            "3",
+            "--json",
+        ])
+        .arg(&json)
+        .args(set_args(&overrides)));
+    assert!(ok, "{err}");
+    for phase in [
+        "data",
+        "forward",
+        "backward",
+        "optimizer",
+        "step",
+        "samples/s",
+        "trainer step",
+    ] {
+        assert!(out.contains(phase), "{phase} missing:\n{out}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert!(report["step_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["batch_size"], 8);
+}
+
+#[test]
+fn recipe_check_prints_the_resolved_recipe() {
+    let (ok, out, err) =
+        run(vlmkit().args(["recipe", "check", "recipes/mlp.toml", "--set", "run.seed=3"]));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("seed = 3") && out.contains("kind = \"mlp\"") && !out.contains("extends"),
+        "{out}"
+    );
+    assert!(err.contains("ok: connector `mlp`"), "{err}");
+}

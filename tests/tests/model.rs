@@ -1,0 +1,224 @@
+//! The assembled model: every trainable parameter receives a gradient, frozen
+//! components receive none, splitting a batch does not change its gradient, and a
+//! batch without supervision is refused.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, Var};
+use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_data::shapes::{ShapesDataset, Split};
+use vlmkit_data::Example;
+use vlmkit_recipe::Recipe;
+use vlmkit_tests::{repo, tiny};
+use vlmkit_train::batch::BatchBuilder;
+use vlmkit_train::step::{forward_backward, Parallelism};
+use vlmkit_train::trainer::stage_trainable;
+use vlmkit_train::Plan;
+
+fn plan(extra: &[&str]) -> Plan {
+    let mut registry = vlmkit_plugin::Registry::new();
+    connector_mlp::register(&mut registry).unwrap();
+    let mut overrides = tiny(1);
+    overrides.extend(extra.iter().map(|s| s.to_string()));
+    let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
+    Plan::new(recipe, &registry, None).unwrap()
+}
+
+fn examples(n: u64) -> Vec<Example> {
+    let ds = ShapesDataset::new(Default::default(), Split::Train).unwrap();
+    (0..n).map(|i| ds.get(i).to_example()).collect()
+}
+
+struct Built {
+    plan: Plan,
+    store: ParamStore,
+    vlm: vlmkit_core::Vlm,
+    params: Vec<(String, Var)>,
+    builder: BatchBuilder,
+}
+
+fn build(extra: &[&str]) -> Built {
+    let plan = plan(extra);
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    let probe = plan
+        .build(
+            &store,
+            Missing::Initialize { seed: 3 },
+            Arc::new(|_| true),
+            BTreeMap::new(),
+        )
+        .unwrap();
+    let unused = plan.unused_params(&probe);
+    let stage = &plan.recipe.stages[0];
+    let trainable = stage_trainable(stage, &unused);
+    let vlm = plan
+        .build(
+            &store,
+            Missing::Error,
+            trainable.clone(),
+            stage.losses.clone(),
+        )
+        .unwrap();
+    let params: Vec<(String, Var)> = store
+        .vars()
+        .into_iter()
+        .filter(|(n, _)| trainable(n))
+        .collect();
+    let builder = BatchBuilder {
+        collator: plan.collator(16),
+        vision: plan.env.vision.clone(),
+        device: Device::Cpu,
+    };
+    Built {
+        plan,
+        store,
+        vlm,
+        params,
+        builder,
+    }
+}
+
+fn norm(t: &Tensor) -> f64 {
+    t.sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap() as f64
+}
+
+#[test]
+fn every_trainable_parameter_receives_a_nonzero_gradient() {
+    let b = build(&[]);
+    let out = forward_backward(
+        &b.vlm,
+        &b.builder,
+        &examples(16),
+        &b.params,
+        1.0,
+        Parallelism::new(1),
+    )
+    .unwrap();
+    let mut missing = Vec::new();
+    for (name, _) in &b.params {
+        match out.grads.get(name) {
+            None => missing.push(format!("{name} (no gradient)")),
+            Some(g) if norm(g) == 0.0 => missing.push(format!("{name} (zero gradient)")),
+            Some(_) => {}
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
+    // Every component trains in this stage, except what cannot influence the loss:
+    // encoder blocks past the selected layer and the pooled-output norm.
+    let trainable: Vec<&str> = b.params.iter().map(|(n, _)| n.as_str()).collect();
+    for component in ["vision.", "connector.", "llm."] {
+        assert!(
+            trainable.iter().any(|n| n.starts_with(component)),
+            "{component} not trained"
+        );
+    }
+    let last_block = format!(
+        "vision.vision_model.encoder.layers.{}.",
+        b.plan.vision.config.num_hidden_layers - 1
+    );
+    assert!(
+        !trainable.iter().any(|n| n.starts_with(&last_block)),
+        "hs[-2] does not read the last block"
+    );
+    assert!(!trainable.iter().any(|n| n.contains("post_layernorm")));
+    assert!(b.store.len() > b.params.len());
+}
+
+#[test]
+fn a_connector_only_stage_trains_only_the_connector() {
+    let b = build(&["stage.0.trainable=[\"connector\"]"]);
+    assert!(b.params.iter().all(|(n, _)| n.starts_with("connector.")));
+    let out = forward_backward(
+        &b.vlm,
+        &b.builder,
+        &examples(8),
+        &b.params,
+        1.0,
+        Parallelism::new(1),
+    )
+    .unwrap();
+    assert_eq!(out.grads.len(), b.params.len());
+    assert!(out.grads.values().all(|g| norm(g) > 0.0));
+}
+
+#[test]
+fn splitting_a_batch_across_threads_keeps_its_gradient() {
+    let b = build(&[]);
+    let ex = examples(24);
+    let one = forward_backward(
+        &b.vlm,
+        &b.builder,
+        &ex,
+        &b.params,
+        1.0,
+        Parallelism {
+            workers: 1,
+            parts: 1,
+        },
+    )
+    .unwrap();
+    let many = forward_backward(
+        &b.vlm,
+        &b.builder,
+        &ex,
+        &b.params,
+        1.0,
+        Parallelism {
+            workers: 2,
+            parts: 5,
+        },
+    )
+    .unwrap();
+    assert!(
+        (one.loss - many.loss).abs() < 1e-5 * one.loss.abs().max(1.0),
+        "{} vs {}",
+        one.loss,
+        many.loss
+    );
+    assert_eq!(one.tokens, many.tokens);
+    for (name, g) in &one.grads {
+        let h = &many.grads[name];
+        let diff = (g - h)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = g
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff <= 1e-4 * scale.max(1e-3),
+            "{name}: {diff} (scale {scale})"
+        );
+    }
+}
+
+#[test]
+fn a_batch_without_supervision_is_refused_with_the_reason() {
+    let b = build(&[]);
+    let mut ex = examples(4);
+    for e in &mut ex {
+        e.turns.truncate(1); // questions only, no answer
+    }
+    let err = forward_backward(&b.vlm, &b.builder, &ex, &b.params, 1.0, Parallelism::new(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no supervised token"), "{err}");
+}
