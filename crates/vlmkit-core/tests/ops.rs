@@ -461,6 +461,60 @@ fn attention_gradients_with_grouped_heads() {
 }
 
 #[test]
+fn fused_attention_matches_the_tracked_composition() {
+    let q = randn_var(&[2, 4, 5, 3], 1.0, 31).unwrap();
+    let k = randn_var(&[2, 2, 6, 3], 1.0, 32).unwrap();
+    let v = randn_var(&[2, 2, 6, 3], 1.0, 33).unwrap();
+    // Keys beyond each query's position are blocked, with one past position cached.
+    let valid = vec![vec![true; 6], vec![true, true, true, true, true, false]];
+    let mask = ops::causal_mask(&valid, 1, 5, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    check(&[("q", &q), ("k", &k), ("v", &v)], || {
+        Ok(ops::attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            Some(&mask),
+            0.7,
+        )?
+        .output)
+    });
+    agree(
+        &[&q, &k, &v],
+        || {
+            Ok(ops::attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                Some(&mask),
+                0.7,
+            )?
+            .output)
+        },
+        || {
+            Ok(ops::attention_tracked(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                Some(&mask),
+                0.7,
+            )?
+            .output)
+        },
+    );
+    // Only the inputs in the graph get gradients.
+    let frozen_k = k.as_tensor().detach();
+    let out = ops::attention(q.as_tensor(), &frozen_k, v.as_tensor(), Some(&mask), 0.7)
+        .unwrap()
+        .output;
+    let grads = out.sum_all().unwrap().backward().unwrap();
+    assert!(grads.get(&frozen_k).is_none());
+    assert!(grads.get(q.as_tensor()).is_some() && grads.get(v.as_tensor()).is_some());
+}
+
+#[test]
 fn embedding_lookup_gradient_via_index_select() {
     // Token embeddings go through index_select, whose backward is index_add.
     let table = randn_var(&[7, 4], 1.0, 30).unwrap();

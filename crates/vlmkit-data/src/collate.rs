@@ -57,10 +57,12 @@ impl Collator {
                     example.id
                 )))
             }
-            (true, n) => return Err(DataError::Template(format!(
+            (true, n) => {
+                return Err(DataError::Template(format!(
                 "example {}: {n} {IMAGE_TOKEN} placeholders; one image per example is supported",
                 example.id
-            ))),
+            )))
+            }
         }
         Ok(turns)
     }

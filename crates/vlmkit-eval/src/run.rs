@@ -71,6 +71,11 @@ pub fn evaluate(
                 family: ex.family.clone().unwrap_or_else(|| "all".into()),
                 pope: ex.meta.get("pope").cloned(),
                 question: ex.question().unwrap_or_default(),
+                options: ex
+                    .meta
+                    .get("options")
+                    .map(|o| o.split('|').map(str::to_string).collect())
+                    .unwrap_or_default(),
                 correct: normalize_answer(&answer) == normalize_answer(&prediction),
                 answer,
                 prediction,

@@ -14,6 +14,9 @@ pub struct Prediction {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pope: Option<String>,
     pub question: String,
+    /// For multiple-choice questions, the answers offered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<String>,
     pub answer: String,
     pub prediction: String,
     pub correct: bool,
@@ -26,7 +29,8 @@ pub struct FamilyScore {
     pub n: usize,
     pub correct: usize,
     pub accuracy: f64,
-    /// Expected accuracy of guessing uniformly among the family's answers.
+    /// Expected accuracy of guessing uniformly: among each question's options when it
+    /// offers some, else among the family's answers.
     pub chance: f64,
     /// Accuracy of always giving the most frequent answer.
     pub majority: f64,
@@ -133,7 +137,14 @@ pub fn score(checkpoint: &str, predictions: &[Prediction]) -> EvalReport {
                 n,
                 correct,
                 accuracy: correct as f64 / n as f64,
-                chance: 1.0 / counts.len().max(1) as f64,
+                chance: preds
+                    .iter()
+                    .map(|p| match p.options.len() {
+                        0 => 1.0 / counts.len().max(1) as f64,
+                        k => 1.0 / k as f64,
+                    })
+                    .sum::<f64>()
+                    / n as f64,
                 majority: majority_count as f64 / n as f64,
                 majority_answer,
             }
@@ -247,6 +258,7 @@ mod tests {
             family: family.into(),
             pope: pope.map(str::to_string),
             question: String::new(),
+            options: Vec::new(),
             answer: answer.into(),
             prediction: prediction.into(),
             correct: normalize_answer(answer) == normalize_answer(prediction),
@@ -273,6 +285,24 @@ mod tests {
         assert!((c.chance - 1.0 / 3.0).abs() < 1e-12);
         assert!((c.majority - 0.5).abs() < 1e-12);
         assert_eq!(c.majority_answer, "red");
+    }
+
+    #[test]
+    fn chance_of_choice_questions_counts_their_options() {
+        let mut preds = vec![
+            p("relation", None, "left", "left"),
+            p("relation", None, "above", "left"),
+            p("relation", None, "below", "below"),
+            p("relation", None, "right", "left"),
+        ];
+        for q in &mut preds {
+            q.options = vec!["x".into(), "y".into()];
+        }
+        let r = score("x", &preds);
+        assert!(
+            (r.families[0].chance - 0.5).abs() < 1e-12,
+            "two options each, not four answers"
+        );
     }
 
     #[test]

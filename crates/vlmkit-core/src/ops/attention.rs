@@ -1,10 +1,19 @@
-//! Scaled dot-product attention with an additive mask and grouped key/value heads,
-//! built from matmuls (whose backward candle gets right) and the fused masked softmax.
+//! Scaled dot-product attention with an additive mask and grouped key/value heads.
+//!
+//! [`attention`] is one node in the autograd graph: the forward runs on detached
+//! inputs and its backward computes dq, dk, dv directly from the saved
+//! probabilities, so the large `B×H×T×S` score and probability tensors never get
+//! gradient buffers of their own (candle allocates and accumulates one per graph
+//! node). [`attention_tracked`] is the plain composition, whose probabilities stay
+//! in the graph — for losses on the attention map itself.
 
-use candle_core::{bail, Result, Tensor};
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::linear::matmul;
-use super::softmax::masked_softmax;
+use super::needs_grad;
+use super::softmax::{masked_softmax, softmax_backward};
 
 /// The attended values and the attention probabilities that produced them.
 #[derive(Debug, Clone)]
@@ -15,12 +24,117 @@ pub struct Attended {
     pub probs: Tensor,
 }
 
-/// `softmax(scale · q·kᵀ + mask) · v`.
+/// `softmax(scale · q·kᵀ + mask) · v`, as one graph node; `probs` are detached.
 ///
 /// `q` is `B×H×T×D`; `k` and `v` are `B×KV×S×D` with `H` a multiple of `KV` (grouped-
 /// query attention: query head `h` reads key/value head `h / (H/KV)`, as Hugging Face's
 /// `repeat_kv` does). `mask` is additive, `1×T×S` or `B×T×S`.
 pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Attended> {
+    let plain = attention_tracked(&q.detach(), &k.detach(), &v.detach(), mask, scale)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(plain);
+    }
+    let op = FusedAttention {
+        output: Arc::new(plain.output.clone()),
+        probs: plain.probs.clone(),
+        scale,
+    };
+    let output = q.apply_op3(k, v, op)?;
+    Ok(Attended {
+        output,
+        probs: plain.probs,
+    })
+}
+
+/// The saved result of the forward, and what the backward needs.
+struct FusedAttention {
+    output: Arc<Tensor>,
+    probs: Tensor,
+    scale: f64,
+}
+
+impl FusedAttention {
+    fn copy_output(&self) -> Result<(Storage, Shape)> {
+        let (storage, layout) = self.output.storage_and_layout();
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            bail!("fused attention: saved output must be contiguous");
+        }
+        Ok((storage.try_clone(layout)?, layout.shape().clone()))
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "vlmkit-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        match self.copy_output()? {
+            (Storage::Cpu(s), shape) => Ok((s, shape)),
+            _ => bail!("fused attention: output is not on the CPU"),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        match self.copy_output()? {
+            (Storage::Cuda(s), shape) => Ok((s, shape)),
+            _ => bail!("fused attention: output is not on the GPU"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, h, t, d) = q.dims4()?;
+        let (_, kv, s, _) = k.dims4()?;
+        let g = h / kv;
+        // Query heads sharing a key/value head are folded into rows, as in the forward.
+        let p = self.probs.reshape((b, kv, g * t, s))?;
+        let dout = grad.contiguous()?.reshape((b, kv, g * t, d))?;
+        let dv = needs_grad(v).then(|| matmul(&p.t()?, &dout)).transpose()?;
+        let dp = matmul(&dout, &v.t()?)?.reshape((b, h, t, s))?;
+        let ds = softmax_backward(&self.probs, &dp, self.scale)?.reshape((b, kv, g * t, s))?;
+        let dq = needs_grad(q)
+            .then(|| matmul(&ds, k)?.reshape((b, h, t, d)))
+            .transpose()?;
+        let dk = needs_grad(k)
+            .then(|| matmul(&ds.t()?, &q.contiguous()?.reshape((b, kv, g * t, d))?))
+            .transpose()?;
+        Ok((dq, dk, dv))
+    }
+}
+
+/// `softmax(scale · q·kᵀ + mask) · v` as a composition of graph nodes (matmuls and
+/// the fused masked softmax): `probs` take part in the autograd graph.
+pub fn attention_tracked(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

@@ -234,8 +234,8 @@ impl CustomOp2 for MaskedSoftmax {
     }
 }
 
-/// `dx = scale · y ⊙ (g − Σ g⊙y)`.
-fn softmax_backward(y: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor> {
+/// `dx = scale · y ⊙ (g − Σ g⊙y)`: the backward of a softmax whose output is `y`.
+pub(crate) fn softmax_backward(y: &Tensor, grad: &Tensor, scale: f64) -> Result<Tensor> {
     if is_cpu(y) {
         let grad = grad.contiguous()?;
         y.apply_op2_no_bwd(&grad, &SoftmaxGrad { scale })

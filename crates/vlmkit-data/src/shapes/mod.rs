@@ -132,6 +132,9 @@ pub struct Sample {
     pub scene: Scene,
     /// Where the image goes relative to the question in [`Sample::to_example`].
     pub image_placement: ImagePlacement,
+    /// The answers a multiple-choice question offers (empty for open questions);
+    /// scorers use it for the chance baseline.
+    pub options: Vec<String>,
 }
 
 impl Sample {
@@ -155,6 +158,11 @@ impl Sample {
         example
             .meta
             .insert("answer".to_owned(), self.answer.clone());
+        if !self.options.is_empty() {
+            example
+                .meta
+                .insert("options".to_owned(), self.options.join("|"));
+        }
         if let Some(mode) = self.pope {
             example
                 .meta
@@ -274,6 +282,7 @@ impl ShapesDataset {
             mask,
             scene,
             image_placement: self.config.image_placement,
+            options: asked.options,
         }
     }
 

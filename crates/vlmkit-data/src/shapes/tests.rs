@@ -257,6 +257,23 @@ fn matched_training_negatives_leave_no_answer_in_the_question() {
     };
     let train = per_question(Split::Train);
     let eval = per_question(Split::Eval);
+    // A good share of training negatives are binding negatives: colour and shape
+    // both present, on different objects.
+    let ds = only(Family::Existence, Split::Train);
+    let (mut negatives, mut binding) = (0, 0);
+    for index in 0..2_000 {
+        let sample = ds.get(index);
+        if sample.answer == "no" {
+            negatives += 1;
+            let (c, s) = mentioned_objects(&sample.question)[0];
+            binding +=
+                (sample.scene.count_color(c) > 0 && sample.scene.count_shape(s) > 0) as usize;
+        }
+    }
+    assert!(
+        binding * 3 > negatives,
+        "{binding} of {negatives} negatives are binding negatives"
+    );
     assert!(
         train < 0.60,
         "text-only accuracy on train existence: {train:.3}"
@@ -270,7 +287,8 @@ fn matched_training_negatives_leave_no_answer_in_the_question() {
 #[test]
 fn relation_answers_are_balanced_and_correct() {
     let ds = only(Family::Relation, Split::Train);
-    let (mut yes, n) = (0, 2_000);
+    let n = 2_000;
+    let mut answers: BTreeMap<String, usize> = BTreeMap::new();
     for index in 0..n {
         let sample = ds.get(index);
         let mentioned = mentioned_objects(&sample.question);
@@ -278,28 +296,41 @@ fn relation_answers_are_balanced_and_correct() {
         let a = object_index(&sample.scene, mentioned[0]);
         let b = object_index(&sample.scene, mentioned[1]);
         assert_ne!(a, b);
+        let (ca, cb) = (sample.scene.objects[a].cell, sample.scene.objects[b].cell);
         let relation = Relation::ALL
             .into_iter()
-            .find(|r| sample.question.contains(r.phrase()))
-            .expect("a relation phrase");
-        let holds = relation.holds(sample.scene.objects[a].cell, sample.scene.objects[b].cell);
-        assert_eq!(
-            sample.answer,
-            if holds { "yes" } else { "no" },
-            "{}",
-            sample.question
+            .find(|r| r.answer() == sample.answer)
+            .expect("a relation answer");
+        assert!(
+            relation.holds(ca, cb),
+            "{} -> {}",
+            sample.question,
+            sample.answer
         );
-        yes += holds as usize;
+        // The question offers exactly the two answers of the relation's axis.
+        let offered = if sample.question.contains("to the left or to the right of") {
+            ["left", "right"]
+        } else {
+            assert!(
+                sample.question.contains("above or below"),
+                "{}",
+                sample.question
+            );
+            ["above", "below"]
+        };
+        assert_eq!(sample.options, offered);
+        assert_eq!(sample.to_example().meta["options"], offered.join("|"));
+        *answers.entry(sample.answer.clone()).or_default() += 1;
         let expected: BTreeSet<_> = object_pixels(&sample.scene.objects[a])
             .union(&object_pixels(&sample.scene.objects[b]))
             .copied()
             .collect();
         assert_eq!(mask_pixels(sample.mask.as_ref().unwrap()), expected);
     }
-    assert!(
-        (yes as f64 / n as f64 - 0.5).abs() < 0.04,
-        "{yes} of {n} yes"
-    );
+    for answer in ["left", "right", "above", "below"] {
+        let share = answers[answer] as f64 / n as f64;
+        assert!((share - 0.25).abs() < 0.04, "{answer}: {share:.3}");
+    }
 }
 
 #[test]
@@ -561,6 +592,7 @@ fn default_vocabulary_is_pinned() {
         "object",
         "objects",
         "of",
+        "or",
         "orange",
         "purple",
         "red",
@@ -581,7 +613,7 @@ fn default_vocabulary_is_pinned() {
         "yes",
     ];
     assert_eq!(vocabulary, expected);
-    assert_eq!(vocabulary.len(), 57);
+    assert_eq!(vocabulary.len(), 58);
 }
 
 #[test]
