@@ -499,23 +499,8 @@ fn pope_negative(
         .collect();
     let prior = |&(c, s): &(Color, Shape)| sampler.pair_weight(c, s);
     let Some(mode) = mode else {
-        // Frequency-matched, and half of the time a binding negative when the scene
-        // has one: an absent pair whose colour and shape are both present, on
-        // different objects ("a red square?" with a red circle and a blue square).
-        // Without them a model learns "colour present and shape present → yes",
-        // which POPE's adversarial negatives expose.
-        let binding: Vec<(Color, Shape)> = absent
-            .iter()
-            .copied()
-            .filter(|&(c, s)| scene.count_color(c) > 0 && scene.count_shape(s) > 0)
-            .collect();
-        let pool = if !binding.is_empty() && rng.chance(0.5) {
-            &binding
-        } else {
-            &absent
-        };
-        let weights: Vec<f64> = pool.iter().map(prior).collect();
-        return rng.weighted(&weights).map(|i| pool[i]);
+        let weights: Vec<f64> = absent.iter().map(prior).collect();
+        return rng.weighted(&weights).map(|i| absent[i]);
     };
     match mode {
         PopeMode::Random => rng.choose(&absent).copied(),
