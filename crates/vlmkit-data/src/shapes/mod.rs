@@ -194,6 +194,7 @@ impl ShapesDataset {
         let sampler = SceneSampler {
             grid: config.grid,
             cell_size: config.cell_size(),
+            min_object_size: config.min_object_size(),
             max_objects: config.max_objects,
             glyph_prob: config.glyph_prob,
             letters: resolved.letters,

@@ -551,6 +551,7 @@ mod tests {
         SceneSampler {
             grid: 4,
             cell_size: 8,
+            min_object_size: 5,
             max_objects: 4,
             glyph_prob: 0.3,
             letters: vec!['A', 'K'],

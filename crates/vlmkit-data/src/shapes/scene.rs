@@ -247,6 +247,8 @@ pub(crate) struct SceneRequirements {
 pub(crate) struct SceneSampler {
     pub grid: u32,
     pub cell_size: u32,
+    /// Smallest object side in pixels (objects span `min_object_size..=cell_size`).
+    pub min_object_size: u32,
     pub max_objects: u32,
     pub glyph_prob: f64,
     pub letters: Vec<char>,
@@ -276,8 +278,7 @@ impl SceneSampler {
             .flat_map(|&c| Shape::ALL.iter().map(move |&s| (c, s)))
             .collect();
         let mut weights: Vec<f64> = pairs.iter().map(|&(c, s)| self.pair_weight(c, s)).collect();
-        // Sizes from 5/8 of the cell up to the full cell: 5..=8 px for 8-px cells.
-        let min_size = (self.cell_size * 5).div_ceil(8);
+        let min_size = self.min_object_size.clamp(1, self.cell_size);
         let mut objects = Vec::with_capacity(count);
         for &cell in &cells[..count] {
             let pick = rng
@@ -330,6 +331,7 @@ mod tests {
         SceneSampler {
             grid: 4,
             cell_size: 8,
+            min_object_size: 5,
             max_objects: 4,
             glyph_prob: 0.5,
             letters: vec!['A', 'B'],
