@@ -125,7 +125,7 @@ fn train_eval_infer_end_to_end() {
         .args(["--out"])
         .arg(dir.path().join("eval")));
     assert!(ok, "{err}");
-    for family in ["color", "count", "existence", "ocr", "position", "relation"] {
+    for family in ["color", "count", "existence", "position", "relation"] {
         assert!(out.contains(family), "{family} missing from\n{out}");
     }
     assert!(out.contains("POPE"), "{out}");

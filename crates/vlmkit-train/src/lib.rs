@@ -28,10 +28,12 @@ pub use trainer::{train, Observer, StepRecord, TrainSummary};
 /// Why training (or loading a model) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
+    // Boxed: located recipe and data diagnostics are large, and every fallible
+    // call pays for the biggest variant.
     #[error(transparent)]
-    Recipe(#[from] vlmkit_recipe::RecipeError),
+    Recipe(Box<vlmkit_recipe::RecipeError>),
     #[error(transparent)]
-    Data(#[from] vlmkit_data::DataError),
+    Data(Box<vlmkit_data::DataError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error("{}: {source}", path.display())]
@@ -54,4 +56,16 @@ pub enum TrainError {
     },
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<vlmkit_recipe::RecipeError> for TrainError {
+    fn from(error: vlmkit_recipe::RecipeError) -> Self {
+        TrainError::Recipe(Box::new(error))
+    }
+}
+
+impl From<vlmkit_data::DataError> for TrainError {
+    fn from(error: vlmkit_data::DataError) -> Self {
+        TrainError::Data(Box::new(error))
+    }
 }

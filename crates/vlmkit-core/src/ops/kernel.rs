@@ -124,7 +124,7 @@ pub(crate) fn dispatch<K: Kernel<N>, const N: usize>(
             out
         }};
     }
-    fn arr<'a, T, const N: usize>(v: Vec<&'a [T]>) -> [&'a [T]; N] {
+    fn arr<T, const N: usize>(v: Vec<&[T]>) -> [&[T]; N] {
         match v.try_into() {
             Ok(a) => a,
             Err(_) => unreachable!("one slice per input"),

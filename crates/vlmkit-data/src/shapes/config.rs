@@ -52,17 +52,16 @@ pub struct ShapesConfig {
 }
 
 /// Where the image sits relative to the question. LLaVA's instruction data has
-/// both. With causal attention the placement matters: visual tokens placed after
-/// the question can attend to it, so every visual token can check itself against
-/// the question ("is this the blue square?") in parallel, instead of leaving all
-/// of that to the few text positions after the image.
+/// both. With causal attention the placement matters: with the image first, every
+/// question token can look up the objects it names, so a two-object question has
+/// its lookups done by the time the answer is due.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImagePlacement {
     /// `<image>\nQuestion` (LLaVA-1.5's usual form).
-    Before,
-    /// `Question\n<image>`.
     #[default]
+    Before,
+    /// `Question\n<image>`: visual tokens can attend to the question.
     After,
 }
 
@@ -227,7 +226,8 @@ impl ShapesConfig {
 
     /// Smallest object side in pixels.
     pub fn min_object_size(&self) -> u32 {
-        ((self.cell_size() as f64 * self.min_object_fraction).ceil() as u32).clamp(1, self.cell_size())
+        ((self.cell_size() as f64 * self.min_object_fraction).ceil() as u32)
+            .clamp(1, self.cell_size())
     }
 
     /// Pixel side of one grid cell.

@@ -633,9 +633,22 @@ fn to_example_builds_a_one_turn_conversation_with_metadata() {
     let example = sample.to_example();
     assert_eq!(example.id, sample.id);
     assert_eq!(example.turns.len(), 2);
-    // The default places the image after the question.
+    // The default places the image first, as LLaVA-1.5 does.
     assert_eq!(
         example.turns[0].value,
+        format!("<image>\n{}", sample.question)
+    );
+    let after = ShapesDataset::new(
+        ShapesConfig {
+            families: [("existence".to_owned(), 1.0)].into(),
+            image_placement: ImagePlacement::After,
+            ..ShapesConfig::default()
+        },
+        Split::Eval,
+    )
+    .unwrap();
+    assert_eq!(
+        after.get(3).to_example().turns[0].value,
         format!("{}\n<image>", sample.question)
     );
     assert_eq!(
