@@ -2,10 +2,8 @@
 //! components receive none, splitting a batch does not change its gradient, and a
 //! batch without supervision is refused.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
 use candle_core::{DType, Device, Tensor, Var};
+use vlmkit_core::gradcheck::{max_abs, max_abs_diff};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_data::shapes::{ShapesDataset, Split};
 use vlmkit_data::Example;
@@ -13,7 +11,7 @@ use vlmkit_recipe::Recipe;
 use vlmkit_tests::{repo, tiny};
 use vlmkit_train::batch::BatchBuilder;
 use vlmkit_train::step::{forward_backward, Parallelism};
-use vlmkit_train::trainer::stage_trainable;
+use vlmkit_train::trainer::StageModel;
 use vlmkit_train::Plan;
 
 fn plan(extra: &[&str]) -> Plan {
@@ -41,35 +39,12 @@ struct Built {
 fn build(extra: &[&str]) -> Built {
     let plan = plan(extra);
     let store = ParamStore::new(Device::Cpu, DType::F32);
-    let probe = plan
-        .build(
-            &store,
-            Missing::Initialize { seed: 3 },
-            Arc::new(|_| true),
-            BTreeMap::new(),
-        )
+    let unused = plan
+        .create_params(&store, Missing::Initialize { seed: 3 })
         .unwrap();
-    let unused = plan.unused_params(&probe);
-    let stage = &plan.recipe.stages[0];
-    let trainable = stage_trainable(stage, &unused);
-    let vlm = plan
-        .build(
-            &store,
-            Missing::Error,
-            trainable.clone(),
-            stage.losses.clone(),
-        )
-        .unwrap();
-    let params: Vec<(String, Var)> = store
-        .vars()
-        .into_iter()
-        .filter(|(n, _)| trainable(n))
-        .collect();
-    let builder = BatchBuilder {
-        collator: plan.collator(16),
-        vision: plan.env.vision.clone(),
-        device: Device::Cpu,
-    };
+    let StageModel { vlm, params } =
+        StageModel::build(&plan, &store, &plan.recipe.stages[0], &unused).unwrap();
+    let builder = plan.batch_builder(Device::Cpu);
     Built {
         plan,
         store,
@@ -184,25 +159,8 @@ fn splitting_a_batch_across_threads_keeps_its_gradient() {
     assert_eq!(one.tokens, many.tokens);
     for (name, g) in &one.grads {
         let h = &many.grads[name];
-        let diff = (g - h)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = g
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(g, h).unwrap();
+        let scale = max_abs(g).unwrap();
         assert!(
             diff <= 1e-4 * scale.max(1e-3),
             "{name}: {diff} (scale {scale})"

@@ -55,6 +55,21 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
+/// The largest absolute element-wise difference of two tensors of one shape, as
+/// `f64` (the measure every agreement test compares with a tolerance).
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
+    max_abs(&(a - b)?)
+}
+
+/// The largest absolute element, as `f64`.
+pub fn max_abs(t: &Tensor) -> Result<f64> {
+    t.abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_dtype(DType::F64)?
+        .to_scalar::<f64>()
+}
+
 /// Reduces `out` to a scalar with fixed random weights, so that every output
 /// element contributes a distinct gradient (a plain sum would hide, e.g., a softmax
 /// backward that drops a term which sums to zero).

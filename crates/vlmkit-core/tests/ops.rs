@@ -2,7 +2,9 @@
 //! (forward and backward), plus the edge cases training relies on.
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use vlmkit_core::gradcheck::{check_gradients, randn_var, random_projection, GradCheck};
+use vlmkit_core::gradcheck::{
+    check_gradients, max_abs_diff, randn_var, random_projection, GradCheck,
+};
 use vlmkit_core::ops::{self, Activation};
 
 fn check(vars: &[(&str, &Var)], f: impl Fn() -> Result<Tensor>) {
@@ -20,19 +22,7 @@ fn agree(
     let a = fused().unwrap();
     let b = reference().unwrap();
     assert_eq!(a.dims(), b.dims());
-    let diff = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    let diff = diff
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap();
+    let diff = max_abs_diff(&a, &b).unwrap();
     assert!(diff < 1e-9, "forward differs by {diff}");
     let ga = random_projection(&a, 5).unwrap().backward().unwrap();
     let gb = random_projection(&b, 5).unwrap().backward().unwrap();
@@ -43,15 +33,7 @@ fn agree(
         let y = gb
             .get(v.as_tensor())
             .unwrap_or_else(|| panic!("reference: input {i} got no gradient"));
-        let d = (x - y)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
-        let d = d.to_scalar::<f64>().unwrap();
+        let d = max_abs_diff(x, y).unwrap();
         assert!(d < 1e-9, "gradient of input {i} differs by {d}");
     }
 }
@@ -385,15 +367,7 @@ fn frozen_weight_gets_no_gradient_but_passes_one_through() {
         .unwrap()
         .broadcast_as((3, 5))
         .unwrap();
-    let d = (x_grad - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_keepdim(1)
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.squeeze(0).unwrap().to_scalar::<f64>().unwrap() < 1e-12);
+    assert!(max_abs_diff(x_grad, &expected).unwrap() < 1e-12);
 }
 
 #[test]
@@ -449,15 +423,8 @@ fn attention_gradients_with_grouped_heads() {
     let scores = scores.broadcast_add(&mask.unsqueeze(1).unwrap()).unwrap();
     let probs = ops::softmax::reference::softmax_last_dim(&scores).unwrap();
     let explicit = probs.matmul(&vr.contiguous().unwrap()).unwrap();
-    let d = (fused - explicit)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    let d = max_abs_diff(&fused, &explicit).unwrap();
+    assert!(d < 1e-12);
 }
 
 #[test]
@@ -538,15 +505,8 @@ fn ops_run_in_f32_and_bf16() {
     )
     .unwrap();
     assert_eq!(y16.dtype(), DType::BF16);
-    let d = (y32 - y16.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f32>().unwrap() < 0.05);
+    let d = max_abs_diff(&y32, &y16.to_dtype(DType::F32).unwrap()).unwrap();
+    assert!(d < 0.05);
     let w = Tensor::randn(0f32, 1.0, (5, 8), &Device::Cpu).unwrap();
     let l32 = ops::linear(&x, &w, None).unwrap();
     let l16 = ops::linear(
@@ -555,13 +515,6 @@ fn ops_run_in_f32_and_bf16() {
         None,
     )
     .unwrap();
-    let d = (l32 - l16.to_dtype(DType::F32).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f32>().unwrap() < 0.1);
+    let d = max_abs_diff(&l32, &l16.to_dtype(DType::F32).unwrap()).unwrap();
+    assert!(d < 0.1);
 }

@@ -2,7 +2,6 @@
 
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
-use vlmkit_train::batch::BatchBuilder;
 use vlmkit_train::source::ExampleSource;
 use vlmkit_train::{LoadedModel, TrainError};
 
@@ -17,16 +16,6 @@ pub struct EvalOptions {
     pub limit: Option<u64>,
 }
 
-fn builder(model: &LoadedModel) -> BatchBuilder {
-    let plan = &model.plan;
-    let grid = plan.env.vision.grids[plan.env.layers[0]];
-    BatchBuilder {
-        collator: plan.collator(grid.0 * grid.1),
-        vision: plan.env.vision.clone(),
-        device: model.vlm.device.clone(),
-    }
-}
-
 /// Generates an answer to the first question of each example (greedy unless
 /// `gen` says otherwise).
 pub fn generate_answers(
@@ -34,7 +23,10 @@ pub fn generate_answers(
     examples: &[Example],
     gen: &GenerateOptions,
 ) -> Result<Vec<String>, TrainError> {
-    let batch = builder(model).prompts(examples)?;
+    let batch = model
+        .plan
+        .batch_builder(model.vlm.device.clone())
+        .prompts(examples)?;
     let tok = &model.plan.tokenizer;
     let mut gen = gen.clone();
     if !gen.stop_ids.contains(&tok.eos) {

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use vlmkit_core::gradcheck::{check_gradients, random_projection, GradCheck};
+use vlmkit_core::gradcheck::{check_gradients, max_abs_diff, random_projection, GradCheck};
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{DecoderHooks, DecoderInput, KvCache, LanguageModel, VisionEncoder};
@@ -82,15 +82,7 @@ fn vit_hidden_states_follow_hf_indexing() {
     assert_eq!(all.grid, (2, 2));
     // Asking for hs[1] alone runs one block and gives the same tensor.
     let one = vit.forward(&pixels, &[1]).unwrap();
-    let d = (&one.layers[0] - &all.layers[1])
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_keepdim(2)
-        .unwrap()
-        .flatten_all()
-        .unwrap();
-    assert!(d.max(0).unwrap().to_scalar::<f32>().unwrap() == 0.0);
+    assert!(max_abs_diff(&one.layers[0], &all.layers[1]).unwrap() == 0.0);
     // Blocks past the deepest requested layer, and the pooled-output norm, are unused.
     assert_eq!(
         vit.unused_params(&[1]),
@@ -155,15 +147,8 @@ fn patch_unfold_matches_candle_conv2d() {
         .unwrap()
         .narrow(1, 1, 4)
         .unwrap();
-    let d = (hs0.layers[0].clone() - expected)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
+    let d = max_abs_diff(&hs0.layers[0], &expected).unwrap();
+    assert!(d < 1e-10);
 }
 
 fn decoder_input(b: usize, t: usize, valid: &[Vec<bool>]) -> DecoderInput {
@@ -256,15 +241,8 @@ fn kv_cache_decoding_matches_full_forward() {
     }
     assert_eq!(cache.len(), 6);
     let stepwise = Tensor::cat(&outs, 1).unwrap();
-    let d = (full - stepwise)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-10);
+    let d = max_abs_diff(&full, &stepwise).unwrap();
+    assert!(d < 1e-10);
 }
 
 #[test]
@@ -293,15 +271,8 @@ fn padding_does_not_change_real_positions() {
         .unwrap()
         .narrow(1, 0, 3)
         .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() < 1e-12);
+    let d = max_abs_diff(&a, &b).unwrap();
+    assert!(d < 1e-12);
 }
 
 struct AddOne;
@@ -332,15 +303,8 @@ fn hooks_run_between_decoder_layers() {
             Some(&AddOne),
         )
         .unwrap();
-    let d = (plain - hooked)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap();
-    assert!(d.to_scalar::<f64>().unwrap() > 1e-3);
+    let d = max_abs_diff(&plain, &hooked).unwrap();
+    assert!(d > 1e-3);
 }
 
 #[test]

@@ -2,19 +2,17 @@
 //! optimizer — as medians over measured steps, with throughput and peak memory.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 use vlmkit_core::params::{Missing, ParamStore};
 
-use crate::batch::BatchBuilder;
-use crate::optim::{global_grad_norm, AdamW, AdamWConfig};
+use crate::optim::global_grad_norm;
 use crate::plan::Plan;
 use crate::source::Order;
 use crate::step::{forward_backward, Parallelism};
-use crate::trainer::{select_device, stage_trainable, worker_threads};
+use crate::trainer::{select_device, worker_threads, StageModel};
 use crate::TrainError;
 
 /// What to measure.
@@ -95,46 +93,19 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
         .ok_or_else(|| TrainError::Invalid(format!("the recipe has no stage {}", opts.stage)))?;
     let device = select_device(&recipe.run.device)?;
     let store = ParamStore::new(device.clone(), DType::F32);
-    let probe = plan.build(
+    let unused = plan.create_params(
         &store,
         Missing::Initialize {
             seed: recipe.run.seed,
         },
-        Arc::new(|_| true),
-        BTreeMap::new(),
     )?;
-    let unused = plan.unused_params(&probe);
-    drop(probe);
-    let trainable = stage_trainable(stage, &unused);
-    let vlm = plan.build(
-        &store,
-        Missing::Error,
-        trainable.clone(),
-        stage.losses.clone(),
-    )?;
-    let params: Vec<(String, Var)> = store
-        .vars()
-        .into_iter()
-        .filter(|(n, _)| trainable(n))
-        .collect();
+    let model = StageModel::build(plan, &store, stage, &unused)?;
+    let mut opt = model.optimizer(stage)?;
+    let StageModel { vlm, params } = model;
     let trainable_params = params.iter().map(|(_, v)| v.elem_count()).sum();
     let frozen_params = store.count(|_| true) - trainable_params;
-    let mut opt = AdamW::new(
-        params.clone(),
-        AdamWConfig {
-            beta1: stage.betas[0],
-            beta2: stage.betas[1],
-            eps: stage.eps,
-            weight_decay: stage.weight_decay,
-        },
-    )?;
     let source = plan.train_data(opts.stage)?.open()?;
-    let grid = plan.env.vision.grids[plan.env.layers[0]];
-    let builder = BatchBuilder {
-        collator: plan.collator(grid.0 * grid.1),
-        vision: plan.env.vision.clone(),
-        device: device.clone(),
-    };
+    let builder = plan.batch_builder(device.clone());
     let bs = opts.batch_size.unwrap_or(stage.batch_size);
     let mut order = Order::new(source.len(), recipe.run.seed, &stage.name);
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));

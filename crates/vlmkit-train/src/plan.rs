@@ -13,6 +13,7 @@ use vlmkit_models::{LlmSpec, VisionSpec};
 use vlmkit_plugin::{ConnectorEnv, Registered, Registry};
 use vlmkit_recipe::{Recipe, RecipeError, Settings};
 
+use crate::batch::BatchBuilder;
 use crate::source::{eval_spec, train_spec, DataSpec};
 
 /// Loss terms the host computes itself (connectors may add their own).
@@ -259,6 +260,24 @@ impl Plan {
         match self.needs.placement {
             Placement::Prefix => max.saturating_sub(visual_tokens.saturating_sub(1)),
             Placement::Interleaved => max,
+        }
+    }
+
+    /// Creates every parameter of the model in `store` (`missing` says whether
+    /// absent ones are initialised or refused) and returns the prefixes of those
+    /// that can receive no gradient with this layer selection.
+    pub fn create_params(&self, store: &ParamStore, missing: Missing) -> TensorResult<Vec<String>> {
+        let probe = self.build(store, missing, Arc::new(|_| true), BTreeMap::new())?;
+        Ok(self.unused_params(&probe))
+    }
+
+    /// Turns examples into batches for this model on `device`.
+    pub fn batch_builder(&self, device: candle_core::Device) -> BatchBuilder {
+        let (rows, cols) = self.env.vision.grids[self.env.layers[0]];
+        BatchBuilder {
+            collator: self.collator(rows * cols),
+            vision: self.env.vision.clone(),
+            device,
         }
     }
 

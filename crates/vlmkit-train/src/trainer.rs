@@ -12,10 +12,10 @@ use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::rng::Rng;
+use vlmkit_core::Vlm;
 use vlmkit_plot::{LinePlot, Series};
 use vlmkit_recipe::StageConfig;
 
-use crate::batch::BatchBuilder;
 use crate::checkpoint::{load_checkpoint, CheckpointContents, RunDir, TrainState};
 use crate::optim::{global_grad_norm, learning_rate, AdamW, AdamWConfig};
 use crate::plan::{pattern_matches, Plan};
@@ -282,6 +282,52 @@ pub fn stage_trainable(
     })
 }
 
+/// A stage's model: its trainable parameters take part in the autograd graph,
+/// every other one is detached (frozen weights cost no gradient work).
+pub struct StageModel {
+    pub vlm: Vlm,
+    /// The parameters this stage trains, by name.
+    pub params: Vec<(String, Var)>,
+}
+
+impl StageModel {
+    /// Builds `stage`'s view of the parameters already in `store`; `unused` are the
+    /// prefixes [`Plan::create_params`] found unreachable by gradients.
+    pub fn build(
+        plan: &Plan,
+        store: &ParamStore,
+        stage: &StageConfig,
+        unused: &[String],
+    ) -> Result<Self, TrainError> {
+        let trainable = stage_trainable(stage, unused);
+        let vlm = plan.build(
+            store,
+            Missing::Error,
+            trainable.clone(),
+            stage.losses.clone(),
+        )?;
+        let params = store
+            .vars()
+            .into_iter()
+            .filter(|(name, _)| trainable(name))
+            .collect();
+        Ok(StageModel { vlm, params })
+    }
+
+    /// A fresh AdamW over the stage's parameters with the stage's settings.
+    pub fn optimizer(&self, stage: &StageConfig) -> Result<AdamW, TrainError> {
+        Ok(AdamW::new(
+            self.params.clone(),
+            AdamWConfig {
+                beta1: stage.betas[0],
+                beta2: stage.betas[1],
+                eps: stage.eps,
+                weight_decay: stage.weight_decay,
+            },
+        )?)
+    }
+}
+
 /// Worker threads for `run.threads` (0 = every core).
 pub fn worker_threads(threads: usize) -> usize {
     if threads > 0 {
@@ -385,15 +431,8 @@ pub fn train(
     } else {
         Missing::Initialize { seed }
     };
-    let probe = plan.build(&store, missing, Arc::new(|_| true), BTreeMap::new())?;
-    let unused = plan.unused_params(&probe);
-    let n_visual = plan.env.vision.grids[plan.env.layers[0]];
-    drop(probe);
-    let builder = BatchBuilder {
-        collator: plan.collator(n_visual.0 * n_visual.1),
-        vision: plan.env.vision.clone(),
-        device: device.clone(),
-    };
+    let unused = plan.create_params(&store, missing)?;
+    let builder = plan.batch_builder(device.clone());
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
@@ -433,27 +472,9 @@ pub fn train(
             state.stage_step = 0;
             state.samples_seen = 0;
         }
-        let trainable = stage_trainable(stage, &unused);
-        let vlm = plan.build(
-            &store,
-            Missing::Error,
-            trainable.clone(),
-            stage.losses.clone(),
-        )?;
-        let params: Vec<(String, Var)> = store
-            .vars()
-            .into_iter()
-            .filter(|(n, _)| trainable(n))
-            .collect();
-        let mut opt = AdamW::new(
-            params.clone(),
-            AdamWConfig {
-                beta1: stage.betas[0],
-                beta2: stage.betas[1],
-                eps: stage.eps,
-                weight_decay: stage.weight_decay,
-            },
-        )?;
+        let model = StageModel::build(plan, &store, stage, &unused)?;
+        let mut opt = model.optimizer(stage)?;
+        let StageModel { vlm, params } = model;
         if resuming_here {
             let saved = optimizer_state.take().unwrap_or_default();
             opt.load_state(&saved, state.stage_step)?;
