@@ -100,48 +100,43 @@ fn fully_masked_rows_give_zeros_not_nan() {
     assert!((v[0] - 1.0 / 3.0).abs() < 1e-6);
 }
 
+/// LayerNorm of an `x_shape` input (std `x_std`) with a `width`-channel affine: the fused op
+/// agrees with the reference composition (values and gradients) and, when
+/// `finite_differences`, its gradients match central differences.
+fn layer_norm_case(
+    x_shape: &[usize],
+    x_std: f64,
+    width: usize,
+    seed: u64,
+    finite_differences: bool,
+) {
+    let x = randn_var(x_shape, x_std, seed).unwrap();
+    let g = randn_var(&[width], 1.0, seed + 1).unwrap();
+    let b = randn_var(&[width], 1.0, seed + 2).unwrap();
+    let fused = || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5);
+    if finite_differences {
+        check(&[("x", &x), ("gamma", &g), ("beta", &b)], fused);
+    }
+    agree(&[&x, &g, &b], fused, || {
+        ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
+    });
+}
+
 #[test]
 fn layer_norm_gradients() {
-    let x = randn_var(&[4, 3, 8], 2.0, 4).unwrap();
-    let g = randn_var(&[8], 1.0, 5).unwrap();
-    let b = randn_var(&[8], 1.0, 6).unwrap();
-    check(&[("x", &x), ("gamma", &g), ("beta", &b)], || {
-        ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-    });
-    agree(
-        &[&x, &g, &b],
-        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-    );
+    layer_norm_case(&[4, 3, 8], 2.0, 8, 4, true);
 }
 
 #[test]
 fn layer_norm_with_periodic_affine_gradients() {
     // Normalise over 3 patches × 4 channels with a per-channel affine.
-    let x = randn_var(&[2, 12], 1.0, 7).unwrap();
-    let g = randn_var(&[4], 1.0, 8).unwrap();
-    let b = randn_var(&[4], 1.0, 9).unwrap();
-    check(&[("x", &x), ("gamma", &g), ("beta", &b)], || {
-        ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5)
-    });
-    agree(
-        &[&x, &g, &b],
-        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-    );
+    layer_norm_case(&[2, 12], 1.0, 4, 7, true);
 }
 
 #[test]
 fn layer_norm_many_rows_uses_blocked_reduction() {
     // More rows than one block, large enough for the parallel path.
-    let x = randn_var(&[600, 64], 1.0, 10).unwrap();
-    let g = randn_var(&[64], 1.0, 11).unwrap();
-    let b = randn_var(&[64], 1.0, 12).unwrap();
-    agree(
-        &[&x, &g, &b],
-        || ops::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-        || ops::norm::reference::layer_norm(x.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5),
-    );
+    layer_norm_case(&[600, 64], 1.0, 64, 10, false);
 }
 
 #[test]
