@@ -26,6 +26,9 @@ struct Inner {
     vars: BTreeMap<String, Var>,
     /// Names handed out by the builders since the last `begin_build`.
     requested: BTreeSet<String>,
+    /// Values that parameters start from instead of their `Init` when a builder
+    /// creates them (structured initialisations such as a position table).
+    initial_values: BTreeMap<String, Tensor>,
 }
 
 /// The model's parameters by full dotted name (`llm.model.layers.0.mlp.up_proj.weight`).
@@ -145,6 +148,13 @@ impl ParamStore {
             .collect()
     }
 
+    /// Sets the value each named parameter starts from when a builder creates it,
+    /// instead of drawing from its `Init` (candle's `Init` cannot carry a table).
+    /// Parameters the store already holds, loaded or created, are left as they are.
+    pub fn set_initial_values(&self, values: impl IntoIterator<Item = (String, Tensor)>) {
+        self.lock().initial_values.extend(values);
+    }
+
     /// Removes parameters whose names were not requested by the last build, and
     /// returns their names (a checkpoint's leftovers are "unexpected weights").
     pub fn unrequested(&self) -> Vec<String> {
@@ -229,9 +239,17 @@ impl SimpleBackend for Builder {
                         shape.dims()
                     ),
                 };
-                let t = initial_value(&shape, name, &init, seed)?
-                    .to_dtype(self.store.dtype)?
-                    .to_device(&self.store.device)?;
+                let t = match inner.initial_values.get(name) {
+                    Some(value) if value.shape() != &shape => candle_core::bail!(
+                        "initial value of `{name}` has shape {:?}, but the model expects {:?}",
+                        value.dims(),
+                        shape.dims()
+                    ),
+                    Some(value) => value.clone(),
+                    None => initial_value(&shape, name, &init, seed)?,
+                }
+                .to_dtype(self.store.dtype)?
+                .to_device(&self.store.device)?;
                 let var = Var::from_tensor(&t)?;
                 inner.vars.insert(name.to_string(), var.clone());
                 var

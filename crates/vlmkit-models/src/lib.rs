@@ -8,7 +8,7 @@ use vlmkit_core::{LanguageModel, LlmInfo, VisionEncoder, VisionInfo};
 use vlmkit_recipe::{Settings, SettingsError};
 
 pub use llama::{Llama, LlamaConfig};
-pub use vit::{VisionTransformer, VitConfig};
+pub use vit::{PositionInit, VisionTransformer, VitConfig};
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -95,6 +95,12 @@ impl VisionSpec {
 
     pub fn info(&self) -> VisionInfo {
         self.config.info()
+    }
+
+    /// Parameters (names under the encoder root) that start from a table instead
+    /// of a random draw.
+    pub fn initial_values(&self) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
+        self.config.initial_values()
     }
 
     /// Builds the encoder (weights under the given builder's prefix).

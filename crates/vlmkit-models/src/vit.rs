@@ -29,6 +29,22 @@ pub struct VitConfig {
     pub initializer_factor: f64,
     pub image_mean: [f32; 3],
     pub image_std: [f32; 3],
+    /// vlmkit's addition (not a `CLIPVisionConfig` field): how freshly created
+    /// position embeddings start. Loaded weights are never touched.
+    pub position_embedding_init: PositionInit,
+}
+
+/// The initial value of the learned position embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionInit {
+    /// CLIP's: normal with `initializer_range × initializer_factor`.
+    #[default]
+    Normal,
+    /// MAE's fixed 2-D sine-cosine table (half the channels encode the row, half the
+    /// column; the class token starts at zero): row and column are linear features
+    /// from the first step instead of something the encoder has to discover.
+    Sincos2d,
 }
 
 impl Default for VitConfig {
@@ -47,6 +63,7 @@ impl Default for VitConfig {
             initializer_factor: 1.0,
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
             image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
+            position_embedding_init: PositionInit::Normal,
         }
     }
 }
@@ -83,7 +100,29 @@ impl VitConfig {
         if self.num_hidden_layers == 0 {
             return Err(("num_hidden_layers", "must be at least 1".into()));
         }
+        if self.position_embedding_init == PositionInit::Sincos2d && self.hidden_size % 4 != 0 {
+            return Err((
+                "position_embedding_init",
+                format!(
+                    "`sincos2d` splits the width into sines and cosines of rows and columns: hidden_size {} is not a multiple of 4",
+                    self.hidden_size
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// Parameters (names under the encoder root) whose initial value is a table
+    /// rather than a draw from their `Init`; hand them to
+    /// [`vlmkit_core::params::ParamStore::set_initial_values`] before building.
+    pub fn initial_values(&self) -> Result<Vec<(String, Tensor)>> {
+        Ok(match self.position_embedding_init {
+            PositionInit::Normal => Vec::new(),
+            PositionInit::Sincos2d => vec![(
+                "vision_model.embeddings.position_embedding.weight".to_owned(),
+                sincos_2d_table(self.grid(), self.hidden_size)?,
+            )],
+        })
     }
 
     pub fn info(&self) -> VisionInfo {
@@ -265,6 +304,31 @@ impl VisionTransformer {
         let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
         self.pre_layrnorm.forward(&x)
     }
+}
+
+/// MAE's 2-D sine-cosine position table for a `grid`×`grid` patch grid plus a
+/// leading zero row for the class token: `[grid² + 1, width]`.
+fn sincos_2d_table(grid: usize, width: usize) -> Result<Tensor> {
+    if width % 4 != 0 {
+        candle_core::bail!("sincos2d position embeddings need a width divisible by 4, got {width}");
+    }
+    let quarter = width / 4;
+    let mut table = vec![0f32; (grid * grid + 1) * width];
+    for row in 0..grid {
+        for col in 0..grid {
+            let out = &mut table[(1 + row * grid + col) * width..][..width];
+            // First half encodes the row, second half the column.
+            for (half, pos) in [(0, row), (1, col)] {
+                for k in 0..quarter {
+                    let omega = 1.0 / 10_000f64.powf(k as f64 / quarter as f64);
+                    let angle = pos as f64 * omega;
+                    out[half * 2 * quarter + k] = angle.sin() as f32;
+                    out[half * 2 * quarter + quarter + k] = angle.cos() as f32;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(table, (grid * grid + 1, width), &candle_core::Device::Cpu)
 }
 
 impl VisionEncoder for VisionTransformer {

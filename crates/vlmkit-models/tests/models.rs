@@ -7,7 +7,7 @@ use vlmkit_core::gradcheck::{check_gradients, max_abs_diff, random_projection, G
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{DecoderHooks, DecoderInput, KvCache, LanguageModel, VisionEncoder};
-use vlmkit_models::{Llama, LlamaConfig, VisionTransformer, VitConfig};
+use vlmkit_models::{Llama, LlamaConfig, PositionInit, VisionTransformer, VitConfig};
 
 fn tiny_vit() -> VitConfig {
     VitConfig {
@@ -105,6 +105,75 @@ fn vit_hidden_states_follow_hf_indexing() {
     ] {
         assert!(names.iter().any(|n| n == expected), "missing {expected}");
     }
+}
+
+#[test]
+fn sincos_position_init_encodes_rows_and_columns_and_spares_loaded_weights() {
+    let cfg = VitConfig {
+        position_embedding_init: PositionInit::Sincos2d,
+        image_size: 12,
+        patch_size: 4,
+        ..tiny_vit()
+    };
+    let name = "vision_model.embeddings.position_embedding.weight";
+    let initial = cfg.initial_values().unwrap();
+    assert_eq!(initial.len(), 1);
+    assert_eq!(initial[0].0, name);
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    store.set_initial_values(initial);
+    VisionTransformer::new(&cfg, store.init_builder(3)).unwrap();
+    let table: Vec<Vec<f32>> = store.get(name).unwrap().as_tensor().to_vec2().unwrap();
+    assert_eq!((table.len(), table[0].len()), (10, 8));
+    assert!(
+        table[0].iter().all(|&v| v == 0.0),
+        "class token starts at zero"
+    );
+    // Cell (row r, column c) is entry 1 + 3r + c: the first half of the channels
+    // depends on the row only, the second half on the column only.
+    let cell = |r: usize, c: usize| &table[1 + 3 * r + c];
+    assert_eq!(cell(1, 0)[..4], cell(1, 2)[..4]);
+    assert_eq!(cell(0, 2)[4..], cell(2, 2)[4..]);
+    assert_ne!(cell(0, 0)[..4], cell(1, 0)[..4]);
+    assert_ne!(cell(0, 0)[4..], cell(0, 1)[4..]);
+    // sin then cos of position × frequency 1 in each half.
+    assert!((cell(2, 1)[0] - 2f32.sin()).abs() < 1e-6);
+    assert!((cell(2, 1)[6] - 1f32.cos()).abs() < 1e-6);
+
+    // A parameter the store already holds (a checkpoint) keeps its value.
+    let loaded = Tensor::full(0.5f32, (10, 8), &Device::Cpu).unwrap();
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    store
+        .insert_tensors([(name.to_owned(), loaded.clone())])
+        .unwrap();
+    store.set_initial_values(cfg.initial_values().unwrap());
+    VisionTransformer::new(&cfg, store.init_builder(3)).unwrap();
+    let kept = store.get(name).unwrap().as_tensor().clone();
+    assert_eq!(max_abs_diff(&kept, &loaded).unwrap(), 0.0);
+
+    // A table of the wrong shape is refused with both shapes.
+    let store = ParamStore::new(Device::Cpu, DType::F32);
+    store.set_initial_values(tiny_vit_sincos_table_of_other_grid());
+    let err = VisionTransformer::new(&cfg, store.init_builder(3))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[5, 8]") && err.contains("[10, 8]"), "{err}");
+
+    let odd = VitConfig {
+        hidden_size: 6,
+        num_attention_heads: 2,
+        ..cfg
+    };
+    assert_eq!(odd.validate().unwrap_err().0, "position_embedding_init");
+}
+
+/// The sincos table of `tiny_vit` (a 2×2 grid) — wrong for a 3×3 grid.
+fn tiny_vit_sincos_table_of_other_grid() -> Vec<(String, Tensor)> {
+    VitConfig {
+        position_embedding_init: PositionInit::Sincos2d,
+        ..tiny_vit()
+    }
+    .initial_values()
+    .unwrap()
 }
 
 #[test]

@@ -221,6 +221,12 @@ impl Plan {
         trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
         loss_weights: BTreeMap<String, f64>,
     ) -> TensorResult<Vlm> {
+        let initial_values = self.vision.initial_values()?;
+        store.set_initial_values(
+            initial_values
+                .into_iter()
+                .map(|(name, value)| (format!("vision.{name}"), value)),
+        );
         self.build_with(
             store.builder(missing, trainable),
             store.device().clone(),
