@@ -17,6 +17,7 @@ use vlmkit_train::Plan;
 fn plan(extra: &[&str]) -> Plan {
     let mut registry = vlmkit_plugin::Registry::new();
     connector_mlp::register(&mut registry).unwrap();
+    connector_ccra::register(&mut registry).unwrap();
     let mut overrides = tiny(1);
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
@@ -63,9 +64,8 @@ fn norm(t: &Tensor) -> f64 {
         .unwrap() as f64
 }
 
-#[test]
-fn every_trainable_parameter_receives_a_nonzero_gradient() {
-    let b = build(&[]);
+/// Runs one backward pass and lists trainable parameters with no or a zero gradient.
+fn params_without_gradient(b: &Built) -> Vec<String> {
     let out = forward_backward(
         &b.vlm,
         &b.builder,
@@ -83,6 +83,13 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
             Some(_) => {}
         }
     }
+    missing
+}
+
+#[test]
+fn every_trainable_parameter_receives_a_nonzero_gradient() {
+    let b = build(&[]);
+    let missing = params_without_gradient(&b);
     assert!(missing.is_empty(), "{missing:#?}");
     // Every component trains in this stage, except what cannot influence the loss:
     // encoder blocks past the selected layer and the pooled-output norm.
@@ -103,6 +110,33 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
     );
     assert!(!trainable.iter().any(|n| n.contains("post_layernorm")));
     assert!(b.store.len() > b.params.len());
+}
+
+#[test]
+fn every_parameter_trains_through_a_text_reading_connector() {
+    // CCRA reads every block and the query embeddings: all of them get gradients,
+    // the last vision block and the token embeddings included.
+    let b = build(&["connector.kind=\"ccra\"", "connector.d_hidden=8"]);
+    // Biases that shift every score of a softmax alike cannot get a gradient.
+    let invariant: Vec<String> = connector_ccra::CcraConfig::default()
+        .softmax_invariant_params()
+        .iter()
+        .map(|n| format!("connector.{n} (zero gradient)"))
+        .collect();
+    let missing: Vec<String> = params_without_gradient(&b)
+        .into_iter()
+        .filter(|m| !invariant.contains(m))
+        .collect();
+    assert!(missing.is_empty(), "{missing:#?}");
+    let trainable: Vec<&str> = b.params.iter().map(|(n, _)| n.as_str()).collect();
+    let last_block = format!(
+        "vision.vision_model.encoder.layers.{}.",
+        b.plan.vision.config.num_hidden_layers - 1
+    );
+    assert!(trainable.iter().any(|n| n.starts_with(&last_block)));
+    assert!(trainable
+        .iter()
+        .any(|n| n.starts_with("connector.token_attn.")));
 }
 
 #[test]

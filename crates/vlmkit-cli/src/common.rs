@@ -11,6 +11,7 @@ use vlmkit_train::Plan;
 pub fn registry() -> Registry {
     let mut registry = Registry::new();
     connector_mlp::register(&mut registry).expect("built-in connectors have distinct kinds");
+    connector_ccra::register(&mut registry).expect("built-in connectors have distinct kinds");
     registry
 }
 

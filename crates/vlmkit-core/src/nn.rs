@@ -98,6 +98,43 @@ impl LayerNorm {
     }
 }
 
+/// LayerNorm over the last two axes together (tokens × channels) with a
+/// per-channel affine (`weight`, `bias` of the channel width). A per-token LayerNorm
+/// cancels any positive per-token scale; this one normalises each map as a whole,
+/// so a token weighting survives it.
+#[derive(Debug, Clone)]
+pub struct SpatialLayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl SpatialLayerNorm {
+    pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
+            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
+            eps,
+        })
+    }
+
+    /// `x`: `…×N×d`; each `N×d` map is normalised on its own.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        if dims.len() < 2 {
+            candle_core::bail!(
+                "spatial layer norm needs a …×N×d input, got shape {:?}",
+                dims
+            );
+        }
+        let (n, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        let mut flat = dims[..dims.len() - 2].to_vec();
+        flat.push(n * d);
+        // The op's affine may be shorter than the row: element i uses weight[i % d].
+        ops::layer_norm(&x.reshape(flat)?, &self.weight, &self.bias, self.eps)?.reshape(dims)
+    }
+}
+
 /// RMSNorm over the last dimension (`weight`).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {

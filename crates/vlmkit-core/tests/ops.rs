@@ -513,3 +513,49 @@ fn ops_run_in_f32_and_bf16() {
     let d = max_abs_diff(&l32, &l16.to_dtype(DType::F32).unwrap()).unwrap();
     assert!(d < 0.1);
 }
+
+#[test]
+fn spatial_layer_norm_normalises_whole_maps_and_keeps_token_weights() {
+    use vlmkit_core::nn::SpatialLayerNorm;
+    use vlmkit_core::params::ParamStore;
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let norm = SpatialLayerNorm::new(4, 1e-5, store.init_builder(0)).unwrap();
+    // Give the affine non-trivial values so the gradient check covers it.
+    for (i, (name, var)) in store.vars().into_iter().enumerate() {
+        var.set(
+            randn_var(var.dims(), 1.0, 30 + i as u64)
+                .unwrap()
+                .as_tensor(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let x = randn_var(&[2, 3, 5, 4], 1.5, 21).unwrap();
+    let vars = store.vars();
+    let mut all: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    all.push(("x", &x));
+    check(&all, || norm.forward(x.as_tensor()));
+
+    // Scaling a whole map changes nothing; scaling one token of it does.
+    let map = x.as_tensor().clone();
+    let y = norm.forward(&map).unwrap();
+    let scaled = norm.forward(&(&map * 3.0).unwrap()).unwrap();
+    assert!(max_abs_diff(&y, &scaled).unwrap() < 1e-4); // eps aside
+    let mut token_scale = vec![1f64; 5];
+    token_scale[2] = 3.0;
+    let w = Tensor::from_vec(token_scale, (1, 1, 5, 1), &Device::Cpu).unwrap();
+    let reweighted = norm.forward(&map.broadcast_mul(&w).unwrap()).unwrap();
+    assert!(max_abs_diff(&y, &reweighted).unwrap() > 0.1);
+    let err = norm.forward(&Tensor::zeros(4, DType::F64, &Device::Cpu).unwrap());
+    assert!(err.unwrap_err().to_string().contains("[4]"));
+}
+
+#[test]
+fn additive_key_mask_blocks_padding() {
+    let valid = Tensor::new(&[[1f32, 1., 0.], [1., 0., 0.]], &Device::Cpu).unwrap();
+    let mask = ops::additive_key_mask(&valid).unwrap();
+    assert_eq!(mask.dims(), &[2, 1, 3]);
+    let v = mask.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(&v[..2], &[0.0, 0.0]);
+    assert!(v[2] == f32::NEG_INFINITY && v[4] == f32::NEG_INFINITY && v[5] == f32::NEG_INFINITY);
+    assert_eq!(v[3], 0.0);
+}

@@ -211,3 +211,17 @@ pub fn padding_mask(key_valid: &[Vec<bool>], device: &candle_core::Device) -> Re
     }
     Tensor::from_vec(data, (b, 1, s), device)
 }
+
+/// An additive key mask (`B×1×S`) from a `B×S` tensor of 1 (keep) / 0 (block), e.g.
+/// a text context's mask; broadcast it over queries before [`masked_softmax`].
+pub fn additive_key_mask(valid: &Tensor) -> Result<Tensor> {
+    let (b, s) = valid.dims2()?;
+    let blocked =
+        Tensor::full(f32::NEG_INFINITY, (b, s), valid.device())?.to_dtype(valid.dtype())?;
+    let keep = valid.zeros_like()?;
+    valid
+        .ge(0.5)?
+        .where_cond(&keep, &blocked)?
+        .reshape((b, 1, s))
+        .map(|m| m.detach())
+}

@@ -19,7 +19,9 @@ pub mod rope;
 pub mod softmax;
 
 pub use activation::{swiglu, Activation};
-pub use attention::{attention, attention_tracked, causal_mask, padding_mask, Attended};
+pub use attention::{
+    additive_key_mask, attention, attention_tracked, causal_mask, padding_mask, Attended,
+};
 pub use kernel::set_intra_op_threads;
 pub use linear::{linear, matmul};
 pub use loss::{cross_entropy, label_log_probs, IGNORE_INDEX};
