@@ -20,6 +20,7 @@ fn help_texts() {
     }
     insta::assert_snapshot!("help_recipe_check", help(&["recipe", "check"]));
     insta::assert_snapshot!("help_data_export", help(&["data", "export"]));
+    insta::assert_snapshot!("help_connector_run", help(&["connector", "run"]));
 }
 
 /// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh
@@ -379,4 +380,207 @@ fn recipe_check_prints_the_resolved_recipe() {
         "{out}"
     );
     assert!(err.contains("ok: connector `mlp`"), "{err}");
+}
+
+/// Writes f32 tensors as safetensors.
+fn write_tensors(path: &Path, tensors: &[(&str, candle_core::Tensor)]) {
+    let map: std::collections::HashMap<String, candle_core::Tensor> = tensors
+        .iter()
+        .map(|(k, t)| (k.to_string(), t.clone()))
+        .collect();
+    candle_core::safetensors::save(&map, path).unwrap();
+}
+
+fn read_tensors(path: &Path) -> std::collections::HashMap<String, candle_core::Tensor> {
+    candle_core::safetensors::load(path, &candle_core::Device::Cpu).unwrap()
+}
+
+fn seeded(shape: &[usize], seed: u64) -> candle_core::Tensor {
+    vlmkit_core::gradcheck::randn_var(shape, 1.0, seed)
+        .unwrap()
+        .as_tensor()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+}
+
+#[test]
+fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    // The tiny model: 2 blocks of width 16 on a 4×4 grid, decoder width 16.
+    let mut recipe_args: Vec<String> = vec!["--recipe".into(), "recipes/ccra.toml".into()];
+    recipe_args.extend(set_args(&tiny(1)));
+    recipe_args.extend(set_args(&["connector.d_hidden=8".to_string()]));
+    let connector_run = |extra: &[&str]| {
+        let (ok, out, err) = run(vlmkit()
+            .args(["connector", "run"])
+            .args(&recipe_args)
+            .args(extra));
+        (
+            ok,
+            out,
+            err.replace(&dir.path().display().to_string(), "<tmp>"),
+        )
+    };
+    let mask = Tensor::new(
+        &[[1f32, 1., 1., 1., 1.], [1., 1., 1., 0., 0.]],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = [
+        ("vision", seeded(&[2, 2, 16, 16], 1)),
+        ("text", seeded(&[2, 5, 16], 2)),
+        ("text_mask", mask.clone()),
+    ];
+    write_tensors(&path("in.safetensors"), &inputs);
+    let in_path = path("in.safetensors").display().to_string();
+
+    let (ok, out, err) = connector_run(&[
+        "--inputs",
+        &in_path,
+        "--out",
+        &path("seeded.safetensors").display().to_string(),
+        "--save-weights",
+        &path("w.safetensors").display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("tokens [2, 16, 16]"), "{out}");
+    let (ok, _, err) = connector_run(&[
+        "--inputs",
+        &in_path,
+        "--out",
+        &path("loaded.safetensors").display().to_string(),
+        "--weights",
+        &path("w.safetensors").display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let seeded_out = read_tensors(&path("seeded.safetensors"));
+    let loaded_out = read_tensors(&path("loaded.safetensors"));
+    let mut keys: Vec<&String> = loaded_out.keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "maps.alpha",
+            "maps.layer",
+            "maps.layer_raw",
+            "maps.lp",
+            "maps.patch",
+            "tokens"
+        ]
+    );
+    for key in keys {
+        let a = seeded_out[key]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = loaded_out[key]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(a, b, "{key} differs between seeded and loaded weights");
+    }
+    assert_eq!(loaded_out["maps.lp"].dims(), &[2, 2, 16]);
+    // The padded query tokens get no importance.
+    let alpha = loaded_out["maps.alpha"].to_vec2::<f32>().unwrap();
+    assert_eq!(&alpha[1][3..], &[0.0, 0.0]);
+
+    // Bad weights: a missing key, an unknown key, a wrong shape.
+    let weights = read_tensors(&path("w.safetensors"));
+    type Named = Vec<(String, Tensor)>;
+    let variant = |name: &str, edit: &dyn Fn(&mut Named)| -> String {
+        let mut w: Named = weights
+            .iter()
+            .map(|(k, t)| (k.clone(), t.clone()))
+            .collect();
+        w.sort_by(|a, b| a.0.cmp(&b.0));
+        edit(&mut w);
+        let refs: Vec<(&str, Tensor)> = w.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
+        write_tensors(&path(name), &refs);
+        let (ok, _, err) = connector_run(&[
+            "--inputs",
+            &in_path,
+            "--out",
+            &path("x.safetensors").display().to_string(),
+            "--weights",
+            &path(name).display().to_string(),
+        ]);
+        assert!(!ok);
+        err
+    };
+    let missing = variant("missing.safetensors", &|w| {
+        w.retain(|(k, _)| k != "pwca.q.weight")
+    });
+    let unknown = variant("unknown.safetensors", &|w| {
+        w.push((
+            "pwca.extra".into(),
+            Tensor::zeros(3, DType::F32, &Device::Cpu).unwrap(),
+        ))
+    });
+    let misshaped = variant("misshaped.safetensors", &|w| {
+        for (k, t) in w.iter_mut() {
+            if k == "lwca.k.weight" {
+                *t = Tensor::zeros((8, 15), DType::F32, &Device::Cpu).unwrap();
+            }
+        }
+    });
+
+    // Bad inputs: a wrong layer count, a missing tensor, an unknown one, a
+    // disagreeing batch size.
+    let bad_inputs = |name: &str, tensors: &[(&str, Tensor)]| -> String {
+        write_tensors(&path(name), tensors);
+        let (ok, _, err) = connector_run(&[
+            "--inputs",
+            &path(name).display().to_string(),
+            "--out",
+            &path("x.safetensors").display().to_string(),
+        ]);
+        assert!(!ok);
+        err
+    };
+    let wrong_layers = bad_inputs(
+        "layers.safetensors",
+        &[
+            ("vision", seeded(&[2, 3, 16, 16], 1)),
+            inputs[1].clone(),
+            inputs[2].clone(),
+        ],
+    );
+    let no_text = bad_inputs(
+        "notext.safetensors",
+        &[inputs[0].clone(), inputs[2].clone()],
+    );
+    let extra = bad_inputs(
+        "extra.safetensors",
+        &[
+            inputs[0].clone(),
+            inputs[1].clone(),
+            inputs[2].clone(),
+            ("vision_cls", seeded(&[2, 2, 16], 3)),
+        ],
+    );
+    let batch = bad_inputs(
+        "batch.safetensors",
+        &[
+            inputs[0].clone(),
+            ("text", seeded(&[3, 5, 16], 2)),
+            inputs[2].clone(),
+        ],
+    );
+    insta::assert_snapshot!(
+        "connector_run_errors",
+        [
+            missing,
+            unknown,
+            misshaped,
+            wrong_layers,
+            no_text,
+            extra,
+            batch
+        ]
+        .join("\n")
+    );
 }

@@ -35,6 +35,8 @@ enum Command {
     Params(commands::params::ParamsArgs),
     /// Time the phases of a training step (median data / forward / backward / optimizer).
     Bench(commands::bench::BenchArgs),
+    /// Work with connectors on their own (parity runs against a reference).
+    Connector(commands::connector::ConnectorArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Data(args) => commands::data::run(args),
         Command::Params(args) => commands::params::run(args),
         Command::Bench(args) => commands::bench::run(args),
+        Command::Connector(args) => commands::connector::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod optim;
+pub mod parity;
 pub mod plan;
 pub mod progress;
 pub mod source;
