@@ -584,3 +584,68 @@ fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
         .join("\n")
     );
 }
+
+/// Every `*.toml` under `dir`, recursively, sorted.
+fn recipes_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(recipes_under(&path));
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn every_shipped_recipe_checks_and_each_ablation_changes_one_setting() {
+    // `base-*.toml` are shared parts for recipes to extend, not runnable recipes.
+    let all: Vec<_> = recipes_under(&repo().join("recipes"))
+        .into_iter()
+        .filter(|p| {
+            !p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("base-")
+        })
+        .collect();
+    assert!(all.len() >= 8, "{all:?}");
+    for recipe in &all {
+        let (ok, _out, err) = run(vlmkit().args(["recipe", "check"]).arg(recipe));
+        assert!(ok, "{}: {err}", recipe.display());
+    }
+    let connector_of = |path: &Path| -> toml::Table {
+        let (ok, out, err) = run(vlmkit().args(["recipe", "check"]).arg(path));
+        assert!(ok, "{err}");
+        // The resolved recipe is TOML up to the final `ok:` line.
+        let resolved: String = out
+            .lines()
+            .take_while(|l| !l.starts_with("ok:"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let table: toml::Table = resolved.parse().unwrap();
+        table["connector"].as_table().unwrap().clone()
+    };
+    let base = connector_of(&repo().join("recipes/ccra.toml"));
+    let ablations = recipes_under(&repo().join("recipes/ablations"));
+    assert_eq!(ablations.len(), 6);
+    for ablation in ablations {
+        let changed = connector_of(&ablation);
+        let differing: Vec<&String> = changed
+            .keys()
+            .filter(|k| changed.get(*k) != base.get(*k))
+            .collect();
+        assert_eq!(differing.len(), 1, "{}: {differing:?}", ablation.display());
+    }
+}
+
+#[test]
+fn an_even_ccra_kernel_is_a_recipe_error_that_says_why() {
+    insta::assert_snapshot!(
+        "error_ccra_even_kernel",
+        recipe_error("[connector]\nkind = \"ccra\"\nkernel_size = 4\n")
+    );
+}
