@@ -84,7 +84,13 @@ impl TextGuidedScore {
 }
 
 /// `G = |P|·softmax_P(score)` (a mean-one weight), or the raw score.
-fn normalise_map(score: &Tensor, norm: MapNorm) -> Result<Tensor> {
+/// `ŵ = (g ∗ p) / Σ(g ∗ p)` for layer weights `p` (B×L) and the smoothing matrix.
+pub(crate) fn smooth(p: &Tensor, matrix: &Tensor) -> Result<Tensor> {
+    let smoothed = ops::matmul(p, &matrix.t()?.contiguous()?)?;
+    smoothed.broadcast_div(&smoothed.sum_keepdim(1)?)
+}
+
+pub(crate) fn normalise_map(score: &Tensor, norm: MapNorm) -> Result<Tensor> {
     match norm {
         MapNorm::None => Ok(score.clone()),
         MapNorm::Softmax => {
@@ -96,7 +102,7 @@ fn normalise_map(score: &Tensor, norm: MapNorm) -> Result<Tensor> {
 
 /// The 1-D Gaussian correlation over the layer axis with zero padding, as an
 /// `L×L` matrix `S` with `(g ∗ p) = p·Sᵀ`: `S[l][j] = g_{j−l}` within the kernel.
-fn smoothing_matrix(layers: usize, kernel_size: usize, sigma: f64) -> Vec<f32> {
+pub(crate) fn smoothing_matrix(layers: usize, kernel_size: usize, sigma: f64) -> Vec<f32> {
     let half = (kernel_size / 2) as i64;
     let mut m = vec![0f32; layers * layers];
     for l in 0..layers as i64 {
@@ -220,10 +226,7 @@ impl CcraConnector {
                 maps.put("layer_raw", &p);
                 match &self.smoothing {
                     None => p,
-                    Some(m) => {
-                        let smoothed = ops::matmul(&p, &m.t()?.contiguous()?)?;
-                        smoothed.broadcast_div(&smoothed.sum_keepdim(1)?)?
-                    }
+                    Some(m) => smooth(&p, m)?,
                 }
             }
         };

@@ -680,3 +680,110 @@ fn settings_are_validated_with_reasons() {
     .unwrap_err();
     assert_eq!(key, "d_hidden");
 }
+
+#[test]
+fn gaussian_smoothing_of_known_distributions() {
+    use crate::ccra::{smooth, smoothing_matrix};
+    let a = (-0.5f64).exp(); // g(±1) with σ = 1
+    let matrix = Tensor::from_vec(smoothing_matrix(4, 3, 1.0), (4, 4), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap();
+    let p = Tensor::new(&[[0f64, 1., 0., 0.], [1., 0., 0., 0.]], &Device::Cpu).unwrap();
+    let w = smooth(&p, &matrix).unwrap().to_vec2::<f64>().unwrap();
+    // A peak inside spreads to both neighbours; at the edge the zero padding
+    // loses the outer half and the renormalisation restores the sum.
+    let inner = [a, 1.0, a, 0.0].map(|v| v / (1.0 + 2.0 * a));
+    let edge = [1.0, a, 0.0, 0.0].map(|v| v / (1.0 + a));
+    for (got, want) in w[0].iter().zip(inner).chain(w[1].iter().zip(edge)) {
+        assert!((got - want).abs() < 1e-6, "{w:?}");
+    }
+    // A kernel of 1 leaves the weights as they are.
+    let identity = smoothing_matrix(4, 1, 1.0);
+    assert_eq!(
+        identity,
+        [1., 0., 0., 0., 0., 1., 0., 0., 0., 0., 1., 0., 0., 0., 0., 1.]
+    );
+}
+
+#[test]
+fn softmax_maps_are_mean_one_and_raw_maps_are_the_scores() {
+    use crate::ccra::normalise_map;
+    let score = Tensor::new(&[[0f64, 3f64.ln()]], &Device::Cpu).unwrap();
+    let g = normalise_map(&score, MapNorm::Softmax)
+        .unwrap()
+        .to_vec2::<f64>()
+        .unwrap();
+    assert!(
+        (g[0][0] - 0.5).abs() < 1e-12 && (g[0][1] - 1.5).abs() < 1e-12,
+        "{g:?}"
+    );
+    let raw = normalise_map(&score, MapNorm::None).unwrap();
+    assert_eq!(max_abs_diff(&raw, &score).unwrap(), 0.0);
+}
+
+#[test]
+fn each_switch_changes_what_it_names() {
+    let x = inputs(4, [4, 2]);
+    let run = |cfg: CcraConfig| {
+        let (_store, ccra) = build(&small(cfg), 13);
+        ccra.forward(&x.features, Some(&x.text)).unwrap()
+    };
+    let base = run(CcraConfig::default());
+    // Without smoothing the layer weights are the raw softmax.
+    let unsmoothed = run(CcraConfig {
+        smoothing: false,
+        ..CcraConfig::default()
+    });
+    assert_eq!(
+        max_abs_diff(&unsmoothed.maps["layer"], &unsmoothed.maps["layer_raw"]).unwrap(),
+        0.0
+    );
+    assert!(max_abs_diff(&base.maps["layer"], &base.maps["layer_raw"]).unwrap() > 1e-3);
+    // The same weights (seeded by name) in another order give other tokens, and
+    // the maps that do not depend on the order stay the same.
+    let tokens = |o: &ConnectorOutput| o.tokens.clone().unwrap();
+    for integration in [Integration::Shuffled, Integration::Decoupled] {
+        let other = run(CcraConfig {
+            integration,
+            ..CcraConfig::default()
+        });
+        assert!(
+            max_abs_diff(&tokens(&other), &tokens(&base)).unwrap() > 1e-3,
+            "{integration:?}"
+        );
+        assert_eq!(
+            max_abs_diff(&other.maps["lp"], &base.maps["lp"]).unwrap(),
+            0.0
+        );
+        assert_eq!(
+            max_abs_diff(&other.maps["alpha"], &base.maps["alpha"]).unwrap(),
+            0.0
+        );
+    }
+    // Each ablation changes the tokens.
+    for cfg in [
+        CcraConfig {
+            lpwca: false,
+            ..CcraConfig::default()
+        },
+        CcraConfig {
+            lwca: false,
+            ..CcraConfig::default()
+        },
+        CcraConfig {
+            pwca: false,
+            ..CcraConfig::default()
+        },
+        CcraConfig {
+            map_norm: MapNorm::None,
+            ..CcraConfig::default()
+        },
+    ] {
+        let other = run(cfg.clone());
+        assert!(
+            max_abs_diff(&tokens(&other), &tokens(&base)).unwrap() > 1e-3,
+            "{cfg:?}"
+        );
+    }
+}
