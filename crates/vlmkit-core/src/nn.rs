@@ -299,15 +299,18 @@ pub struct AttentionConfig<'a> {
     pub q_dim: usize,
     /// Width of the key/value input (the memory, for cross-attention).
     pub kv_dim: usize,
-    /// Width of the output.
+    /// Width of the output (with an output projection).
     pub out_dim: usize,
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub qkv_bias: bool,
     pub out_bias: bool,
-    /// Names of the q, k, v and output projections.
-    pub names: [&'a str; 4],
+    /// Names of the q, k and v projections.
+    pub names: [&'a str; 3],
+    /// Name of the output projection; `None` returns the merged heads
+    /// (`heads·head_dim` wide) as they are.
+    pub out_name: Option<&'a str>,
     pub init: LinearInit,
 }
 
@@ -318,7 +321,7 @@ pub struct MultiHeadAttention {
     q: Linear,
     k: Linear,
     v: Linear,
-    o: Linear,
+    o: Option<Linear>,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -350,7 +353,7 @@ impl MultiHeadAttention {
                 cfg.kv_heads
             );
         }
-        let [qn, kn, vn, on] = cfg.names;
+        let [qn, kn, vn] = cfg.names;
         Ok(Self {
             q: Linear::new(
                 cfg.q_dim,
@@ -373,13 +376,18 @@ impl MultiHeadAttention {
                 cfg.init,
                 vb.pp(vn),
             )?,
-            o: Linear::new(
-                cfg.heads * cfg.head_dim,
-                cfg.out_dim,
-                cfg.out_bias,
-                out_init,
-                vb.pp(on),
-            )?,
+            o: cfg
+                .out_name
+                .map(|on| {
+                    Linear::new(
+                        cfg.heads * cfg.head_dim,
+                        cfg.out_dim,
+                        cfg.out_bias,
+                        out_init,
+                        vb.pp(on),
+                    )
+                })
+                .transpose()?,
             heads: cfg.heads,
             kv_heads: cfg.kv_heads,
             head_dim: cfg.head_dim,
@@ -462,7 +470,10 @@ impl MultiHeadAttention {
             .transpose(1, 2)?
             .reshape((b, t, self.heads * self.head_dim))?;
         Ok(AttentionOutput {
-            output: self.o.forward(&merged)?,
+            output: match &self.o {
+                Some(o) => o.forward(&merged)?,
+                None => merged,
+            },
             probs: att.probs,
         })
     }

@@ -14,37 +14,46 @@ fn projection(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<nn::Linea
     nn::Linear::new(in_dim, out_dim, true, nn::LinearInit::Torch, vb)
 }
 
-/// Token importance α (Eq. 2): single-head self-attention over the query tokens,
-/// a scalar score per token, and a masked softmax over tokens.
+/// Token importance α (Eq. 2): single-head self-attention over the query tokens
+/// (the core's attention block without an output projection), a scalar score per
+/// token, and a masked softmax over tokens.
 struct TokenImportance {
-    q: nn::Linear,
-    k: nn::Linear,
-    v: nn::Linear,
+    attn: nn::MultiHeadAttention,
     score: nn::Linear,
-    scale: f64,
 }
 
 impl TokenImportance {
     fn new(text_dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+        let attn = nn::MultiHeadAttention::new(
+            nn::AttentionConfig {
+                q_dim: text_dim,
+                kv_dim: text_dim,
+                out_dim: hidden,
+                heads: 1,
+                kv_heads: 1,
+                head_dim: hidden,
+                qkv_bias: true,
+                out_bias: true,
+                names: ["q", "k", "v"],
+                out_name: None,
+                init: nn::LinearInit::Torch,
+            },
+            vb.clone(),
+        )?;
         Ok(Self {
-            q: projection(text_dim, hidden, vb.pp("q"))?,
-            k: projection(text_dim, hidden, vb.pp("k"))?,
-            v: projection(text_dim, hidden, vb.pp("v"))?,
+            attn,
             score: projection(hidden, 1, vb.pp("score"))?,
-            scale: 1.0 / (hidden as f64).sqrt(),
         })
     }
 
     /// `text`: B×T×d_t, `key_mask`: additive B×1×T → α: B×T.
     fn forward(&self, text: &Tensor, key_mask: &Tensor) -> Result<Tensor> {
         let (b, t, _) = text.dims3()?;
-        let q = self.q.forward(text)?.unsqueeze(1)?;
-        let k = self.k.forward(text)?.unsqueeze(1)?;
-        let v = self.v.forward(text)?.unsqueeze(1)?;
         let mask = key_mask.broadcast_as((b, t, t))?.contiguous()?;
-        let h = ops::attention(&q, &k, &v, Some(&mask), self.scale)?
-            .output
-            .squeeze(1)?;
+        let h = self
+            .attn
+            .forward_self(text, Some(&mask), None, None)?
+            .output;
         let s = self.score.forward(&h)?.reshape((b, 1, 1, t))?;
         ops::masked_softmax(&s, Some(key_mask), 1.0)?.reshape((b, t))
     }
@@ -83,13 +92,13 @@ impl TextGuidedScore {
     }
 }
 
-/// `G = |P|·softmax_P(score)` (a mean-one weight), or the raw score.
 /// `ŵ = (g ∗ p) / Σ(g ∗ p)` for layer weights `p` (B×L) and the smoothing matrix.
 pub(crate) fn smooth(p: &Tensor, matrix: &Tensor) -> Result<Tensor> {
     let smoothed = ops::matmul(p, &matrix.t()?.contiguous()?)?;
     smoothed.broadcast_div(&smoothed.sum_keepdim(1)?)
 }
 
+/// `G = |P|·softmax_P(score)` (a mean-one weight), or the raw score.
 pub(crate) fn normalise_map(score: &Tensor, norm: MapNorm) -> Result<Tensor> {
     match norm {
         MapNorm::None => Ok(score.clone()),
@@ -263,9 +272,8 @@ impl CcraConnector {
     fn regional(&self, v: &Tensor, guide: &Guide, maps: &mut Maps) -> Result<Tensor> {
         let f_lp = self.layer_patch(v, guide, maps)?;
         match (self.cfg.integration, &self.pwca) {
-            (Integration::Progressive, None)
-            | (Integration::Shuffled, None)
-            | (Integration::Decoupled, None) => self.layer_wise(&f_lp, guide, maps),
+            // Without PWCA the orders coincide.
+            (_, None) => self.layer_wise(&f_lp, guide, maps),
             (Integration::Progressive, Some((score, norm))) => {
                 let f_sem = self.layer_wise(&f_lp, guide, maps)?;
                 let g = self.patch_map(score, &f_sem, guide, maps)?;
