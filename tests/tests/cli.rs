@@ -412,11 +412,19 @@ fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
     let mut recipe_args: Vec<String> = vec!["--recipe".into(), "recipes/ccra.toml".into()];
     recipe_args.extend(set_args(&tiny(1)));
     recipe_args.extend(set_args(&["connector.d_hidden=8".to_string()]));
-    let connector_run = |extra: &[&str]| {
-        let (ok, out, err) = run(vlmkit()
-            .args(["connector", "run"])
+    // `vlmkit connector run` on files in `dir`: inputs, output, then flag/file pairs.
+    let connector_run = |inputs: &str, out: &str, extra: &[(&str, &str)]| {
+        let mut cmd = vlmkit();
+        cmd.args(["connector", "run"])
             .args(&recipe_args)
-            .args(extra));
+            .arg("--inputs")
+            .arg(path(inputs))
+            .arg("--out")
+            .arg(path(out));
+        for (flag, file) in extra {
+            cmd.arg(flag).arg(path(file));
+        }
+        let (ok, out, err) = run(&mut cmd);
         (
             ok,
             out,
@@ -434,26 +442,19 @@ fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
         ("text_mask", mask.clone()),
     ];
     write_tensors(&path("in.safetensors"), &inputs);
-    let in_path = path("in.safetensors").display().to_string();
 
-    let (ok, out, err) = connector_run(&[
-        "--inputs",
-        &in_path,
-        "--out",
-        &path("seeded.safetensors").display().to_string(),
-        "--save-weights",
-        &path("w.safetensors").display().to_string(),
-    ]);
+    let (ok, out, err) = connector_run(
+        "in.safetensors",
+        "seeded.safetensors",
+        &[("--save-weights", "w.safetensors")],
+    );
     assert!(ok, "{err}");
     assert!(out.contains("tokens [2, 16, 16]"), "{out}");
-    let (ok, _, err) = connector_run(&[
-        "--inputs",
-        &in_path,
-        "--out",
-        &path("loaded.safetensors").display().to_string(),
-        "--weights",
-        &path("w.safetensors").display().to_string(),
-    ]);
+    let (ok, _, err) = connector_run(
+        "in.safetensors",
+        "loaded.safetensors",
+        &[("--weights", "w.safetensors")],
+    );
     assert!(ok, "{err}");
     let seeded_out = read_tensors(&path("seeded.safetensors"));
     let loaded_out = read_tensors(&path("loaded.safetensors"));
@@ -500,14 +501,7 @@ fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
         edit(&mut w);
         let refs: Vec<(&str, Tensor)> = w.iter().map(|(k, t)| (k.as_str(), t.clone())).collect();
         write_tensors(&path(name), &refs);
-        let (ok, _, err) = connector_run(&[
-            "--inputs",
-            &in_path,
-            "--out",
-            &path("x.safetensors").display().to_string(),
-            "--weights",
-            &path(name).display().to_string(),
-        ]);
+        let (ok, _, err) = connector_run("in.safetensors", "x.safetensors", &[("--weights", name)]);
         assert!(!ok);
         err
     };
@@ -532,12 +526,7 @@ fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
     // disagreeing batch size.
     let bad_inputs = |name: &str, tensors: &[(&str, Tensor)]| -> String {
         write_tensors(&path(name), tensors);
-        let (ok, _, err) = connector_run(&[
-            "--inputs",
-            &path(name).display().to_string(),
-            "--out",
-            &path("x.safetensors").display().to_string(),
-        ]);
+        let (ok, _, err) = connector_run(name, "x.safetensors", &[]);
         assert!(!ok);
         err
     };

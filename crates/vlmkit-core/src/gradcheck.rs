@@ -70,6 +70,17 @@ pub fn max_abs(t: &Tensor) -> Result<f64> {
         .to_scalar::<f64>()
 }
 
+/// [`check_gradients`] for every parameter of `store`, by name.
+pub fn check_store_gradients(
+    store: &crate::params::ParamStore,
+    loss: impl Fn() -> Result<Tensor>,
+    opts: &GradCheck,
+) -> Result<GradCheckReport> {
+    let vars = store.vars();
+    let named: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    check_gradients(&named, loss, opts)
+}
+
 /// Reduces `out` to a scalar with fixed random weights, so that every output
 /// element contributes a distinct gradient (a plain sum would hide, e.g., a softmax
 /// backward that drops a term which sums to zero).

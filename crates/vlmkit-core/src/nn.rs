@@ -103,19 +103,11 @@ impl LayerNorm {
 /// cancels any positive per-token scale; this one normalises each map as a whole,
 /// so a token weighting survives it.
 #[derive(Debug, Clone)]
-pub struct SpatialLayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
+pub struct SpatialLayerNorm(LayerNorm);
 
 impl SpatialLayerNorm {
     pub fn new(channels: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get_with_hints(channels, "weight", Init::Const(1.0))?,
-            bias: vb.get_with_hints(channels, "bias", Init::Const(0.0))?,
-            eps,
-        })
+        Ok(Self(LayerNorm::new(channels, eps, vb)?))
     }
 
     /// `x`: `…×N×d`; each `N×d` map is normalised on its own.
@@ -127,11 +119,11 @@ impl SpatialLayerNorm {
                 dims
             );
         }
-        let (n, d) = (dims[dims.len() - 2], dims[dims.len() - 1]);
         let mut flat = dims[..dims.len() - 2].to_vec();
-        flat.push(n * d);
-        // The op's affine may be shorter than the row: element i uses weight[i % d].
-        ops::layer_norm(&x.reshape(flat)?, &self.weight, &self.bias, self.eps)?.reshape(dims)
+        flat.push(dims[dims.len() - 2] * dims[dims.len() - 1]);
+        // The LayerNorm op's affine may be shorter than the row: element i uses
+        // weight[i % d], the per-channel affine over a flattened map.
+        self.0.forward(&x.reshape(flat)?)?.reshape(dims)
     }
 }
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
-use vlmkit_core::gradcheck::{check_gradients, max_abs_diff, random_projection, GradCheck};
+use vlmkit_core::gradcheck::{check_store_gradients, max_abs_diff, random_projection, GradCheck};
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{DecoderHooks, DecoderInput, KvCache, LanguageModel, VisionEncoder};
@@ -38,15 +38,9 @@ fn tiny_llama() -> LlamaConfig {
     }
 }
 
-fn named(store: &ParamStore) -> Vec<(String, Var)> {
-    store.vars()
-}
-
 fn gradcheck_all(store: &ParamStore, loss: impl Fn() -> candle_core::Result<Tensor>) {
-    let vars = named(store);
-    let refs: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
-    check_gradients(
-        &refs,
+    check_store_gradients(
+        store,
         loss,
         &GradCheck {
             max_elems: 6,

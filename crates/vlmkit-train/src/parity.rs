@@ -102,17 +102,13 @@ impl StandaloneConnector {
         };
         store.begin_build();
         let vb = store.builder(missing, Arc::new(|_| false)).pp(PREFIX);
-        let connector = plan
-            .connector
-            .factory
-            .build(&plan.connector_settings, &plan.env, vb)
-            .map_err(|e| match path {
-                Some(path) => ParityError::Weights {
-                    path: path.clone(),
-                    message: e.to_string().replace(&format!("`{PREFIX}."), "`"),
-                },
-                None => ParityError::Connector(e.to_string()),
-            })?;
+        let connector = plan.build_connector(vb).map_err(|e| match path {
+            Some(path) => ParityError::Weights {
+                path: path.clone(),
+                message: e.to_string().replace(&format!("`{PREFIX}."), "`"),
+            },
+            None => ParityError::Connector(e.to_string()),
+        })?;
         if let Some(path) = path {
             let unknown = store.unrequested();
             if !unknown.is_empty() {
@@ -140,7 +136,7 @@ impl StandaloneConnector {
     }
 
     pub fn save_weights(&self, path: &Path) -> Result<(), ParityError> {
-        save_safetensors_atomic(&self.weights()?, None, path).map_err(|e| file_error(path, e))
+        save(&self.weights()?, path)
     }
 
     pub fn run(&self, inputs: &ParityInputs) -> Result<ConnectorOutput, ParityError> {
@@ -150,8 +146,11 @@ impl StandaloneConnector {
     }
 }
 
+/// A store name without the [`PREFIX`] (the spec's key).
 fn strip(name: &str) -> &str {
-    name.strip_prefix("connector.").unwrap_or(name)
+    name.strip_prefix(PREFIX)
+        .and_then(|n| n.strip_prefix('.'))
+        .unwrap_or(name)
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> ParityError {
@@ -314,6 +313,7 @@ pub fn outputs(output: &ConnectorOutput) -> Result<BTreeMap<String, Tensor>, Par
     Ok(out)
 }
 
-pub fn save_outputs(output: &ConnectorOutput, path: &Path) -> Result<(), ParityError> {
-    save_safetensors_atomic(&outputs(output)?, None, path).map_err(|e| file_error(path, e))
+/// Writes named tensors (weights, or [`outputs`]) as safetensors, atomically.
+pub fn save(tensors: &BTreeMap<String, Tensor>, path: &Path) -> Result<(), ParityError> {
+    save_safetensors_atomic(tensors, None, path).map_err(|e| file_error(path, e))
 }

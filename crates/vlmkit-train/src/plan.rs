@@ -221,12 +221,15 @@ impl Plan {
         trainable: Arc<dyn Fn(&str) -> bool + Send + Sync>,
         loss_weights: BTreeMap<String, f64>,
     ) -> TensorResult<Vlm> {
-        let initial_values = self.vision.initial_values()?;
-        store.set_initial_values(
-            initial_values
-                .into_iter()
-                .map(|(name, value)| (format!("vision.{name}"), value)),
-        );
+        // Structured starting values matter only where parameters are created.
+        if let Missing::Initialize { .. } = missing {
+            store.set_initial_values(
+                self.vision
+                    .initial_values()?
+                    .into_iter()
+                    .map(|(name, value)| (format!("vision.{name}"), value)),
+            );
+        }
         self.build_with(
             store.builder(missing, trainable),
             store.device().clone(),
@@ -244,9 +247,7 @@ impl Plan {
         let vision = self.vision.build(root.pp("vision"))?;
         let llm = self.llm.build(root.pp("llm"))?;
         let connector = self
-            .connector
-            .factory
-            .build(&self.connector_settings, &self.env, root.pp("connector"))
+            .build_connector(root.pp("connector"))
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Vlm {
             vision,
@@ -257,6 +258,16 @@ impl Plan {
             loss_weights,
             device,
         })
+    }
+
+    /// The recipe's connector alone, its weights under `vb`.
+    pub fn build_connector(
+        &self,
+        vb: candle_nn::VarBuilder<'static>,
+    ) -> Result<Box<dyn vlmkit_core::Connector>, vlmkit_plugin::BuildError> {
+        self.connector
+            .factory
+            .build(&self.connector_settings, &self.env, vb)
     }
 
     /// Number of visual tokens a prefix connector places in the sequence (measured

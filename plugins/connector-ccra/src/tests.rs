@@ -3,7 +3,7 @@
 
 use super::*;
 use vlmkit_core::gradcheck::{
-    check_gradients, max_abs_diff, randn_var, random_projection, GradCheck,
+    check_gradients, check_store_gradients, max_abs_diff, randn_var, random_projection, GradCheck,
 };
 use vlmkit_core::params::{ParamStore, ShapeRecorder};
 use vlmkit_plugin::candle_core::{Result, Var};
@@ -394,14 +394,12 @@ fn gradients_match_finite_differences_and_reach_every_parameter() {
     let x = inputs(4, [4, 2]);
     for (name, cfg) in variants() {
         let (store, ccra) = build(&cfg, 11);
-        let vars = store.vars();
-        let refs: Vec<(&str, &Var)> = vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let loss = || {
             let out = ccra.forward(&x.features, Some(&x.text))?;
             random_projection(out.tokens.as_ref().unwrap(), 1)
         };
-        check_gradients(
-            &refs,
+        check_store_gradients(
+            &store,
             loss,
             &GradCheck {
                 max_elems: 4,
@@ -410,7 +408,7 @@ fn gradients_match_finite_differences_and_reach_every_parameter() {
         )
         .unwrap_or_else(|e| panic!("{name}: {e}"));
         let grads = loss().unwrap().backward().unwrap();
-        for (n, v) in &vars {
+        for (n, v) in &store.vars() {
             let g = grads
                 .get(v)
                 .unwrap_or_else(|| panic!("{name}: `{n}` gets no gradient"));

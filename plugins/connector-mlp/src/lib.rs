@@ -120,7 +120,7 @@ vlmkit_plugin::export_connector!(MlpFactory);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vlmkit_core::gradcheck::{check_gradients, random_projection, GradCheck};
+    use vlmkit_core::gradcheck::{check_store_gradients, random_projection, GradCheck};
     use vlmkit_core::params::ParamStore;
 
     #[test]
@@ -158,11 +158,8 @@ mod tests {
             depth: 2,
             grid: (1, 3),
         };
-        let vars = store.vars();
-        let named: Vec<(&str, &vlmkit_plugin::candle_core::Var)> =
-            vars.iter().map(|(n, v)| (n.as_str(), v)).collect();
-        check_gradients(
-            &named,
+        check_store_gradients(
+            &store,
             || random_projection(conn.forward(&feats, None)?.tokens.as_ref().unwrap(), 3),
             &GradCheck::default(),
         )

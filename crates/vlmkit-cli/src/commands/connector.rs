@@ -70,7 +70,7 @@ fn run_connector(args: RunArgs) -> Result<()> {
     let inputs = parity::load_inputs(&plan, &args.inputs, &device)?;
     let output = connector.run(&inputs)?;
     let written = parity::outputs(&output)?;
-    parity::save_outputs(&output, &args.out)?;
+    parity::save(&written, &args.out)?;
     println!("wrote {}:", args.out.display());
     for (name, tensor) in &written {
         println!("  {name} {:?}", tensor.dims());
