@@ -638,3 +638,81 @@ fn an_even_ccra_kernel_is_a_recipe_error_that_says_why() {
         recipe_error("[connector]\nkind = \"ccra\"\nkernel_size = 4\n")
     );
 }
+
+/// The paper-scale recipes name weight directories that need not exist here:
+/// `params` and `recipe check` work from the sizes the recipe writes down, and
+/// `train` refuses at the key that names the directory.
+#[test]
+fn paper_scale_recipes_are_inspected_without_their_files() {
+    let recipe = "recipes/paper/llava-1.5-7b-ccra.toml";
+    let (ok, out, err) = run(vlmkit().args(["params", recipe, "--json"]));
+    assert!(ok, "{err}");
+    let rows: Vec<(String, serde_json::Value)> = serde_json::from_str(&out).unwrap();
+    let total = |key: &str| {
+        let row = &rows.iter().find(|(k, _)| k == key).unwrap().1;
+        ["trainable", "frozen", "unused"]
+            .iter()
+            .map(|c| row[c].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    // The spec's breakdown: six text projections 4096→128, three vision
+    // projections 1024→128, the score, three norms over 1024 channels.
+    assert_eq!(total("connector/attention"), 3_546_369);
+    // The LLaVA projector from 2·1024 channels.
+    assert_eq!(
+        total("connector/projector"),
+        2048 * 4096 + 4096 + 4096 * 4096 + 4096
+    );
+
+    let (ok, _out, err) = run(vlmkit().args(["recipe", "check", recipe]));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("vocabulary of 32000 tokens (from the recipe)"),
+        "{err}"
+    );
+    for line in [
+        "missing: vision.from = recipes/paper/../../models/clip-vit-large-patch14-336",
+        "missing: llm.tokenizer = recipes/paper/../../models/vicuna-7b-v1.5/tokenizer.json",
+        // Stage 2's own data table, resolved against the file that wrote it.
+        "missing: stage `finetune` data = recipes/paper/../../data/LLaVA-Instruct/llava_v1_5_mix665k.json",
+    ] {
+        assert!(err.contains(line), "{line} not in:\n{err}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .args(["train", recipe, "--out"])
+        .arg(dir.path().join("run")));
+    assert!(!ok);
+    insta::assert_snapshot!("error_pretrained_not_loadable", err);
+}
+
+/// Without the tokenizer file and without `vocab_size`, the vocabulary is unknown.
+#[test]
+fn inspecting_without_a_tokenizer_needs_the_vocabulary_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = repo().join("recipes/mlp.toml");
+    std::fs::write(
+        dir.path().join("no-vocab.toml"),
+        format!(
+            "extends = {:?}\n[llm]\ntokenizer = \"absent/tokenizer.json\"\n",
+            base.display().to_string()
+        ),
+    )
+    .unwrap();
+    let params = |extra: &[&str]| {
+        run(vlmkit()
+            .current_dir(dir.path())
+            .args(["params", "no-vocab.toml"])
+            .args(extra))
+    };
+    let (ok, _out, err) = params(&[]);
+    assert!(!ok);
+    assert!(
+        err.contains("absent/tokenizer.json` does not exist")
+            && err.contains("set `llm.vocab_size`"),
+        "{err}"
+    );
+    let (ok, _out, err) = params(&["--set", "llm.vocab_size=100"]);
+    assert!(ok, "{err}");
+}

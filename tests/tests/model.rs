@@ -45,7 +45,7 @@ fn build(extra: &[&str]) -> Built {
         .unwrap();
     let StageModel { vlm, params } =
         StageModel::build(&plan, &store, &plan.recipe.stages[0], &unused).unwrap();
-    let builder = plan.batch_builder(Device::Cpu);
+    let builder = plan.batch_builder(Device::Cpu).unwrap();
     Built {
         plan,
         store,

@@ -21,6 +21,13 @@ pub fn plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
     Ok(Plan::new(recipe, &registry(), None)?)
 }
 
+/// Loads a recipe for inspection only: pretrained weights and the tokenizer file
+/// need not exist (`vlmkit params`, `vlmkit recipe check`).
+pub fn inspect_plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
+    let recipe = Recipe::load(recipe, overrides)?;
+    Ok(Plan::inspect(recipe, &registry())?)
+}
+
 /// Runs every op single-threaded: the trainer (and evaluation) parallelise over
 /// parts of a batch instead, which is what pays at these model sizes. Must run
 /// before the first tensor op (candle reads the variable when it sizes its pools).

@@ -25,9 +25,9 @@ pub fn generate_answers(
 ) -> Result<Vec<String>, TrainError> {
     let batch = model
         .plan
-        .batch_builder(model.vlm.device.clone())
+        .batch_builder(model.vlm.device.clone())?
         .prompts(examples)?;
-    let tok = &model.plan.tokenizer;
+    let tok = model.plan.tokenizer()?;
     let mut gen = gen.clone();
     if !gen.stop_ids.contains(&tok.eos) {
         gen.stop_ids.push(tok.eos);

@@ -4,8 +4,10 @@
 pub mod llama;
 pub mod vit;
 
+use std::path::PathBuf;
+
 use vlmkit_core::{LanguageModel, LlmInfo, VisionEncoder, VisionInfo};
-use vlmkit_recipe::{Settings, SettingsError};
+use vlmkit_recipe::{Recipe, Settings, SettingsError};
 
 pub use llama::{Llama, LlamaConfig};
 pub use vit::{PositionInit, VisionTransformer, VitConfig};
@@ -16,16 +18,33 @@ pub use vit::{PositionInit, VisionTransformer, VitConfig};
 pub enum Source {
     /// Fresh initialisation from the recipe seed.
     Scratch,
+    /// A local Hugging Face directory (`config.json`, safetensors, tokenizer),
+    /// resolved relative to the recipe that named it.
+    Local(PathBuf),
 }
 
-fn parse_source(settings: &Settings) -> Result<Source, SettingsError> {
+impl Source {
+    /// The Hugging Face directory, if the weights come from one.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Scratch => None,
+            Self::Local(dir) => Some(dir),
+        }
+    }
+}
+
+/// `from = "scratch"` (the default) or a directory, relative to the recipe file.
+fn parse_source(settings: &Settings, recipe: &Recipe) -> Result<Source, SettingsError> {
     match settings.get_str("from")? {
         None | Some("scratch") => Ok(Source::Scratch),
-        Some(other) => Err(settings.error(
+        Some("") => Err(settings.error(
             "from",
-            format!(
-                "loading pretrained weights (`{other}`) is not supported in this version; use `from = \"scratch\"`"
-            ),
+            "empty: use \"scratch\" or a local Hugging Face directory",
+        )),
+        Some(raw) => Ok(Source::Local(
+            recipe
+                .path_value(&settings.key("from"))
+                .unwrap_or_else(|| PathBuf::from(raw)),
         )),
     }
 }
@@ -46,7 +65,8 @@ pub struct VisionSpec {
 pub const VISION_KINDS: &[&str] = &["vit", "clip"];
 
 impl VisionSpec {
-    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+    /// Parses `settings` (the `[vision]` table of `recipe`).
+    pub fn from_settings(settings: &Settings, recipe: &Recipe) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
             .ok_or_else(|| settings.error("kind", "missing: which vision encoder (e.g. \"vit\")"))?
@@ -60,7 +80,7 @@ impl VisionSpec {
                 ),
             ));
         }
-        let source = parse_source(settings)?;
+        let source = parse_source(settings, recipe)?;
         let layers = match settings.get("layers") {
             None => None,
             Some(v) => Some(v.clone().try_into::<Vec<i64>>().map_err(|_| {
@@ -115,9 +135,7 @@ impl VisionSpec {
 pub struct LlmSpec {
     pub kind: String,
     pub source: Source,
-    /// `"builtin"` (the word-level tokenizer of the built-in data) or a path to a
-    /// `tokenizer.json`.
-    pub tokenizer: String,
+    pub tokenizer: TokenizerSource,
     /// Chat template name (see `vlmkit-data`'s templates).
     pub chat_template: String,
     /// Replaces the template's default system prompt (`""` for none).
@@ -127,11 +145,22 @@ pub struct LlmSpec {
     pub vocab_size_set: bool,
 }
 
+/// Where the language model's tokenizer comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenizerSource {
+    /// Word level over the vocabulary of the recipe's data (`tokenizer = "builtin"`,
+    /// the default for a model trained from scratch).
+    Builtin,
+    /// A Hugging Face `tokenizer.json` (by default the one in the `from` directory).
+    File(PathBuf),
+}
+
 /// Language model kinds this build knows.
 pub const LLM_KINDS: &[&str] = &["llama"];
 
 impl LlmSpec {
-    pub fn from_settings(settings: &Settings) -> Result<Self, SettingsError> {
+    /// Parses `settings` (the `[llm]` table of `recipe`).
+    pub fn from_settings(settings: &Settings, recipe: &Recipe) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
             .ok_or_else(|| {
@@ -147,11 +176,16 @@ impl LlmSpec {
                 ),
             ));
         }
-        let source = parse_source(settings)?;
-        let tokenizer = settings
-            .get_str("tokenizer")?
-            .unwrap_or("builtin")
-            .to_string();
+        let source = parse_source(settings, recipe)?;
+        let tokenizer = match (settings.get_str("tokenizer")?, &source) {
+            (Some("builtin"), _) | (None, Source::Scratch) => TokenizerSource::Builtin,
+            (Some(raw), _) => TokenizerSource::File(
+                recipe
+                    .path_value(&settings.key("tokenizer"))
+                    .unwrap_or_else(|| PathBuf::from(raw)),
+            ),
+            (None, Source::Local(dir)) => TokenizerSource::File(dir.join("tokenizer.json")),
+        };
         let chat_template = settings
             .get_str("chat_template")?
             .unwrap_or("vicuna_v1")

@@ -105,7 +105,7 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
     let trainable_params = params.iter().map(|(_, v)| v.elem_count()).sum();
     let frozen_params = store.count(|_| true) - trainable_params;
     let source = plan.train_data(opts.stage)?.open()?;
-    let builder = plan.batch_builder(device.clone());
+    let builder = plan.batch_builder(device.clone())?;
     let bs = opts.batch_size.unwrap_or(stage.batch_size);
     let mut order = Order::new(source.len(), recipe.run.seed, &stage.name);
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));

@@ -9,7 +9,7 @@ use candle_core::Result as TensorResult;
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{ConnectorNeeds, Placement, Vlm};
 use vlmkit_data::{ChatTemplate, Collator, TextTokenizer};
-use vlmkit_models::{LlmSpec, VisionSpec};
+use vlmkit_models::{LlmSpec, Source, TokenizerSource, VisionSpec};
 use vlmkit_plugin::{ConnectorEnv, Registered, Registry};
 use vlmkit_recipe::{Recipe, RecipeError, Settings};
 
@@ -30,8 +30,20 @@ pub struct Plan {
     pub connector_settings: Settings,
     pub needs: ConnectorNeeds,
     pub env: ConnectorEnv,
-    pub tokenizer: Arc<TextTokenizer>,
+    /// Always present in plans made to run; an inspected plan may lack it.
+    tokenizer: Option<Arc<TextTokenizer>>,
     pub template: ChatTemplate,
+}
+
+/// What a plan is made for, which decides whether the files a recipe names must
+/// exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Training, evaluation, inference: weights and tokenizer must be readable.
+    Run,
+    /// `vlmkit params` and `vlmkit recipe check`: shapes only, so weight
+    /// directories and tokenizer files need not exist on this machine.
+    Inspect,
 }
 
 impl std::fmt::Debug for Plan {
@@ -51,6 +63,22 @@ impl Plan {
         registry: &Registry,
         tokenizer: Option<TextTokenizer>,
     ) -> Result<Self, RecipeError> {
+        Self::make(recipe, registry, tokenizer, Purpose::Run)
+    }
+
+    /// Validates `recipe` for inspection (shapes, counts, settings): pretrained
+    /// weight directories and the tokenizer file need not exist; without the
+    /// tokenizer, `llm.vocab_size` must be set.
+    pub fn inspect(recipe: Recipe, registry: &Registry) -> Result<Self, RecipeError> {
+        Self::make(recipe, registry, None, Purpose::Inspect)
+    }
+
+    fn make(
+        recipe: Recipe,
+        registry: &Registry,
+        tokenizer: Option<TextTokenizer>,
+        purpose: Purpose,
+    ) -> Result<Self, RecipeError> {
         if recipe.run.dtype != "f32" {
             return Err(recipe.error_at(
                 "run.dtype",
@@ -60,10 +88,18 @@ impl Plan {
                 ),
             ));
         }
-        let vision = VisionSpec::from_settings(&recipe.section("vision"))
+        let vision = VisionSpec::from_settings(&recipe.section("vision"), &recipe)
             .map_err(|e| recipe.error_for(e))?;
         let llm_settings = recipe.section("llm");
-        let mut llm = LlmSpec::from_settings(&llm_settings).map_err(|e| recipe.error_for(e))?;
+        let mut llm =
+            LlmSpec::from_settings(&llm_settings, &recipe).map_err(|e| recipe.error_for(e))?;
+        if purpose == Purpose::Run {
+            for (key, source) in [("vision.from", &vision.source), ("llm.from", &llm.source)] {
+                if let Some(dir) = source.local_dir() {
+                    return Err(recipe.error_at(key, pretrained_unavailable(dir)));
+                }
+            }
+        }
 
         let conn_section = recipe.section("connector");
         let kind = conn_section
@@ -131,11 +167,13 @@ impl Plan {
         }
 
         let tokenizer = match tokenizer {
-            Some(t) => t,
-            None => build_tokenizer(&recipe, &llm)?,
+            Some(t) => Some(t),
+            None => build_tokenizer(&recipe, &llm, purpose)?,
         };
-        llm.fit_vocab(tokenizer.vocab_size(), &llm_settings)
-            .map_err(|e| recipe.error_for(e))?;
+        if let Some(tokenizer) = &tokenizer {
+            llm.fit_vocab(tokenizer.vocab_size(), &llm_settings)
+                .map_err(|e| recipe.error_for(e))?;
+        }
         let template = ChatTemplate::from_name(&llm.chat_template, llm.system_prompt.as_deref())
             .map_err(|e| recipe.error_at("llm.chat_template", e.to_string()))?;
 
@@ -178,11 +216,66 @@ impl Plan {
             connector_settings,
             needs,
             env,
-            tokenizer: Arc::new(tokenizer),
+            tokenizer: tokenizer.map(Arc::new),
             template,
         };
         plan.check_trainable_patterns()?;
         Ok(plan)
+    }
+
+    /// The tokenizer; only an inspected plan whose tokenizer file is absent lacks it.
+    pub fn tokenizer(&self) -> Result<&Arc<TextTokenizer>, RecipeError> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            let path = match &self.llm.tokenizer {
+                TokenizerSource::File(path) => path.display().to_string(),
+                TokenizerSource::Builtin => "builtin".into(),
+            };
+            self.recipe.error_at(
+                "llm.tokenizer",
+                format!("the tokenizer `{path}` was not read (the recipe was only inspected)"),
+            )
+        })
+    }
+
+    /// Files and directories the recipe names outside itself, each with the key or
+    /// part of the recipe that names it: pretrained weights, the tokenizer, LLaVA
+    /// data.
+    pub fn external_paths(&self) -> Vec<(String, std::path::PathBuf)> {
+        let mut paths = Vec::new();
+        for (key, source) in [
+            ("vision.from", &self.vision.source),
+            ("llm.from", &self.llm.source),
+        ] {
+            if let Source::Local(dir) = source {
+                paths.push((key.to_string(), dir.clone()));
+            }
+        }
+        if let TokenizerSource::File(path) = &self.llm.tokenizer {
+            paths.push(("llm.tokenizer".to_string(), path.clone()));
+        }
+        let mut data: Vec<(String, DataSpec)> = self
+            .recipe
+            .stages
+            .iter()
+            .enumerate()
+            .filter_map(|(i, stage)| {
+                Some((
+                    format!("stage `{}` data", stage.name),
+                    self.train_data(i).ok()?,
+                ))
+            })
+            .collect();
+        data.extend(self.eval_data().ok().map(|d| ("eval data".to_string(), d)));
+        for (label, spec) in data {
+            if let DataSpec::Llava { json, images } = spec {
+                for path in std::iter::once(json).chain(images) {
+                    if !paths.iter().any(|(_, p)| *p == path) {
+                        paths.push((label.clone(), path));
+                    }
+                }
+            }
+        }
+        paths
     }
 
     /// Every stage's `trainable` patterns must select at least one parameter.
@@ -289,21 +382,21 @@ impl Plan {
     }
 
     /// Turns examples into batches for this model on `device`.
-    pub fn batch_builder(&self, device: candle_core::Device) -> BatchBuilder {
+    pub fn batch_builder(&self, device: candle_core::Device) -> Result<BatchBuilder, RecipeError> {
         let (rows, cols) = self.env.vision.grids[self.env.layers[0]];
-        BatchBuilder {
-            collator: self.collator(rows * cols),
+        Ok(BatchBuilder {
+            collator: self.collator(rows * cols)?,
             vision: self.env.vision.clone(),
             device,
-        }
+        })
     }
 
-    pub fn collator(&self, visual_tokens: usize) -> Collator {
-        Collator {
-            tokenizer: self.tokenizer.clone(),
+    pub fn collator(&self, visual_tokens: usize) -> Result<Collator, RecipeError> {
+        Ok(Collator {
+            tokenizer: self.tokenizer()?.clone(),
             template: self.template.clone(),
             max_text_len: self.text_budget(visual_tokens),
-        }
+        })
     }
 
     /// Prefixes (relative to the whole model) of parameters that can receive no
@@ -325,33 +418,68 @@ impl Plan {
     }
 }
 
-/// The tokenizer the recipe names: `"builtin"` (word level over the data's
-/// vocabulary) or a `tokenizer.json` path.
-fn build_tokenizer(recipe: &Recipe, llm: &LlmSpec) -> Result<TextTokenizer, RecipeError> {
-    if llm.tokenizer == "builtin" {
-        let mut words = Vec::new();
-        let mut specs = Vec::new();
-        for i in 0..recipe.stages.len() {
-            specs.push(train_spec(recipe, i)?);
-        }
-        specs.push(eval_spec(recipe)?);
-        for spec in &specs {
-            let vocab = spec
-                .vocabulary()
-                .map_err(|e| recipe.error_at("data", e.to_string()))?;
-            for w in vocab {
-                if !words.contains(&w) {
-                    words.push(w);
-                }
+/// Why a recipe with pretrained weights cannot run in this version.
+fn pretrained_unavailable(dir: &std::path::Path) -> String {
+    let state = if dir.is_dir() {
+        "exists"
+    } else {
+        "does not exist on this machine"
+    };
+    format!(
+        "`{}` ({state}): reading Hugging Face checkpoints is not implemented in this version, so this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) but not run; use `from = \"scratch\"` to train from a fresh initialisation",
+        dir.display()
+    )
+}
+
+/// The tokenizer the recipe names: word level over the data's vocabulary, or a
+/// `tokenizer.json`. An inspected plan does without an absent file when the recipe
+/// sets `llm.vocab_size`.
+fn build_tokenizer(
+    recipe: &Recipe,
+    llm: &LlmSpec,
+    purpose: Purpose,
+) -> Result<Option<TextTokenizer>, RecipeError> {
+    let path = match &llm.tokenizer {
+        TokenizerSource::Builtin => return builtin_tokenizer(recipe).map(Some),
+        TokenizerSource::File(path) => path,
+    };
+    if purpose == Purpose::Inspect && !path.exists() {
+        return if llm.vocab_size_set {
+            Ok(None)
+        } else {
+            Err(recipe.error_at(
+                "llm.tokenizer",
+                format!(
+                    "`{}` does not exist, so the vocabulary size is unknown: set `llm.vocab_size` to inspect the recipe without the tokenizer",
+                    path.display()
+                ),
+            ))
+        };
+    }
+    TextTokenizer::from_file(path)
+        .map(Some)
+        .map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
+}
+
+/// Word level over the vocabulary of every data source the recipe reads.
+fn builtin_tokenizer(recipe: &Recipe) -> Result<TextTokenizer, RecipeError> {
+    let mut words = Vec::new();
+    let mut specs = Vec::new();
+    for i in 0..recipe.stages.len() {
+        specs.push(train_spec(recipe, i)?);
+    }
+    specs.push(eval_spec(recipe)?);
+    for spec in &specs {
+        let vocab = spec
+            .vocabulary()
+            .map_err(|e| recipe.error_at("data", e.to_string()))?;
+        for w in vocab {
+            if !words.contains(&w) {
+                words.push(w);
             }
         }
-        TextTokenizer::builtin(&words).map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
-    } else {
-        let path = recipe
-            .path_value("llm.tokenizer")
-            .unwrap_or_else(|| llm.tokenizer.clone().into());
-        TextTokenizer::from_file(&path).map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
     }
+    TextTokenizer::builtin(&words).map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
 }
 
 /// Whether parameter `name` is selected by a stage's `trainable` pattern: dotted

@@ -83,11 +83,12 @@ struct LlavaSettings {
 
 impl DataSpec {
     /// Parses `settings` (a `[data.*]` table); `split` says which shapes split it
-    /// reads. Paths are resolved by `recipe` relative to the file that set them.
+    /// reads. `path_of(key, raw)` resolves a path value relative to the file that
+    /// set it.
     pub fn from_settings(
         settings: &Settings,
         split: Split,
-        recipe: &Recipe,
+        path_of: &dyn Fn(&str, &str) -> PathBuf,
     ) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
@@ -100,14 +101,9 @@ impl DataSpec {
             }
             "llava" => {
                 let cfg: LlavaSettings = settings.without(&["kind"]).parse()?;
-                let resolve = |key: &str, raw: &str| {
-                    recipe
-                        .path_value(&settings.key(key))
-                        .unwrap_or_else(|| PathBuf::from(raw))
-                };
                 Ok(Self::Llava {
-                    json: resolve("json", &cfg.json),
-                    images: cfg.images.as_deref().map(|raw| resolve("images", raw)),
+                    json: path_of("json", &cfg.json),
+                    images: cfg.images.as_deref().map(|raw| path_of("images", raw)),
                 })
             }
             other => Err(settings.error(
@@ -179,13 +175,31 @@ pub fn eval_settings(recipe: &Recipe) -> Settings {
 
 /// Parses and opens the training data of stage `stage` (with its overrides).
 pub fn train_spec(recipe: &Recipe, stage: usize) -> Result<DataSpec, RecipeError> {
-    DataSpec::from_settings(&recipe.stage_data(stage), Split::Train, recipe)
+    // A stage's own `data` table wins over `[data.train]`, and its paths are
+    // relative to the file that wrote them.
+    let path_of = |key: &str, raw: &str| {
+        let stage_key = format!("stage.{stage}.data.{key}");
+        let key = if recipe.value(&stage_key).is_some() {
+            stage_key
+        } else {
+            format!("data.train.{key}")
+        };
+        recipe
+            .path_value(&key)
+            .unwrap_or_else(|| PathBuf::from(raw))
+    };
+    DataSpec::from_settings(&recipe.stage_data(stage), Split::Train, &path_of)
         .map_err(|e| recipe.error_for(e))
 }
 
 /// Parses the eval data section.
 pub fn eval_spec(recipe: &Recipe) -> Result<DataSpec, RecipeError> {
-    DataSpec::from_settings(&eval_settings(recipe), Split::Eval, recipe)
+    let path_of = |key: &str, raw: &str| {
+        recipe
+            .path_value(&format!("data.eval.{key}"))
+            .unwrap_or_else(|| PathBuf::from(raw))
+    };
+    DataSpec::from_settings(&eval_settings(recipe), Split::Eval, &path_of)
         .map_err(|e| recipe.error_for(e))
 }
 

@@ -432,7 +432,7 @@ pub fn train(
         Missing::Initialize { seed }
     };
     let unused = plan.create_params(&store, missing)?;
-    let builder = plan.batch_builder(device.clone());
+    let builder = plan.batch_builder(device.clone())?;
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
@@ -449,7 +449,7 @@ pub fn train(
             },
             state: state.clone(),
             recipe_toml: recipe_toml.clone(),
-            tokenizer_json: plan.tokenizer.to_json()?,
+            tokenizer_json: plan.tokenizer()?.to_json()?,
         })
     };
 

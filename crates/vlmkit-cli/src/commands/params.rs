@@ -33,7 +33,7 @@ struct Row {
 }
 
 pub fn run(args: ParamsArgs) -> Result<()> {
-    let plan = common::plan(&args.recipe, &args.overrides)?;
+    let plan = common::inspect_plan(&args.recipe, &args.overrides)?;
     let Some(stage) = plan.recipe.stages.get(args.stage) else {
         anyhow::bail!(
             "the recipe has {} stage(s); there is no stage {}",

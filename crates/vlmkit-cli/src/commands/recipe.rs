@@ -31,17 +31,29 @@ pub struct CheckArgs {
 pub fn run(args: RecipeArgs) -> Result<()> {
     match args.command {
         RecipeCommand::Check(args) => {
-            let plan = common::plan(&args.recipe, &args.overrides)?;
+            let plan = common::inspect_plan(&args.recipe, &args.overrides)?;
             print!("{}", plan.recipe.to_toml_string());
             let needs = &plan.needs;
+            let vocabulary = match plan.tokenizer() {
+                Ok(tokenizer) => format!("tokenizer of {} tokens", tokenizer.vocab_size()),
+                Err(_) => format!(
+                    "vocabulary of {} tokens (from the recipe)",
+                    plan.llm.config.vocab_size
+                ),
+            };
             eprintln!(
-                "ok: connector `{}` ({:?}, reads text: {}), vision layers {:?}, tokenizer of {} tokens",
+                "ok: connector `{}` ({:?}, reads text: {}), vision layers {:?}, {vocabulary}",
                 plan.connector.factory.kind(),
                 needs.placement,
                 needs.reads_text,
                 plan.env.layers,
-                plan.tokenizer.vocab_size()
             );
+            // Settings are valid; whether the named files are here is a separate
+            // question (they need not be, to inspect a recipe).
+            for (key, path) in plan.external_paths() {
+                let state = if path.exists() { "found" } else { "missing" };
+                eprintln!("{state}: {key} = {}", path.display());
+            }
             Ok(())
         }
     }
