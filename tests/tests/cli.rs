@@ -15,7 +15,9 @@ fn help(args: &[&str]) -> String {
 #[test]
 fn help_texts() {
     insta::assert_snapshot!("help", help(&[]));
-    for cmd in ["train", "eval", "infer", "params", "bench"] {
+    for cmd in [
+        "train", "eval", "infer", "params", "bench", "compare", "sweep",
+    ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd]));
     }
     insta::assert_snapshot!("help_recipe_check", help(&["recipe", "check"]));
@@ -78,6 +80,19 @@ fn recipe_errors_name_file_line_and_key() {
     insta::assert_snapshot!(
         "error_vision_config",
         recipe_error("[vision]\npatch_size = 5\n")
+    );
+    // Connector settings written for a 24-block encoder, on the 4-block one.
+    insta::assert_snapshot!(
+        "error_igva_groups_deeper_than_encoder",
+        recipe_error("[connector]\nkind = \"igva\"\ngroups = [[1, 2, 3], [19, 20, 21]]\n")
+    );
+    insta::assert_snapshot!(
+        "error_mmfuser_default_levels",
+        recipe_error("[connector]\nkind = \"mmfuser\"\nheads = 4\n")
+    );
+    insta::assert_snapshot!(
+        "error_dense_sti_window",
+        recipe_error("[connector]\nkind = \"dense\"\nvariant = \"sti\"\npool = 32\n")
     );
 }
 
@@ -687,6 +702,42 @@ fn paper_scale_recipes_are_inspected_without_their_files() {
     insta::assert_snapshot!("error_pretrained_not_loadable", err);
 }
 
+/// Parameter counts at paper sizes (CLIP ViT-L/14-336 + Vicuna-7B) for every
+/// connector, against the spec's reference counts.
+#[test]
+fn params_at_paper_sizes() {
+    let mut report = String::new();
+    let variants: [(&str, &[&str]); 7] = [
+        ("llava-1.5-7b", &[]),
+        ("llava-1.5-7b-dense", &[]),
+        ("llava-1.5-7b-dense", &["connector.variant=\"sci\""]),
+        ("llava-1.5-7b-dense", &["connector.variant=\"sti\""]),
+        ("llava-1.5-7b-mmfuser", &[]),
+        ("llava-1.5-7b-igva", &[]),
+        ("llava-1.5-7b-ccra", &[]),
+    ];
+    for (recipe, sets) in variants {
+        let mut cmd = vlmkit();
+        cmd.args(["params", &format!("recipes/paper/{recipe}.toml")]);
+        for set in sets {
+            cmd.args(["--set", set]);
+        }
+        let (ok, out, err) = run(&mut cmd);
+        assert!(ok, "{recipe}: {err}");
+        let flags: String = sets.iter().map(|s| format!(" --set {s}")).collect();
+        report.push_str(&format!("$ vlmkit params recipes/paper/{recipe}.toml{flags}\n{out}\n"));
+    }
+    insta::assert_snapshot!("params_paper_sizes", report);
+    for expected in [
+        "connector                     20,979,712",
+        "connector                     29,368,320",
+        "connector                     52,221,956",
+        "  attention                    3,546,369",
+    ] {
+        assert!(report.contains(expected), "{expected} missing");
+    }
+}
+
 /// Without the tokenizer file and without `vocab_size`, the vocabulary is unknown.
 #[test]
 fn inspecting_without_a_tokenizer_needs_the_vocabulary_size() {
@@ -715,4 +766,260 @@ fn inspecting_without_a_tokenizer_needs_the_vocabulary_size() {
     );
     let (ok, _out, err) = params(&["--set", "llm.vocab_size=100"]);
     assert!(ok, "{err}");
+}
+
+// ---- `vlmkit compare` and `vlmkit sweep` ----------------------------------------
+
+/// Modification times of every file under `dir`, by path.
+fn modification_times(
+    dir: &Path,
+) -> std::collections::BTreeMap<std::path::PathBuf, std::time::SystemTime> {
+    let mut times = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            times.extend(modification_times(&path));
+        } else {
+            times.insert(path.clone(), path.metadata().unwrap().modified().unwrap());
+        }
+    }
+    times
+}
+
+/// `vlmkit compare recipes/mlp.toml recipes/ccra.toml --seeds 2` on the tiny
+/// model, into `study`.
+fn compare_tiny(study: &Path, overrides: &[String]) -> (bool, String, String) {
+    run(vlmkit()
+        .args([
+            "compare",
+            "recipes/mlp.toml",
+            "recipes/ccra.toml",
+            "--seeds",
+            "2",
+            "--out",
+        ])
+        .arg(study)
+        .args(set_args(overrides)))
+}
+
+#[test]
+fn compare_trains_every_recipe_and_seed_reports_them_and_reuses_finished_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("study");
+    let overrides = tiny(6);
+    let (ok, out, err) = compare_tiny(&study, &overrides);
+    assert!(ok, "{err}");
+    // The recipes' own seed is 1 (base-shapes.toml): seeds 1 and 2.
+    for (i, label) in ["mlp seed 1", "mlp seed 2", "ccra seed 1", "ccra seed 2"]
+        .iter()
+        .enumerate()
+    {
+        for action in ["training", "evaluating"] {
+            let line = format!("[{}/4] {label}: {action}", i + 1);
+            assert!(err.contains(&line), "{line} missing from\n{err}");
+        }
+    }
+    for file in [
+        "report.md",
+        "report.csv",
+        "runs.csv",
+        "study.json",
+        "accuracy.png",
+    ] {
+        assert!(study.join(file).is_file(), "{file} missing");
+    }
+    for run_dir in [
+        "runs/mlp/seed-1",
+        "runs/mlp/seed-2",
+        "runs/ccra/seed-1",
+        "runs/ccra/seed-2",
+    ] {
+        for file in [
+            "recipe.toml",
+            "final/model.safetensors",
+            "summary.json",
+            "eval/report.json",
+            "eval/predictions.jsonl",
+        ] {
+            assert!(
+                study.join(run_dir).join(file).is_file(),
+                "{run_dir}/{file} missing"
+            );
+        }
+    }
+    let recipe = std::fs::read_to_string(study.join("runs/ccra/seed-2/recipe.toml")).unwrap();
+    assert!(recipe.contains("seed = 2"), "{recipe}");
+
+    // The table: a row per recipe, a column per family, intervals over two seeds.
+    let report = std::fs::read_to_string(study.join("report.md")).unwrap();
+    assert_eq!(out, report, "the report is printed too");
+    let header = report.lines().find(|l| l.starts_with("| recipe")).unwrap();
+    for column in [
+        "color",
+        "count",
+        "existence",
+        "position",
+        "relation",
+        "all",
+        "parameters added",
+        "step time",
+        "peak memory",
+    ] {
+        assert!(header.contains(column), "{column} missing from {header}");
+    }
+    for row in ["| mlp ", "| ccra ", "| *chance* "] {
+        let line = report.lines().find(|l| l.starts_with(row)).unwrap();
+        if !row.contains("chance") {
+            assert_eq!(line.matches(" ± ").count(), 6, "{line}");
+            assert!(line.contains(" ms ") && line.contains(" MiB "), "{line}");
+        }
+    }
+    assert!(
+        report
+            .contains("```sh\nvlmkit compare recipes/mlp.toml recipes/ccra.toml --seeds 2 --out "),
+        "the command is in the report:\n{report}"
+    );
+    let csv = std::fs::read_to_string(study.join("report.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 6, "{csv}");
+    assert!(
+        csv.lines().any(|l| l.starts_with("ccra,relation,")),
+        "{csv}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(study.join("study.json")).unwrap()).unwrap();
+    let arms = json["arms"].as_array().unwrap();
+    assert_eq!(arms[0]["name"], "mlp");
+    assert_eq!(arms[0]["seeds"], serde_json::json!([1, 2]));
+    let params: Vec<u64> = arms
+        .iter()
+        .map(|a| a["connector_params"].as_u64().unwrap())
+        .collect();
+    assert!(
+        params[0] > 0 && params[1] > 0 && params[0] != params[1],
+        "{params:?}"
+    );
+    for arm in arms {
+        assert!(arm["step_time_median_s"].as_f64().unwrap() > 0.0);
+        assert!(arm["peak_rss_mib"].as_f64().unwrap() > 1.0);
+        assert_eq!(arm["families"]["color"]["n"], 2);
+    }
+
+    // Again: every run is reused, nothing is written but the same report.
+    let before = modification_times(&study.join("runs"));
+    let (ok, out_again, err) = compare_tiny(&study, &overrides);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches(": reused").count(), 4, "{err}");
+    assert!(
+        !err.contains("training") && !err.contains("evaluating"),
+        "{err}"
+    );
+    assert_eq!(modification_times(&study.join("runs")), before);
+    assert_eq!(out_again, out);
+    assert_eq!(
+        std::fs::read_to_string(study.join("report.md")).unwrap(),
+        report
+    );
+
+    // A run trained but not evaluated is evaluated, not trained again.
+    std::fs::remove_dir_all(study.join("runs/ccra/seed-2/eval")).unwrap();
+    let (ok, _out, err) = compare_tiny(&study, &overrides);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("[4/4] ccra seed 2: evaluating") && !err.contains("training"),
+        "{err}"
+    );
+
+    // Other settings in the same directory are refused before anything runs,
+    // naming what differs.
+    let mut other = overrides.clone();
+    other.push("stage.0.lr=1e-3".into());
+    let (ok, _out, err) = compare_tiny(&study, &other);
+    assert!(!ok);
+    assert!(
+        err.contains("runs/mlp/seed-1 holds a run of a different recipe")
+            && err.contains("stage.0.lr: 0.002 there, 0.001 here"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compare_validates_every_recipe_before_training_any() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("typo.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "extends = {:?}\n[run]\nname = \"typo\"\n[connector]\nbase_layr = -2\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let study = dir.path().join("study");
+    let (ok, _out, err) = run(vlmkit()
+        .args(["compare", "recipes/mlp.toml", "recipes/ccra.toml"])
+        .arg(&bad)
+        .arg("--out")
+        .arg(&study)
+        .args(set_args(&tiny(6))));
+    assert!(!ok);
+    assert!(
+        err.contains("typo.toml:5:1") && err.contains("base_layr"),
+        "a located recipe error: {err}"
+    );
+    assert!(!study.exists(), "nothing may be trained");
+}
+
+#[test]
+fn sweep_runs_every_grid_point_and_checks_them_all_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("sweep");
+    let sweep = |grid: &str| {
+        run(vlmkit()
+            .args(["sweep", "recipes/ccra.toml", "--grid", grid, "--seeds", "1"])
+            .arg("--out")
+            .arg(&study)
+            .args(set_args(&tiny(4))))
+    };
+    // kernel_size must be odd: the second point is refused before the first trains.
+    let (ok, _out, err) = sweep("connector.kernel_size=3,4");
+    assert!(!ok);
+    assert!(
+        err.contains("--set connector.kernel_size=4") && err.contains("odd"),
+        "{err}"
+    );
+    assert!(!study.join("runs").exists(), "nothing may be trained");
+
+    let (ok, out, err) = sweep("connector.d_hidden=8,16");
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("2 grid points × 1 seed = 2 runs")
+            && err.contains("[2/2] connector.d_hidden=16 seed 1: training"),
+        "{err}"
+    );
+    for point in ["connector.d_hidden=8", "connector.d_hidden=16"] {
+        assert!(
+            study
+                .join("runs")
+                .join(point)
+                .join("seed-1/eval/report.json")
+                .is_file(),
+            "{point}"
+        );
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {point} ")))
+            .unwrap_or_else(|| panic!("no row for {point} in\n{out}"));
+        assert!(row.contains("(n=1)") && !row.contains('±'), "{row}");
+    }
+    assert!(out.contains("| setting "), "{out}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(study.join("study.json")).unwrap()).unwrap();
+    assert_eq!(json["kind"], "sweep");
+    let params: Vec<u64> = json["arms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["connector_params"].as_u64().unwrap())
+        .collect();
+    assert!(params[1] > params[0], "{params:?}");
 }

@@ -18,6 +18,9 @@ fn plan(extra: &[&str]) -> Plan {
     let mut registry = vlmkit_plugin::Registry::new();
     connector_mlp::register(&mut registry).unwrap();
     connector_ccra::register(&mut registry).unwrap();
+    connector_dense::register(&mut registry).unwrap();
+    connector_mmfuser::register(&mut registry).unwrap();
+    connector_igva::register(&mut registry).unwrap();
     let mut overrides = tiny(1);
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
@@ -113,6 +116,56 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
     );
     assert!(!trainable.iter().any(|n| n.contains("post_layernorm")));
     assert!(b.store.len() > b.params.len());
+}
+
+#[test]
+fn every_parameter_trains_through_the_baseline_connectors() {
+    // Dense Connector, each variant: parameter-free fusions of several layers.
+    for variant in ["dci", "sci", "sti"] {
+        let b = build(&[
+            "connector.kind=\"dense\"",
+            &format!("connector.variant=\"{variant}\""),
+            "connector.pool=4",
+            "vision.num_hidden_layers=3",
+        ]);
+        let missing = params_without_gradient(&b, &[]);
+        assert!(missing.is_empty(), "{variant}: {missing:#?}");
+    }
+    // MMFuser: its gates start closed, which leaves the attentions without a
+    // gradient at the first step by design; opened, everything trains except the
+    // key biases a softmax cancels.
+    let b = build(&[
+        "connector.kind=\"mmfuser\"",
+        "connector.levels=[0, 1]",
+        "connector.heads=2",
+        "vision.num_hidden_layers=3",
+    ]);
+    for gate in ["connector.gamma1", "connector.gamma2"] {
+        let var = b.store.get(gate).unwrap();
+        var.set(&var.ones_like().unwrap().affine(0.5, 0.0).unwrap())
+            .unwrap();
+    }
+    let invariant: Vec<String> = connector_mmfuser::MmfuserConfig::softmax_invariant_params()
+        .iter()
+        .map(|n| format!("connector.{n}"))
+        .collect();
+    let missing = params_without_gradient(&b, &invariant);
+    assert!(missing.is_empty(), "{missing:#?}");
+    // IGVA: the aggregator reads the query embeddings; its entropy term counts
+    // by default.
+    let b = build(&[
+        "connector.kind=\"igva\"",
+        "connector.groups=2",
+        "connector.heads=2",
+        "connector.depth=2",
+    ]);
+    assert_eq!(b.vlm.loss_weights.get("entropy"), Some(&1.0));
+    let invariant: Vec<String> = connector_igva::IgvaConfig::softmax_invariant_params(2)
+        .iter()
+        .map(|n| format!("connector.{n}"))
+        .collect();
+    let missing = params_without_gradient(&b, &invariant);
+    assert!(missing.is_empty(), "{missing:#?}");
 }
 
 #[test]

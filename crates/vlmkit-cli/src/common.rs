@@ -12,6 +12,9 @@ pub fn registry() -> Registry {
     let mut registry = Registry::new();
     connector_mlp::register(&mut registry).expect("built-in connectors have distinct kinds");
     connector_ccra::register(&mut registry).expect("built-in connectors have distinct kinds");
+    connector_dense::register(&mut registry).expect("built-in connectors have distinct kinds");
+    connector_mmfuser::register(&mut registry).expect("built-in connectors have distinct kinds");
+    connector_igva::register(&mut registry).expect("built-in connectors have distinct kinds");
     registry
 }
 

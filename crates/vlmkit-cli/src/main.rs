@@ -37,6 +37,10 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Work with connectors on their own (parity runs against a reference).
     Connector(commands::connector::ConnectorArgs),
+    /// Train and evaluate recipes over seeds and report them side by side.
+    Compare(commands::compare::CompareArgs),
+    /// Train and evaluate one recipe over a grid of settings and seeds, and report.
+    Sweep(commands::sweep::SweepArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,6 +55,8 @@ fn main() -> std::process::ExitCode {
         Command::Params(args) => commands::params::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Connector(args) => commands::connector::run(args),
+        Command::Compare(args) => commands::compare::run(args),
+        Command::Sweep(args) => commands::sweep::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -185,3 +185,47 @@ pub fn randn_var(shape: &[usize], std: f64, seed: u64) -> Result<Var> {
     let data: Vec<f64> = (0..n).map(|_| rng.normal() * std).collect();
     Var::from_tensor(&Tensor::from_vec(data, shape, &candle_core::Device::Cpu)?)
 }
+
+/// Checks that one backward pass of `loss` reaches every parameter of `store` with
+/// a non-zero gradient (squared norm above 1e-16), except those named in
+/// `expected_zero`, whose gradient must vanish (absent, or squared norm at most
+/// 1e-20: rounding of terms that cancel exactly). Meant for f64 tests; reports
+/// every offender at once.
+pub fn check_every_param_learns(
+    store: &crate::params::ParamStore,
+    loss: impl Fn() -> Result<Tensor>,
+    expected_zero: &[&str],
+) -> Result<()> {
+    let grads = loss()?.backward()?;
+    let mut problems = Vec::new();
+    for (name, var) in store.vars() {
+        let norm = grads
+            .get(&var)
+            .map(|g| g.to_dtype(DType::F64)?.sqr()?.sum_all()?.to_scalar::<f64>())
+            .transpose()?;
+        let zero_expected = expected_zero.contains(&name.as_str());
+        let learns = norm.is_some_and(|n| n > 1e-16 && n.is_finite());
+        let vanishes = norm.is_none_or(|n| n <= 1e-20);
+        if !zero_expected && !learns {
+            problems.push(match norm {
+                None => format!("`{name}` gets no gradient"),
+                Some(n) => format!("`{name}` gets a gradient of norm² {n}"),
+            });
+        } else if zero_expected && !vanishes {
+            problems.push(format!(
+                "`{name}` was expected to get no gradient but gets norm² {}",
+                norm.unwrap_or_default()
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        candle_core::bail!("{}", problems.join("; "));
+    }
+    Ok(())
+}
+
+/// A constant f64 tensor of normal entries (scaled by `std`), seeded: test inputs
+/// that do not depend on a global RNG.
+pub fn randn(shape: &[usize], std: f64, seed: u64) -> Result<Tensor> {
+    Ok(randn_var(shape, std, seed)?.as_tensor().detach())
+}

@@ -230,8 +230,12 @@ pub struct ConnectorNeeds {
     /// Whether every selected layer must have the same shape.
     pub equal_layer_shapes: bool,
     pub placement: Placement,
-    /// Names of the auxiliary losses it reports (a recipe may weight them).
+    /// Names of the auxiliary losses it reports. Each counts with weight 1 unless
+    /// a stage's `losses` table weights it otherwise (0 turns it off).
     pub aux_losses: Vec<String>,
+    /// Pretrained weights it loads itself: (setting key within the connector
+    /// section, directory as written, relative to the recipe).
+    pub weight_dirs: Vec<(String, String)>,
 }
 
 /// The module between the vision encoder and the language model.

@@ -5,5 +5,8 @@
 pub mod run;
 pub mod score;
 
-pub use run::{evaluate, generate_answers, EvalOptions};
+pub use run::{
+    evaluate, generate_answers, save_outputs, EvalOptions, CHART_FILE, PREDICTIONS_FILE,
+    REPORT_FILE,
+};
 pub use score::{normalize_answer, score, EvalReport, FamilyScore, PopeScore, Prediction};

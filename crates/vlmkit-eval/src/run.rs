@@ -1,11 +1,14 @@
-//! Running a trained model over an eval split.
+//! Running a trained model over an eval split, and writing what it gives.
+
+use std::io::Write;
+use std::path::Path;
 
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
 use vlmkit_train::source::ExampleSource;
 use vlmkit_train::{LoadedModel, TrainError};
 
-use crate::score::{normalize_answer, Prediction};
+use crate::score::{normalize_answer, EvalReport, Prediction};
 
 /// How to evaluate.
 #[derive(Debug, Clone)]
@@ -14,6 +17,53 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     /// Evaluate at most this many examples (the split's first ones).
     pub limit: Option<u64>,
+}
+
+impl EvalOptions {
+    /// The recipe's `[eval]` settings.
+    pub fn from_config(config: &vlmkit_recipe::EvalConfig) -> Self {
+        EvalOptions {
+            batch_size: config.batch_size,
+            max_new_tokens: config.max_new_tokens,
+            limit: config.samples,
+        }
+    }
+}
+
+/// The files an evaluation writes into its directory.
+pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
+pub const REPORT_FILE: &str = "report.json";
+pub const CHART_FILE: &str = "accuracy.png";
+
+/// Writes `predictions.jsonl`, `accuracy.png` (titled `title`) and, last,
+/// `report.json` into `dir`, each atomically: a directory with a report holds
+/// the other two.
+pub fn save_outputs(
+    dir: &Path,
+    title: &str,
+    predictions: &[Prediction],
+    report: &EvalReport,
+) -> Result<(), TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut jsonl = Vec::new();
+    for p in predictions {
+        let line = serde_json::to_string(p).expect("predictions serialise");
+        writeln!(jsonl, "{line}").expect("writing to memory");
+    }
+    let path = dir.join(PREDICTIONS_FILE);
+    vlmkit_core::fsutil::write_atomic(&path, &jsonl).map_err(io(&path))?;
+    let path = dir.join(CHART_FILE);
+    report
+        .save_chart(title, &path)
+        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+    let path = dir.join(REPORT_FILE);
+    let json = serde_json::to_string_pretty(report).expect("reports serialise");
+    vlmkit_core::fsutil::write_atomic(&path, json.as_bytes()).map_err(io(&path))?;
+    Ok(())
 }
 
 /// Generates an answer to the first question of each example (greedy unless

@@ -1,5 +1,6 @@
 //! Grouped bar charts, e.g. per-question-family accuracy for several runs, with an
-//! optional dashed baseline (such as chance level) per group.
+//! optional dashed baseline (such as chance level) per group and optional error
+//! bars (such as confidence intervals) per bar.
 
 use std::path::Path;
 
@@ -14,12 +15,17 @@ use crate::ticks::Ticks;
 const GROUP_FILL: f64 = 0.8;
 /// Baselines are drawn in a neutral dark grey so they never read as a series.
 const BASELINE_COLOR: Color = Color::rgb(70, 70, 70);
+/// Error bars: black whiskers, distinct from every series and from the baselines.
+pub const ERROR_BAR_COLOR: Color = Color::BLACK;
 
 /// One named series: a value per group (missing or non-finite values draw no bar).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BarSeries {
     pub name: String,
     pub values: Vec<f64>,
+    /// Half-widths of error bars, one per group (empty: none; missing, zero or
+    /// non-finite entries draw none).
+    pub errors: Vec<f64>,
     pub color: Option<Color>,
 }
 
@@ -76,6 +82,24 @@ impl BarChart {
         self.series.push(BarSeries {
             name: name.into(),
             values,
+            errors: Vec::new(),
+            color: None,
+        });
+        self
+    }
+
+    /// Adds a series with one value per group and an error bar of half-width
+    /// `errors[g]` around each value (e.g. a 95% confidence interval).
+    pub fn series_with_errors(
+        mut self,
+        name: impl Into<String>,
+        values: Vec<f64>,
+        errors: Vec<f64>,
+    ) -> Self {
+        self.series.push(BarSeries {
+            name: name.into(),
+            values,
+            errors,
             color: None,
         });
         self
@@ -108,6 +132,14 @@ impl BarChart {
             .filter(|v| v.is_finite())
     }
 
+    fn error(&self, series: usize, group: usize) -> Option<f64> {
+        self.series[series]
+            .errors
+            .get(group)
+            .copied()
+            .filter(|e| e.is_finite() && *e > 0.0)
+    }
+
     fn baseline(&self, group: usize) -> Option<f64> {
         self.baselines
             .get(group)
@@ -124,7 +156,11 @@ impl BarChart {
         let mut min: f64 = 0.0;
         let mut max: f64 = 0.0;
         for group in 0..self.groups.len() {
-            let values = (0..self.series.len()).filter_map(|s| self.value(s, group));
+            let values = (0..self.series.len()).flat_map(|s| {
+                let value = self.value(s, group);
+                let error = value.and(self.error(s, group)).unwrap_or(0.0);
+                value.into_iter().flat_map(move |v| [v - error, v + error])
+            });
             for value in values.chain(self.baseline(group)) {
                 min = min.min(value);
                 max = max.max(value);
@@ -183,6 +219,32 @@ impl BarChart {
                     (bottom_y - top_y + 1) as u32,
                     self.color_of(series),
                 );
+                if let Some(error) = self.error(series, group) {
+                    // A whisker from value − error to value + error, clamped to
+                    // the axis like the bars; caps half the bar wide mark the ends
+                    // that lie on the axis (a clamped end has none).
+                    let center = (x0 + x1) / 2;
+                    let (low, high) = (value - error, value + error);
+                    let thickness = style.line_thickness();
+                    canvas.line(
+                        (center, value_y(low)),
+                        (center, value_y(high)),
+                        thickness,
+                        ERROR_BAR_COLOR,
+                    );
+                    let cap = ((x1 - x0) / 4).max(1);
+                    for end in [low, high] {
+                        if (ticks.min..=ticks.max).contains(&end) {
+                            let y = value_y(end);
+                            canvas.line(
+                                (center - cap, y),
+                                (center + cap, y),
+                                thickness,
+                                ERROR_BAR_COLOR,
+                            );
+                        }
+                    }
+                }
             }
             if let Some(baseline) = self.baseline(group) {
                 let y = value_y(baseline);
@@ -308,6 +370,44 @@ mod tests {
             .render(600, 400);
         assert_eq!(plain.count_color(BASELINE_COLOR), 0);
         assert!(with_baseline.count_color(BASELINE_COLOR) > 50);
+    }
+
+    #[test]
+    fn error_bars_span_the_interval_around_each_value() {
+        let plain = chart().legend(false).render(600, 400);
+        assert_eq!(plain.count_color(ERROR_BAR_COLOR), 0);
+        let with_errors = BarChart::new("accuracy by family")
+            .groups(["color", "count", "ocr"])
+            .series_with_errors("run-a", vec![0.5, 0.4, 0.2], vec![0.2, 0.0, f64::NAN])
+            .y_range(0.0, 1.0)
+            .legend(false)
+            .render(600, 400);
+        // Only the first group's bar has a (drawable) error: one whisker column run.
+        let columns: Vec<u32> = (0..with_errors.width)
+            .map(|x| column_extent(&with_errors, x, ERROR_BAR_COLOR))
+            .collect();
+        let whisker = *columns.iter().max().unwrap() as f64;
+        let first = columns.iter().position(|&c| c > 0).unwrap();
+        let last = columns.iter().rposition(|&c| c > 0).unwrap();
+        // Caps are half a bar wide: well inside the first of three groups.
+        assert!(
+            last < with_errors.width as usize / 3 && last - first < 100,
+            "whiskers on the first bar only: columns {first}..{last}"
+        );
+        // The whisker spans 0.4 of the axis; the 0.5 bar spans half of it.
+        let bar = (0..with_errors.width)
+            .map(|x| column_extent(&with_errors, x, palette(0)))
+            .max()
+            .unwrap() as f64;
+        assert!(
+            (whisker / bar - 0.8).abs() < 0.06,
+            "whisker {whisker} px vs bar {bar} px"
+        );
+        // Errors widen an automatic range.
+        let auto = BarChart::new("")
+            .groups(["a"])
+            .series_with_errors("x", vec![1.0], vec![0.5]);
+        assert!(auto.y_ticks(5).max >= 1.5);
     }
 
     #[test]

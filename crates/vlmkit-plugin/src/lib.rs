@@ -84,6 +84,47 @@ impl ConnectorEnv {
     }
 }
 
+impl ConnectorEnv {
+    /// Checks that hidden state `layer` is selected and has the width and grid of
+    /// hidden state `base` (absolute indices): `who` names the connector in the
+    /// message, `key` the setting that asked for the layer.
+    pub fn check_same_shape(
+        &self,
+        layer: usize,
+        base: usize,
+        who: &str,
+        key: &str,
+        settings: &Settings,
+    ) -> Result<(), SettingsError> {
+        self.selected(layer as i64, key, settings)?;
+        let shape = |l: usize| (self.width(l), self.vision.grids[l]);
+        if shape(layer) != shape(base) {
+            let ((w, g), (bw, bg)) = (shape(layer), shape(base));
+            return Err(settings.error(
+                key,
+                format!(
+                    "{who} combines hs[{layer}] ({w}×{g:?}) with hs[{base}] ({bw}×{bg:?}); they must have the same width and grid"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The hidden states a connector reads by default: `layers` and `base`, sorted,
+/// each once (HF indices).
+pub fn default_layers(layers: impl IntoIterator<Item = usize>, base: usize) -> Vec<i64> {
+    let mut all: Vec<usize> = layers.into_iter().chain([base]).collect();
+    all.sort_unstable();
+    all.dedup();
+    all.into_iter().map(|l| l as i64).collect()
+}
+
+/// A connector's default settings as the table `vlmkit plugins list` shows.
+pub fn settings_table<T: serde::Serialize>(defaults: &T) -> toml::Table {
+    toml::Table::try_from(defaults).expect("connector settings serialise as a TOML table")
+}
+
 /// A named share of a connector's parameters, for `vlmkit params` (e.g. CCRA's
 /// attention part apart from its projector).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +165,18 @@ pub trait ConnectorFactory: Send + Sync {
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError>;
+
+    /// How many visual tokens a prefix connector places in the sequence; by default
+    /// one per patch of the first selected layer. No tensors.
+    fn visual_tokens(
+        &self,
+        settings: &Settings,
+        env: &ConnectorEnv,
+    ) -> Result<usize, SettingsError> {
+        let _ = settings;
+        let (rows, cols) = env.vision.grids[env.layers[0]];
+        Ok(rows * cols)
+    }
 
     /// Named groups of its parameters, reported separately by `vlmkit params`.
     fn param_groups(&self) -> Vec<ParamGroup> {

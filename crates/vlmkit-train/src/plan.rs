@@ -30,6 +30,8 @@ pub struct Plan {
     pub connector_settings: Settings,
     pub needs: ConnectorNeeds,
     pub env: ConnectorEnv,
+    /// Visual tokens the connector places in the sequence (prefix connectors).
+    pub visual_tokens: usize,
     /// Always present in plans made to run; an inspected plan may lack it.
     tokenizer: Option<Arc<TextTokenizer>>,
     pub template: ChatTemplate,
@@ -121,6 +123,11 @@ impl Plan {
             .factory
             .needs(&connector_settings, &info)
             .map_err(|e| recipe.error_for(e))?;
+        if purpose == Purpose::Run {
+            if let Some((key, dir)) = connector_weight_dirs(&recipe, &needs).into_iter().next() {
+                return Err(recipe.error_at(&key, pretrained_unavailable(&dir)));
+            }
+        }
 
         // The hidden states the connector receives: the recipe's choice, or the
         // connector's default.
@@ -187,6 +194,21 @@ impl Plan {
             .factory
             .check(&connector_settings, &env)
             .map_err(|e| recipe.error_for(e))?;
+        let visual_tokens = connector
+            .factory
+            .visual_tokens(&connector_settings, &env)
+            .map_err(|e| recipe.error_for(e))?;
+        if needs.placement == Placement::Prefix
+            && visual_tokens >= llm.config.max_position_embeddings
+        {
+            return Err(recipe.error_at(
+                "llm.max_position_embeddings",
+                format!(
+                    "{} positions leave no room for text after the {visual_tokens} visual tokens connector `{kind}` places",
+                    llm.config.max_position_embeddings
+                ),
+            ));
+        }
 
         for (i, stage) in recipe.stages.iter().enumerate() {
             for name in stage.losses.keys() {
@@ -216,6 +238,7 @@ impl Plan {
             connector_settings,
             needs,
             env,
+            visual_tokens,
             tokenizer: tokenizer.map(Arc::new),
             template,
         };
@@ -253,6 +276,7 @@ impl Plan {
         if let TokenizerSource::File(path) = &self.llm.tokenizer {
             paths.push(("llm.tokenizer".to_string(), path.clone()));
         }
+        paths.extend(connector_weight_dirs(&self.recipe, &self.needs));
         let mut data: Vec<(String, DataSpec)> = self
             .recipe
             .stages
@@ -302,6 +326,16 @@ impl Plan {
             }
         }
         Ok(())
+    }
+
+    /// The loss weights of a stage: its `losses` table, and weight 1 for each of the
+    /// connector's own auxiliary losses the table does not mention.
+    pub fn loss_weights(&self, stage: &vlmkit_recipe::StageConfig) -> BTreeMap<String, f64> {
+        let mut weights = stage.losses.clone();
+        for aux in &self.needs.aux_losses {
+            weights.entry(aux.clone()).or_insert(1.0);
+        }
+        weights
     }
 
     /// Builds the model over `store`: parameters it lacks are initialised from the
@@ -363,8 +397,8 @@ impl Plan {
             .build(&self.connector_settings, &self.env, vb)
     }
 
-    /// Number of visual tokens a prefix connector places in the sequence (measured
-    /// lazily by the caller when it is not simply the patch count).
+    /// Positions left for text next to `visual_tokens` prefix tokens (which replace
+    /// the one placeholder token).
     pub fn text_budget(&self, visual_tokens: usize) -> usize {
         let max = self.llm.config.max_position_embeddings;
         match self.needs.placement {
@@ -383,9 +417,8 @@ impl Plan {
 
     /// Turns examples into batches for this model on `device`.
     pub fn batch_builder(&self, device: candle_core::Device) -> Result<BatchBuilder, RecipeError> {
-        let (rows, cols) = self.env.vision.grids[self.env.layers[0]];
         Ok(BatchBuilder {
-            collator: self.collator(rows * cols)?,
+            collator: self.collator(self.visual_tokens)?,
             vision: self.env.vision.clone(),
             device,
         })
@@ -416,6 +449,23 @@ impl Plan {
     pub fn eval_data(&self) -> Result<DataSpec, RecipeError> {
         eval_spec(&self.recipe)
     }
+}
+
+/// The directories of pretrained weights the connector loads itself, resolved
+/// against the recipe file that named them, with their full keys.
+fn connector_weight_dirs(
+    recipe: &Recipe,
+    needs: &ConnectorNeeds,
+) -> Vec<(String, std::path::PathBuf)> {
+    needs
+        .weight_dirs
+        .iter()
+        .map(|(key, raw)| {
+            let key = format!("connector.{key}");
+            let dir = recipe.path_value(&key).unwrap_or_else(|| raw.into());
+            (key, dir)
+        })
+        .collect()
 }
 
 /// Why a recipe with pretrained weights cannot run in this version.

@@ -304,7 +304,7 @@ impl StageModel {
             store,
             Missing::Error,
             trainable.clone(),
-            stage.losses.clone(),
+            plan.loss_weights(stage),
         )?;
         let params = store
             .vars()

@@ -52,8 +52,7 @@ impl ConnectorFactory for CcraFactory {
     }
 
     fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::toml::Table::try_from(CcraConfig::default())
-            .expect("the default CCRA settings serialise")
+        vlmkit_plugin::settings_table(&CcraConfig::default())
     }
 
     fn needs(
@@ -75,6 +74,7 @@ impl ConnectorFactory for CcraFactory {
             equal_layer_shapes: true,
             placement: Placement::Prefix,
             aux_losses: Vec::new(),
+            weight_dirs: Vec::new(),
         })
     }
 

@@ -53,6 +53,7 @@ impl ConnectorFactory for MlpFactory {
             equal_layer_shapes: false,
             placement: Placement::Prefix,
             aux_losses: Vec::new(),
+            weight_dirs: Vec::new(),
         })
     }
 

@@ -1,11 +1,10 @@
 //! `vlmkit eval RUN_OR_CHECKPOINT`: per-family accuracy on the recipe's eval split.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
-use vlmkit_eval::{evaluate, score, EvalOptions};
+use vlmkit_eval::{evaluate, save_outputs, score, EvalOptions};
 use vlmkit_train::load_model;
 
 use crate::common;
@@ -42,12 +41,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         args.device.as_deref(),
         &args.overrides,
     )?;
-    let eval_cfg = &model.plan.recipe.eval;
     let source = model.plan.eval_data()?.open()?;
+    let defaults = EvalOptions::from_config(&model.plan.recipe.eval);
     let opts = EvalOptions {
-        batch_size: args.batch_size.unwrap_or(eval_cfg.batch_size),
-        max_new_tokens: args.max_new_tokens.unwrap_or(eval_cfg.max_new_tokens),
-        limit: args.samples.or(eval_cfg.samples),
+        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+        limit: args.samples.or(defaults.limit),
     };
     eprintln!(
         "evaluating {} on {}",
@@ -62,22 +61,14 @@ pub fn run(args: EvalArgs) -> Result<()> {
     print!("{}", report.table());
 
     let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let mut jsonl = Vec::new();
-    for p in &predictions {
-        writeln!(jsonl, "{}", serde_json::to_string(p)?)?;
-    }
-    vlmkit_core::fsutil::write_atomic(&out.join("predictions.jsonl"), &jsonl)?;
-    vlmkit_core::fsutil::write_atomic(
-        &out.join("report.json"),
-        serde_json::to_string_pretty(&report)?.as_bytes(),
-    )?;
-    report.save_chart(
+    save_outputs(
+        &out,
         &format!(
             "{} — accuracy per question family",
             model.plan.recipe.run.name
         ),
-        &out.join("accuracy.png"),
+        &predictions,
+        &report,
     )?;
     eprintln!(
         "wrote {}/{{predictions.jsonl, report.json, accuracy.png}}",

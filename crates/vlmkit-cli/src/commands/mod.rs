@@ -1,8 +1,10 @@
 pub mod bench;
+pub mod compare;
 pub mod connector;
 pub mod data;
 pub mod eval;
 pub mod infer;
 pub mod params;
 pub mod recipe;
+pub mod sweep;
 pub mod train;

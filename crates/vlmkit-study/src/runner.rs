@@ -1,0 +1,411 @@
+//! Planning a study's runs (every recipe validated before anything trains),
+//! training and evaluating them through the same paths as `vlmkit train` and
+//! `vlmkit eval`, reusing what is already finished.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use vlmkit_core::params::ShapeRecorder;
+use vlmkit_eval::{evaluate, save_outputs, score, EvalOptions, EvalReport, REPORT_FILE};
+use vlmkit_plugin::Registry;
+use vlmkit_recipe::Recipe;
+use vlmkit_train::checkpoint::STATE_FILE;
+use vlmkit_train::{load_model, train, Observer, Plan, RunDir, TrainState};
+
+use crate::design::{slug, StudySpec};
+use crate::measure::{PeakMemory, RunMeasures, StepTimer};
+use crate::report::{RunResult, StudyReport};
+use crate::StudyError;
+
+/// Where a run's evaluation goes, inside its directory.
+pub const EVAL_DIR: &str = "eval";
+
+/// One run of a study: an arm at one seed.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// Index into [`StudySpec::arms`].
+    pub arm: usize,
+    pub arm_name: String,
+    pub seed: u64,
+    /// Every override applied to the recipe: the study's, the arm's, `run.seed=…`.
+    pub overrides: Vec<String>,
+    /// `runs/<arm>/seed-<seed>`, relative to the study directory.
+    pub rel_dir: String,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The validated recipe of this run.
+    pub plan: Plan,
+}
+
+impl PlannedRun {
+    /// `ccra seed 2`.
+    pub fn label(&self) -> String {
+        format!("{} seed {}", self.arm_name, self.seed)
+    }
+
+    pub fn eval_dir(&self) -> PathBuf {
+        self.dir.join(EVAL_DIR)
+    }
+}
+
+/// How far a run directory has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Nothing there yet.
+    New,
+    /// A checkpoint at this step; training resumes from it.
+    Partial { step: u64 },
+    /// Trained (`final/`), not evaluated.
+    Trained,
+    /// Its evaluation report exists: reused as it is.
+    Evaluated,
+}
+
+/// What a study is doing with a run (for progress displays).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAction {
+    /// Trained and evaluated by an earlier invocation: nothing to do.
+    Reuse,
+    Train,
+    /// Training continues from the checkpoint at this step.
+    Resume {
+        step: u64,
+    },
+    Evaluate,
+}
+
+/// Receives a study's progress.
+pub trait StudyObserver {
+    /// The run at `position` (1-based) of `total` starts `action`.
+    fn run_action(&mut self, position: usize, total: usize, run: &PlannedRun, action: RunAction);
+    /// The observer training reports to (progress bars, logs).
+    fn trainer(&mut self) -> &mut dyn Observer;
+    /// `done` of `total` eval examples answered.
+    fn eval_progress(&mut self, done: usize, total: usize) {
+        let _ = (done, total);
+    }
+}
+
+/// A study whose every run is planned and validated.
+#[derive(Debug)]
+pub struct Study {
+    pub spec: StudySpec,
+    /// The study directory (reports at its top, runs under `runs/`).
+    pub dir: PathBuf,
+    /// Arms in order, seeds in order within each arm.
+    pub runs: Vec<PlannedRun>,
+    /// Parameters under `connector.` per arm, counted from shapes.
+    pub connector_params: Vec<usize>,
+    registry: Registry,
+    release_memory: Option<fn()>,
+}
+
+impl Study {
+    /// Loads and validates every run's recipe (arm overrides and seed applied) and
+    /// checks that no run directory holds a different recipe — all before
+    /// anything trains. Recipe errors name the file, line and key (or the
+    /// override).
+    pub fn plan(spec: StudySpec, dir: &Path, registry: &Registry) -> Result<Study, StudyError> {
+        let mut runs = Vec::new();
+        let mut connector_params = Vec::new();
+        for (index, arm) in spec.arms.iter().enumerate() {
+            let mut overrides = spec.overrides.clone();
+            overrides.extend(arm.overrides.iter().cloned());
+            let base_seed = Recipe::load(&arm.recipe, &overrides)?.run.seed;
+            for k in 0..spec.seeds as u64 {
+                let seed = base_seed + k;
+                let mut run_overrides = overrides.clone();
+                run_overrides.push(format!("run.seed={seed}"));
+                let recipe = Recipe::load(&arm.recipe, &run_overrides)?;
+                let plan = Plan::new(recipe, registry, None)?;
+                if k == 0 {
+                    connector_params.push(count_connector_params(&plan)?);
+                }
+                let rel_dir = format!("runs/{}/seed-{seed}", slug(&arm.name));
+                let run = PlannedRun {
+                    arm: index,
+                    arm_name: arm.name.clone(),
+                    seed,
+                    overrides: run_overrides,
+                    dir: dir.join(&rel_dir),
+                    rel_dir,
+                    plan,
+                };
+                check_same_recipe(&run)?;
+                runs.push(run);
+            }
+        }
+        Ok(Study {
+            spec,
+            dir: dir.to_path_buf(),
+            runs,
+            connector_params,
+            registry: registry.clone(),
+            release_memory: None,
+        })
+    }
+
+    /// Calls `release` before each run trains and its peak memory is measured:
+    /// a function that hands memory the process caches (its allocator's free
+    /// pages) back to the system, so a run's peak is its own and not what earlier
+    /// runs of the study left resident.
+    pub fn release_memory_with(mut self, release: fn()) -> Self {
+        self.release_memory = Some(release);
+        self
+    }
+
+    /// How far `run` has come.
+    pub fn state(&self, run: &PlannedRun) -> Result<RunState, StudyError> {
+        if run.eval_dir().join(REPORT_FILE).is_file() {
+            return Ok(RunState::Evaluated);
+        }
+        let run_dir = RunDir::new(&run.dir);
+        if run_dir.final_dir().join(STATE_FILE).is_file() {
+            return Ok(RunState::Trained);
+        }
+        match run_dir.latest()? {
+            Some(checkpoint) => {
+                let path = checkpoint.join(STATE_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|source| StudyError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let state: TrainState =
+                    serde_json::from_str(&text).map_err(|e| StudyError::Unreadable {
+                        path,
+                        message: e.to_string(),
+                    })?;
+                Ok(RunState::Partial {
+                    step: state.global_step,
+                })
+            }
+            None => Ok(RunState::New),
+        }
+    }
+
+    /// The state of every run, in order.
+    pub fn states(&self) -> Result<Vec<RunState>, StudyError> {
+        self.runs.iter().map(|r| self.state(r)).collect()
+    }
+
+    /// Trains and evaluates every run not yet finished (in order, resuming a
+    /// partial one from its checkpoint), then writes the report into the study
+    /// directory and returns it.
+    pub fn run(&self, observer: &mut dyn StudyObserver) -> Result<StudyReport, StudyError> {
+        std::fs::create_dir_all(&self.dir).map_err(|source| StudyError::Io {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let total = self.runs.len();
+        for (i, run) in self.runs.iter().enumerate() {
+            let state = self.state(run)?;
+            let action = match state {
+                RunState::Evaluated => {
+                    observer.run_action(i + 1, total, run, RunAction::Reuse);
+                    continue;
+                }
+                RunState::Trained => None,
+                RunState::New => Some(RunAction::Train),
+                RunState::Partial { step } => Some(RunAction::Resume { step }),
+            };
+            let in_run = |error: StudyError| StudyError::Run {
+                run: run.label(),
+                dir: run.dir.clone(),
+                source: Box::new(error),
+            };
+            if let Some(action) = action {
+                observer.run_action(i + 1, total, run, action);
+                self.train_run(run, observer.trainer()).map_err(in_run)?;
+            }
+            observer.run_action(i + 1, total, run, RunAction::Evaluate);
+            self.evaluate_run(run, observer).map_err(in_run)?;
+        }
+        let report = self.collect()?;
+        report.write(&self.dir)?;
+        Ok(report)
+    }
+
+    /// Trains one run with the trainer `vlmkit train` uses (resuming from a
+    /// checkpoint) and records its measurements in `summary.json`.
+    fn train_run(&self, run: &PlannedRun, observer: &mut dyn Observer) -> Result<(), StudyError> {
+        if let Some(release) = self.release_memory {
+            release();
+        }
+        let peak = PeakMemory::start();
+        let mut timer = StepTimer::new(observer);
+        let summary = train(&run.plan, &RunDir::new(&run.dir), &mut timer)?;
+        let measures = RunMeasures {
+            global_step: summary.global_step,
+            resumed_from: summary.resumed_from,
+            timed_steps: timer.seconds().len(),
+            step_time_median_s: timer.median_s(),
+            peak_rss_mib: peak.peak_mib(),
+            start_rss_mib: peak.start_mib(),
+            train_seconds: summary.seconds,
+        };
+        measures.write(&run.dir)
+    }
+
+    /// Evaluates a trained run as `vlmkit eval RUN` does, into `RUN/eval/`.
+    fn evaluate_run(
+        &self,
+        run: &PlannedRun,
+        observer: &mut dyn StudyObserver,
+    ) -> Result<EvalReport, StudyError> {
+        let model = load_model(&run.dir, &self.registry, None, &[])?;
+        let source = model
+            .plan
+            .eval_data()?
+            .open()
+            .map_err(vlmkit_train::TrainError::from)?;
+        let opts = EvalOptions::from_config(&model.plan.recipe.eval);
+        let predictions = evaluate(&model, source.as_ref(), &opts, |done, total| {
+            observer.eval_progress(done, total)
+        })?;
+        let report = score(&model.dir.display().to_string(), &predictions);
+        save_outputs(
+            &run.eval_dir(),
+            &format!("{}: accuracy per question family", run.label()),
+            &predictions,
+            &report,
+        )?;
+        Ok(report)
+    }
+
+    /// Reads every run's evaluation and measurements into a report (every run
+    /// must be evaluated).
+    pub fn collect(&self) -> Result<StudyReport, StudyError> {
+        let mut results = Vec::with_capacity(self.runs.len());
+        for run in &self.runs {
+            let path = run.eval_dir().join(REPORT_FILE);
+            let text = std::fs::read_to_string(&path).map_err(|source| StudyError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let eval: EvalReport =
+                serde_json::from_str(&text).map_err(|e| StudyError::Unreadable {
+                    path,
+                    message: e.to_string(),
+                })?;
+            results.push(RunResult {
+                arm: run.arm,
+                seed: run.seed,
+                dir: run.rel_dir.clone(),
+                eval,
+                measures: RunMeasures::read(&run.dir)?,
+            });
+        }
+        Ok(StudyReport::new(
+            &self.spec,
+            &self.connector_params,
+            results,
+        ))
+    }
+}
+
+/// Parameters under `connector.`, from shapes alone (nothing is allocated).
+fn count_connector_params(plan: &Plan) -> Result<usize, StudyError> {
+    let recorder = ShapeRecorder::new();
+    plan.build_with(
+        recorder.builder(),
+        candle_core::Device::Cpu,
+        BTreeMap::new(),
+    )
+    .map_err(|e| StudyError::Invalid(format!("{}: {e}", plan.recipe.path().display())))?;
+    Ok(recorder
+        .shapes()
+        .iter()
+        .filter(|(name, _)| name.starts_with("connector."))
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum())
+}
+
+/// Refuses a run directory that was started with a different recipe, naming the
+/// keys that differ.
+fn check_same_recipe(run: &PlannedRun) -> Result<(), StudyError> {
+    let run_dir = RunDir::new(&run.dir);
+    let path = run_dir.recipe();
+    let Ok(existing) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let planned = run.plan.recipe.to_toml_string();
+    if existing == planned {
+        return Ok(());
+    }
+    let differences = match (
+        existing.parse::<toml::Table>(),
+        planned.parse::<toml::Table>(),
+    ) {
+        (Ok(old), Ok(new)) => recipe_differences(&old, &new),
+        _ => Vec::new(),
+    };
+    Err(StudyError::DifferentRecipe {
+        dir: run.dir.clone(),
+        differences,
+    })
+}
+
+/// `key: old → new` for every leaf key that differs (at most 8).
+fn recipe_differences(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(|v| v.is_table()) => {
+                for (i, v) in items.iter().enumerate() {
+                    flatten(&format!("{prefix}.{i}"), v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &toml::Value::Table(old.clone()), &mut a);
+    flatten("", &toml::Value::Table(new.clone()), &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let absent = "(unset)".to_string();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(8)
+        .map(|k| {
+            format!(
+                "{k}: {} there, {} here",
+                a.get(k).unwrap_or(&absent),
+                b.get(k).unwrap_or(&absent)
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_differences_name_the_keys() {
+        let old: toml::Table = "[run]\nseed = 1\nname = \"a\"\n[[stage]]\nlr = 0.1\n"
+            .parse()
+            .unwrap();
+        let new: toml::Table = "[run]\nseed = 2\nname = \"a\"\n[[stage]]\nlr = 0.2\nsteps = 3\n"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            recipe_differences(&old, &new),
+            [
+                "run.seed: 1 there, 2 here",
+                "stage.0.lr: 0.1 there, 0.2 here",
+                "stage.0.steps: (unset) there, 3 here"
+            ]
+        );
+    }
+}
