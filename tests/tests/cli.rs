@@ -725,7 +725,9 @@ fn params_at_paper_sizes() {
         let (ok, out, err) = run(&mut cmd);
         assert!(ok, "{recipe}: {err}");
         let flags: String = sets.iter().map(|s| format!(" --set {s}")).collect();
-        report.push_str(&format!("$ vlmkit params recipes/paper/{recipe}.toml{flags}\n{out}\n"));
+        report.push_str(&format!(
+            "$ vlmkit params recipes/paper/{recipe}.toml{flags}\n{out}\n"
+        ));
     }
     insta::assert_snapshot!("params_paper_sizes", report);
     for expected in [

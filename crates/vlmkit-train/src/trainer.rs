@@ -631,7 +631,7 @@ pub fn train(
         if !records.is_empty() {
             plot_losses(
                 &records,
-                &format!("{} — training loss", recipe.run.name),
+                &format!("{}: training loss", recipe.run.name),
                 &run.loss_plot(),
             )?;
         }

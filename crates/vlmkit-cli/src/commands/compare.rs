@@ -71,7 +71,7 @@ pub fn run_study(spec: StudySpec, out: Option<PathBuf>, dry_run: bool) -> Result
                 RunState::New => "to train".to_string(),
                 RunState::Partial { step } => format!("to resume from step {step}"),
                 RunState::Trained => "trained, to evaluate".to_string(),
-                RunState::Evaluated => "finished (reused)".to_string(),
+                RunState::Evaluated => "finished, reused".to_string(),
             };
             println!("[{}/{total}] {}: {what}", i + 1, run.label());
         }

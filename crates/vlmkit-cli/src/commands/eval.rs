@@ -64,7 +64,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     save_outputs(
         &out,
         &format!(
-            "{} — accuracy per question family",
+            "{}: accuracy per question family",
             model.plan.recipe.run.name
         ),
         &predictions,
