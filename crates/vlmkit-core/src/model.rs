@@ -238,6 +238,23 @@ pub struct ConnectorNeeds {
     pub weight_dirs: Vec<(String, String)>,
 }
 
+impl ConnectorNeeds {
+    /// A prefix connector that reads `default_layers` and nothing else: no text,
+    /// no class token, layers of any shape, no auxiliary losses, no weights of
+    /// its own to load. Connectors that need more change those fields.
+    pub fn prefix(default_layers: Vec<i64>) -> Self {
+        Self {
+            default_layers,
+            reads_text: false,
+            reads_cls: false,
+            equal_layer_shapes: false,
+            placement: Placement::Prefix,
+            aux_losses: Vec::new(),
+            weight_dirs: Vec::new(),
+        }
+    }
+}
+
 /// The module between the vision encoder and the language model.
 pub trait Connector: Send + Sync {
     /// Runs on the selected visual features and, if the connector reads text, the

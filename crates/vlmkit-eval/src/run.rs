@@ -8,7 +8,7 @@ use vlmkit_data::Example;
 use vlmkit_train::source::ExampleSource;
 use vlmkit_train::{LoadedModel, TrainError};
 
-use crate::score::{normalize_answer, EvalReport, Prediction};
+use crate::score::{normalize_answer, score, EvalReport, Prediction};
 
 /// How to evaluate.
 #[derive(Debug, Clone)]
@@ -127,4 +127,20 @@ pub fn evaluate(
         start = end;
     }
     Ok(predictions)
+}
+
+/// What `vlmkit eval` does with a model: answers `source`, scores the answers
+/// and writes the outputs into `out` (the chart titled `title`).
+pub fn evaluate_and_save(
+    model: &LoadedModel,
+    source: &dyn ExampleSource,
+    opts: &EvalOptions,
+    out: &Path,
+    title: &str,
+    on_batch: impl FnMut(usize, usize),
+) -> Result<EvalReport, TrainError> {
+    let predictions = evaluate(model, source, opts, on_batch)?;
+    let report = score(&model.dir.display().to_string(), &predictions);
+    save_outputs(out, title, &predictions, &report)?;
+    Ok(report)
 }

@@ -50,16 +50,6 @@ pub enum StudyError {
         #[source]
         source: Box<StudyError>,
     },
-    #[error(
-        "{} holds a run of a different recipe{}; delete it to train this one there, or give the study another --out",
-        dir.display(),
-        if differences.is_empty() { String::new() } else { format!(" ({})", differences.join("; ")) }
-    )]
-    DifferentRecipe {
-        dir: PathBuf,
-        /// `key: value there, value here` for the keys that differ.
-        differences: Vec<String>,
-    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

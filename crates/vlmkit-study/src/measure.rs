@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use vlmkit_recipe::StageConfig;
-use vlmkit_train::{Observer, StepRecord};
+use vlmkit_train::{bench, Observer, StepRecord};
 
 use crate::stats::median;
 use crate::StudyError;
@@ -80,11 +80,11 @@ impl PeakMemory {
     /// Starts measuring: resets the kernel's high-water mark to the current
     /// resident size (Linux ≥ 4.0: `5` into `/proc/self/clear_refs`).
     pub fn start() -> PeakMemory {
-        let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+        let reset = bench::reset_peak_rss();
         let earlier = TRAINED_BEFORE.swap(true, Ordering::SeqCst);
         PeakMemory {
             attributable: reset || !earlier,
-            start_mib: rss_mib(),
+            start_mib: bench::rss_mib(),
         }
     }
 
@@ -96,19 +96,11 @@ impl PeakMemory {
     /// The peak since [`PeakMemory::start`], in MiB.
     pub fn peak_mib(&self) -> Option<f64> {
         if self.attributable {
-            vlmkit_train::bench::peak_rss_mib()
+            bench::peak_rss_mib()
         } else {
             None
         }
     }
-}
-
-/// The process's resident set size now (Linux: `VmRSS`), in MiB.
-pub fn rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }
 
 /// Passes everything on to `inner` and keeps each step's time.

@@ -13,6 +13,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use vlmkit_eval::EvalReport;
 
+use vlmkit_train::counts::thousands;
+
 use crate::design::{StudyKind, StudySpec};
 use crate::measure::RunMeasures;
 use crate::stats::{median, Estimate};
@@ -583,18 +585,6 @@ fn seeds_list(seeds: &[u64]) -> String {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn seconds(s: f64) -> String {

@@ -2,15 +2,14 @@
 //! training and evaluating them through the same paths as `vlmkit train` and
 //! `vlmkit eval`, reusing what is already finished.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use vlmkit_core::params::ShapeRecorder;
-use vlmkit_eval::{evaluate, save_outputs, score, EvalOptions, EvalReport, REPORT_FILE};
+use vlmkit_eval::{evaluate_and_save, EvalOptions, EvalReport, REPORT_FILE};
 use vlmkit_plugin::Registry;
 use vlmkit_recipe::Recipe;
-use vlmkit_train::checkpoint::STATE_FILE;
-use vlmkit_train::{load_model, train, Observer, Plan, RunDir, TrainState};
+use vlmkit_train::checkpoint::{read_state, STATE_FILE};
+use vlmkit_train::counts::ParamCounts;
+use vlmkit_train::{load_model, train, Observer, Plan, RunDir};
 
 use crate::design::{slug, StudySpec};
 use crate::measure::{PeakMemory, RunMeasures, StepTimer};
@@ -119,7 +118,8 @@ impl Study {
                 let recipe = Recipe::load(&arm.recipe, &run_overrides)?;
                 let plan = Plan::new(recipe, registry, None)?;
                 if k == 0 {
-                    connector_params.push(count_connector_params(&plan)?);
+                    let counts = ParamCounts::of(&plan, 0)?;
+                    connector_params.push(counts.get("connector").map_or(0, |r| r.total()));
                 }
                 let rel_dir = format!("runs/{}/seed-{seed}", slug(&arm.name));
                 let run = PlannedRun {
@@ -131,7 +131,7 @@ impl Study {
                     rel_dir,
                     plan,
                 };
-                check_same_recipe(&run)?;
+                RunDir::new(&run.dir).check_recipe(&run.plan.recipe.to_toml_string())?;
                 runs.push(run);
             }
         }
@@ -163,24 +163,12 @@ impl Study {
         if run_dir.final_dir().join(STATE_FILE).is_file() {
             return Ok(RunState::Trained);
         }
-        match run_dir.latest()? {
-            Some(checkpoint) => {
-                let path = checkpoint.join(STATE_FILE);
-                let text = std::fs::read_to_string(&path).map_err(|source| StudyError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
-                let state: TrainState =
-                    serde_json::from_str(&text).map_err(|e| StudyError::Unreadable {
-                        path,
-                        message: e.to_string(),
-                    })?;
-                Ok(RunState::Partial {
-                    step: state.global_step,
-                })
-            }
-            None => Ok(RunState::New),
-        }
+        Ok(match run_dir.latest()? {
+            Some(checkpoint) => RunState::Partial {
+                step: read_state(&checkpoint)?.global_step,
+            },
+            None => RunState::New,
+        })
     }
 
     /// The state of every run, in order.
@@ -259,17 +247,14 @@ impl Study {
             .open()
             .map_err(vlmkit_train::TrainError::from)?;
         let opts = EvalOptions::from_config(&model.plan.recipe.eval);
-        let predictions = evaluate(&model, source.as_ref(), &opts, |done, total| {
-            observer.eval_progress(done, total)
-        })?;
-        let report = score(&model.dir.display().to_string(), &predictions);
-        save_outputs(
+        Ok(evaluate_and_save(
+            &model,
+            source.as_ref(),
+            &opts,
             &run.eval_dir(),
             &format!("{}: accuracy per question family", run.label()),
-            &predictions,
-            &report,
-        )?;
-        Ok(report)
+            |done, total| observer.eval_progress(done, total),
+        )?)
     }
 
     /// Reads every run's evaluation and measurements into a report (every run
@@ -300,112 +285,5 @@ impl Study {
             &self.connector_params,
             results,
         ))
-    }
-}
-
-/// Parameters under `connector.`, from shapes alone (nothing is allocated).
-fn count_connector_params(plan: &Plan) -> Result<usize, StudyError> {
-    let recorder = ShapeRecorder::new();
-    plan.build_with(
-        recorder.builder(),
-        candle_core::Device::Cpu,
-        BTreeMap::new(),
-    )
-    .map_err(|e| StudyError::Invalid(format!("{}: {e}", plan.recipe.path().display())))?;
-    Ok(recorder
-        .shapes()
-        .iter()
-        .filter(|(name, _)| name.starts_with("connector."))
-        .map(|(_, shape)| shape.iter().product::<usize>())
-        .sum())
-}
-
-/// Refuses a run directory that was started with a different recipe, naming the
-/// keys that differ.
-fn check_same_recipe(run: &PlannedRun) -> Result<(), StudyError> {
-    let run_dir = RunDir::new(&run.dir);
-    let path = run_dir.recipe();
-    let Ok(existing) = std::fs::read_to_string(&path) else {
-        return Ok(());
-    };
-    let planned = run.plan.recipe.to_toml_string();
-    if existing == planned {
-        return Ok(());
-    }
-    let differences = match (
-        existing.parse::<toml::Table>(),
-        planned.parse::<toml::Table>(),
-    ) {
-        (Ok(old), Ok(new)) => recipe_differences(&old, &new),
-        _ => Vec::new(),
-    };
-    Err(StudyError::DifferentRecipe {
-        dir: run.dir.clone(),
-        differences,
-    })
-}
-
-/// `key: old → new` for every leaf key that differs (at most 8).
-fn recipe_differences(old: &toml::Table, new: &toml::Table) -> Vec<String> {
-    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
-        match value {
-            toml::Value::Table(t) => {
-                for (k, v) in t {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    flatten(&key, v, out);
-                }
-            }
-            toml::Value::Array(items) if items.iter().all(|v| v.is_table()) => {
-                for (i, v) in items.iter().enumerate() {
-                    flatten(&format!("{prefix}.{i}"), v, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.to_string());
-            }
-        }
-    }
-    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-    flatten("", &toml::Value::Table(old.clone()), &mut a);
-    flatten("", &toml::Value::Table(new.clone()), &mut b);
-    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    let absent = "(unset)".to_string();
-    keys.into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .take(8)
-        .map(|k| {
-            format!(
-                "{k}: {} there, {} here",
-                a.get(k).unwrap_or(&absent),
-                b.get(k).unwrap_or(&absent)
-            )
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recipe_differences_name_the_keys() {
-        let old: toml::Table = "[run]\nseed = 1\nname = \"a\"\n[[stage]]\nlr = 0.1\n"
-            .parse()
-            .unwrap();
-        let new: toml::Table = "[run]\nseed = 2\nname = \"a\"\n[[stage]]\nlr = 0.2\nsteps = 3\n"
-            .parse()
-            .unwrap();
-        assert_eq!(
-            recipe_differences(&old, &new),
-            [
-                "run.seed: 1 there, 2 here",
-                "stage.0.lr: 0.1 there, 0.2 here",
-                "stage.0.steps: (unset) there, 3 here"
-            ]
-        );
     }
 }

@@ -76,20 +76,7 @@ impl Estimate {
     }
 }
 
-/// The median (mean of the middle two for an even count); `None` when empty.
-pub fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    Some(if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
-    })
-}
+pub use vlmkit_train::bench::median;
 
 #[cfg(test)]
 mod tests {

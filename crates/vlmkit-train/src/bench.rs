@@ -51,25 +51,43 @@ pub struct BenchReport {
     pub peak_rss_mib: Option<f64>,
 }
 
-pub fn median(values: &mut [f64]) -> f64 {
+/// The median (mean of the middle two for an even count); `None` when empty.
+pub fn median(values: &[f64]) -> Option<f64> {
     if values.is_empty() {
-        return f64::NAN;
+        return None;
     }
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    Some(if n % 2 == 1 {
+        sorted[n / 2]
     } else {
-        0.5 * (values[n / 2 - 1] + values[n / 2])
-    }
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    })
+}
+
+/// A memory figure of this process from `/proc/self/status` (Linux), in MiB.
+fn proc_status_mib(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 /// Peak resident set size (Linux: `VmHWM`).
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    proc_status_mib("VmHWM:")
+}
+
+/// Resident set size now (Linux: `VmRSS`).
+pub fn rss_mib() -> Option<f64> {
+    proc_status_mib("VmRSS:")
+}
+
+/// Resets the peak resident set size to the current one (Linux ≥ 4.0: `5` into
+/// `/proc/self/clear_refs`); whether it could.
+pub fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Waits for pending device work (timing on asynchronous devices).
@@ -161,8 +179,8 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
             sharded.push((t5 - t4).as_secs_f64() + (t1 - t0).as_secs_f64());
         }
     }
-    let sharded_s = median(&mut sharded);
-    let step_s = median(&mut total);
+    let sharded_s = median(&sharded).unwrap_or(f64::NAN);
+    let step_s = median(&total).unwrap_or(f64::NAN);
     Ok(BenchReport {
         recipe: recipe.path().display().to_string(),
         device: format!("{device:?}"),
@@ -171,10 +189,10 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
         steps: opts.steps,
         trainable_params,
         frozen_params,
-        data_s: median(&mut data),
-        forward_s: median(&mut fwd),
-        backward_s: median(&mut bwd),
-        optimizer_s: median(&mut optim),
+        data_s: median(&data).unwrap_or(f64::NAN),
+        forward_s: median(&fwd).unwrap_or(f64::NAN),
+        backward_s: median(&bwd).unwrap_or(f64::NAN),
+        optimizer_s: median(&optim).unwrap_or(f64::NAN),
         step_s,
         samples_per_s: bs as f64 / step_s,
         workers: parallelism.workers,

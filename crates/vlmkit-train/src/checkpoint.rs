@@ -89,6 +89,17 @@ impl RunDir {
         self.path.join("loss.png")
     }
 
+    /// Refuses the directory if a run was started in it with another recipe than
+    /// `recipe_toml` (the resolved recipe), naming the keys that differ; a
+    /// directory without a run passes.
+    pub fn check_recipe(&self, recipe_toml: &str) -> Result<(), TrainError> {
+        match std::fs::read_to_string(self.recipe()) {
+            Ok(existing) => check_same_recipe(&self.path, &existing, recipe_toml),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&self.recipe())(e)),
+        }
+    }
+
     /// The newest complete checkpoint, if any.
     pub fn latest(&self) -> Result<Option<PathBuf>, TrainError> {
         let pointer = self.checkpoints().join("latest");
@@ -217,6 +228,77 @@ pub struct LoadedCheckpoint {
     pub tokenizer_json: String,
 }
 
+/// The run in `dir` was made by `existing` (a resolved recipe); refuses it unless
+/// `planned` is the same recipe.
+pub fn check_same_recipe(dir: &Path, existing: &str, planned: &str) -> Result<(), TrainError> {
+    if existing == planned {
+        return Ok(());
+    }
+    let differences = match (
+        existing.parse::<toml::Table>(),
+        planned.parse::<toml::Table>(),
+    ) {
+        (Ok(old), Ok(new)) => recipe_differences(&old, &new),
+        _ => Vec::new(),
+    };
+    Err(TrainError::DifferentRecipe {
+        dir: dir.to_path_buf(),
+        differences,
+    })
+}
+
+/// `key: old → new` for every leaf key that differs (at most 8).
+fn recipe_differences(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    fn flatten(prefix: &str, value: &toml::Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    flatten(&key, v, out);
+                }
+            }
+            toml::Value::Array(items) if items.iter().all(|v| v.is_table()) => {
+                for (i, v) in items.iter().enumerate() {
+                    flatten(&format!("{prefix}.{i}"), v, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_string(), other.to_string());
+            }
+        }
+    }
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &toml::Value::Table(old.clone()), &mut a);
+    flatten("", &toml::Value::Table(new.clone()), &mut b);
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    let absent = "(unset)".to_string();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .take(8)
+        .map(|k| {
+            format!(
+                "{k}: {} there, {} here",
+                a.get(k).unwrap_or(&absent),
+                b.get(k).unwrap_or(&absent)
+            )
+        })
+        .collect()
+}
+
+/// Reads the training state of a checkpoint (or `final`) directory alone, not its
+/// tensors.
+pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+}
+
 /// Reads a checkpoint (or `final`) directory; a missing or corrupt file is refused
 /// with the reason.
 pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
@@ -238,8 +320,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
         })?;
         Ok(map.into_iter().collect())
     };
-    let state: TrainState = serde_json::from_str(&read(STATE_FILE)?)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.join(STATE_FILE).display())))?;
+    let state = read_state(dir)?;
     Ok(LoadedCheckpoint {
         dir: dir.to_path_buf(),
         model: tensors(MODEL_FILE, true)?,
@@ -331,4 +412,27 @@ pub fn load_model(
         dir,
         state: ck.state,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipe_differences_name_the_keys() {
+        let old: toml::Table = "[run]\nseed = 1\nname = \"a\"\n[[stage]]\nlr = 0.1\n"
+            .parse()
+            .unwrap();
+        let new: toml::Table = "[run]\nseed = 2\nname = \"a\"\n[[stage]]\nlr = 0.2\nsteps = 3\n"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            recipe_differences(&old, &new),
+            [
+                "run.seed: 1 there, 2 here",
+                "stage.0.lr: 0.1 there, 0.2 here",
+                "stage.0.steps: (unset) there, 3 here"
+            ]
+        );
+    }
 }

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
+pub mod counts;
 pub mod optim;
 pub mod parity;
 pub mod plan;
@@ -45,6 +46,16 @@ pub enum TrainError {
     },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error(
+        "{} holds a run of a different recipe{}; delete it, or train into another directory (--out)",
+        dir.display(),
+        if differences.is_empty() { String::new() } else { format!(" ({})", differences.join("; ")) }
+    )]
+    DifferentRecipe {
+        dir: PathBuf,
+        /// `key: value there, value here` for the keys that differ (at most 8).
+        differences: Vec<String>,
+    },
     #[error(
         "the loss became {value} at step {step} (stage `{stage}`); training stopped. The last good checkpoint is {}",
         last_checkpoint.as_ref().map_or("none (no checkpoint was written yet)".to_string(), |p| p.display().to_string())

@@ -37,6 +37,15 @@ pub struct Plan {
     pub template: ChatTemplate,
 }
 
+/// A plan's parameters by name, without their values.
+#[derive(Debug, Clone)]
+pub struct ParamShapes {
+    /// Shape of every parameter, sorted by name.
+    pub shapes: BTreeMap<String, Vec<usize>>,
+    /// Prefixes of parameters no gradient can reach (see [`Plan::unused_params`]).
+    pub unused: Vec<String>,
+}
+
 /// What a plan is made for, which decides whether the files a recipe names must
 /// exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -305,14 +314,10 @@ impl Plan {
     /// Every stage's `trainable` patterns must select at least one parameter.
     /// Checked on shapes alone (nothing is allocated).
     fn check_trainable_patterns(&self) -> Result<(), RecipeError> {
-        let recorder = vlmkit_core::params::ShapeRecorder::new();
-        self.build_with(
-            recorder.builder(),
-            candle_core::Device::Cpu,
-            BTreeMap::new(),
-        )
-        .map_err(|e| self.recipe.error_at("vision", e.to_string()))?;
-        let names: Vec<String> = recorder.shapes().into_keys().collect();
+        let shapes = self
+            .param_shapes()
+            .map_err(|e| self.recipe.error_at("vision", e.to_string()))?;
+        let names: Vec<&String> = shapes.shapes.keys().collect();
         for (i, stage) in self.recipe.stages.iter().enumerate() {
             for pattern in &stage.trainable {
                 if !names.iter().any(|n| pattern_matches(pattern, n)) {
@@ -336,6 +341,22 @@ impl Plan {
             weights.entry(aux.clone()).or_insert(1.0);
         }
         weights
+    }
+
+    /// Every parameter's shape, and the prefixes of those no gradient can reach,
+    /// from a build that records shapes and allocates nothing (so paper-scale
+    /// recipes cost nothing).
+    pub fn param_shapes(&self) -> TensorResult<ParamShapes> {
+        let recorder = vlmkit_core::params::ShapeRecorder::new();
+        let vlm = self.build_with(
+            recorder.builder(),
+            candle_core::Device::Cpu,
+            BTreeMap::new(),
+        )?;
+        Ok(ParamShapes {
+            shapes: recorder.shapes(),
+            unused: self.unused_params(&vlm),
+        })
     }
 
     /// Builds the model over `store`: parameters it lacks are initialised from the

@@ -369,7 +369,7 @@ pub fn train(
         return Ok(TrainSummary {
             run_dir: run.path.clone(),
             final_dir: run.final_dir(),
-            global_step: load_checkpoint(&run.final_dir())?.state.global_step,
+            global_step: crate::checkpoint::read_state(&run.final_dir())?.global_step,
             resumed_from: None,
             last_loss: None,
             seconds: 0.0,
@@ -384,13 +384,7 @@ pub fn train(
     let (mut state, mut optimizer_state, resumed_from, metrics_keep) = match &latest {
         Some(dir) => {
             let ck = load_checkpoint(dir)?;
-            if ck.recipe_toml != recipe_toml {
-                return Err(TrainError::Invalid(format!(
-                    "{} holds a run of a different recipe (compare {} with this one); train into another directory with --out",
-                    run.path.display(),
-                    run.recipe().display()
-                )));
-            }
+            crate::checkpoint::check_same_recipe(&run.path, &ck.recipe_toml, &recipe_toml)?;
             store.insert_tensors(ck.model)?;
             observer.message(&format!(
                 "resuming from {} (step {})",

@@ -67,14 +67,10 @@ impl ConnectorFactory for CcraFactory {
                 .map_err(|e| settings.error("residual_layer", e.to_string()))?;
         }
         Ok(ConnectorNeeds {
-            // Every block: hs[1..=L].
-            default_layers: (1..=vision.depth as i64).collect(),
             reads_text: true,
-            reads_cls: false,
             equal_layer_shapes: true,
-            placement: Placement::Prefix,
-            aux_losses: Vec::new(),
-            weight_dirs: Vec::new(),
+            // Every block: hs[1..=L].
+            ..ConnectorNeeds::prefix((1..=vision.depth as i64).collect())
         })
     }
 

@@ -128,39 +128,47 @@ impl Integration {
 
 pub struct DenseFactory;
 
-impl DenseFactory {
-    fn config(
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<(DenseConfig, Integration), SettingsError> {
+/// The settings resolved against the encoder: what the variant reads, and the
+/// base layer as an absolute index.
+struct Resolved {
+    cfg: DenseConfig,
+    integration: Integration,
+    base: usize,
+}
+
+impl Resolved {
+    fn new(settings: &Settings, vision: &VisionInfo) -> Result<Self, SettingsError> {
         let cfg: DenseConfig = settings.parse()?;
-        vision
+        let base = vision
             .resolve(cfg.base_layer)
             .map_err(|e| settings.error("base_layer", e.to_string()))?;
         let integration = cfg
             .integration(vision.depth)
             .map_err(|(key, message)| settings.error(key, message))?;
-        Ok((cfg, integration))
+        Ok(Self {
+            cfg,
+            integration,
+            base,
+        })
     }
 
     /// The base layer's patch count, after checking every layer the variant
     /// reads is selected and shaped like the base layer.
     fn checked_patches(
-        cfg: &DenseConfig,
-        integration: &Integration,
+        &self,
         settings: &Settings,
         env: &ConnectorEnv,
     ) -> Result<usize, SettingsError> {
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
-        for layer in integration.layers() {
-            env.check_same_shape(layer, base, "the Dense Connector", "variant", settings)?;
+        env.selected(self.cfg.base_layer, "base_layer", settings)?;
+        for layer in self.integration.layers() {
+            env.check_same_shape(layer, self.base, "the Dense Connector", "variant", settings)?;
         }
-        let (rows, cols) = env.vision.grids[base];
+        let (rows, cols) = env.vision.grids[self.base];
         if let Integration::Sparse {
             pool: Some(pool), ..
-        } = integration
+        } = self.integration
         {
-            if *pool > rows * cols {
+            if pool > rows * cols {
                 return Err(settings.error(
                     "pool",
                     format!(
@@ -192,24 +200,15 @@ impl ConnectorFactory for DenseFactory {
         settings: &Settings,
         vision: &VisionInfo,
     ) -> Result<ConnectorNeeds, SettingsError> {
-        let (cfg, integration) = Self::config(settings, vision)?;
-        let base = vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
-        Ok(ConnectorNeeds {
-            default_layers: vlmkit_plugin::default_layers(integration.layers(), base),
-            reads_text: false,
-            reads_cls: false,
-            equal_layer_shapes: false,
-            placement: Placement::Prefix,
-            aux_losses: Vec::new(),
-            weight_dirs: Vec::new(),
-        })
+        let r = Resolved::new(settings, vision)?;
+        Ok(ConnectorNeeds::prefix(vlmkit_plugin::default_layers(
+            r.integration.layers(),
+            r.base,
+        )))
     }
 
     fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let (cfg, integration) = Self::config(settings, &env.vision)?;
-        Self::checked_patches(&cfg, &integration, settings, env)?;
+        Resolved::new(settings, &env.vision)?.checked_patches(settings, env)?;
         Ok(())
     }
 
@@ -218,9 +217,8 @@ impl ConnectorFactory for DenseFactory {
         settings: &Settings,
         env: &ConnectorEnv,
     ) -> Result<usize, SettingsError> {
-        let (cfg, integration) = Self::config(settings, &env.vision)?;
-        let patches = Self::checked_patches(&cfg, &integration, settings, env)?;
-        Ok(integration.tokens(patches))
+        let r = Resolved::new(settings, &env.vision)?;
+        Ok(r.integration.tokens(r.checked_patches(settings, env)?))
     }
 
     fn build(
@@ -229,13 +227,12 @@ impl ConnectorFactory for DenseFactory {
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let (cfg, integration) = Self::config(settings, &env.vision)?;
-        Self::checked_patches(&cfg, &integration, settings, env)?;
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+        let r = Resolved::new(settings, &env.vision)?;
+        r.checked_patches(settings, env)?;
         Ok(Box::new(DenseConnector::new(
-            cfg.base_layer,
-            integration,
-            env.width(base),
+            r.cfg.base_layer,
+            r.integration,
+            env.width(r.base),
             env.llm_hidden,
             vb,
         )?))

@@ -165,17 +165,17 @@ impl IgvaFactory {
     fn config(
         settings: &Settings,
         vision: &VisionInfo,
-    ) -> Result<(IgvaConfig, Vec<Vec<usize>>), SettingsError> {
+    ) -> Result<(IgvaConfig, Vec<Vec<usize>>, usize), SettingsError> {
         let cfg: IgvaConfig = settings.parse()?;
         cfg.check()
             .map_err(|(key, message)| settings.error(key, message))?;
-        vision
+        let base = vision
             .resolve(cfg.base_layer)
             .map_err(|e| settings.error("base_layer", e.to_string()))?;
         let groups = cfg
             .resolve_groups(vision)
             .map_err(|(key, message)| settings.error(key, message))?;
-        Ok((cfg, groups))
+        Ok((cfg, groups, base))
     }
 
     /// Every grouped layer must be selected and shaped like the base layer.
@@ -221,17 +221,11 @@ impl ConnectorFactory for IgvaFactory {
         settings: &Settings,
         vision: &VisionInfo,
     ) -> Result<ConnectorNeeds, SettingsError> {
-        let (cfg, groups) = Self::config(settings, vision)?;
-        let base = vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
+        let (cfg, groups, base) = Self::config(settings, vision)?;
         Ok(ConnectorNeeds {
-            default_layers: vlmkit_plugin::default_layers(groups.concat(), base),
             reads_text: true,
-            // The class token is used when there is one, else the mean patch.
-            reads_cls: false,
-            equal_layer_shapes: false,
-            placement: Placement::Prefix,
+            // The class token is used when there is one, else the mean patch:
+            // `reads_cls` stays false.
             aux_losses: match cfg.aggregate {
                 Aggregate::Learned => vec!["entropy".to_string()],
                 Aggregate::Mean => Vec::new(),
@@ -241,11 +235,12 @@ impl ConnectorFactory for IgvaFactory {
                 .iter()
                 .map(|enc| ("text_encoder.from".to_string(), enc.from.clone()))
                 .collect(),
+            ..ConnectorNeeds::prefix(vlmkit_plugin::default_layers(groups.concat(), base))
         })
     }
 
     fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let (cfg, groups) = Self::config(settings, &env.vision)?;
+        let (cfg, groups, _) = Self::config(settings, &env.vision)?;
         Self::check_layers(&cfg, &groups, settings, env)?;
         Ok(())
     }
@@ -256,7 +251,7 @@ impl ConnectorFactory for IgvaFactory {
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let (cfg, groups) = Self::config(settings, &env.vision)?;
+        let (cfg, groups, _) = Self::config(settings, &env.vision)?;
         let base = Self::check_layers(&cfg, &groups, settings, env)?;
         let dims = IgvaDims {
             vision: env.width(base),

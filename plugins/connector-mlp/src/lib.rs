@@ -46,15 +46,7 @@ impl ConnectorFactory for MlpFactory {
         vision
             .resolve(cfg.base_layer)
             .map_err(|e| settings.error("base_layer", e.to_string()))?;
-        Ok(ConnectorNeeds {
-            default_layers: vec![cfg.base_layer],
-            reads_text: false,
-            reads_cls: false,
-            equal_layer_shapes: false,
-            placement: Placement::Prefix,
-            aux_losses: Vec::new(),
-            weight_dirs: Vec::new(),
-        })
+        Ok(ConnectorNeeds::prefix(vec![cfg.base_layer]))
     }
 
     fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {

@@ -139,17 +139,9 @@ impl ConnectorFactory for MmfuserFactory {
         let cfg = Self::config(settings, vision)?;
         let mut layers = cfg.levels.clone();
         layers.push(cfg.base_layer);
-        Ok(ConnectorNeeds {
-            default_layers: layers,
-            reads_text: false,
-            reads_cls: false,
-            // Levels may differ in grid (they are concatenated along tokens), not
-            // in width: `check` says which.
-            equal_layer_shapes: false,
-            placement: Placement::Prefix,
-            aux_losses: Vec::new(),
-            weight_dirs: Vec::new(),
-        })
+        // Levels may differ in grid (they are concatenated along tokens), not in
+        // width: `check` says which.
+        Ok(ConnectorNeeds::prefix(layers))
     }
 
     fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use vlmkit_eval::{evaluate, save_outputs, score, EvalOptions};
+use vlmkit_eval::{evaluate_and_save, EvalOptions};
 use vlmkit_train::load_model;
 
 use crate::common;
@@ -53,23 +53,23 @@ pub fn run(args: EvalArgs) -> Result<()> {
         model.dir.display(),
         source.describe()
     );
-    let predictions = evaluate(&model, source.as_ref(), &opts, |done, total| {
-        eprint!("\r  {done}/{total}");
-    })?;
-    eprintln!();
-    let report = score(&model.dir.display().to_string(), &predictions);
-    print!("{}", report.table());
-
     let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
-    save_outputs(
+    let title = format!(
+        "{}: accuracy per question family",
+        model.plan.recipe.run.name
+    );
+    let report = evaluate_and_save(
+        &model,
+        source.as_ref(),
+        &opts,
         &out,
-        &format!(
-            "{}: accuracy per question family",
-            model.plan.recipe.run.name
-        ),
-        &predictions,
-        &report,
+        &title,
+        |done, total| {
+            eprint!("\r  {done}/{total}");
+        },
     )?;
+    eprintln!();
+    print!("{}", report.table());
     eprintln!(
         "wrote {}/{{predictions.jsonl, report.json, accuracy.png}}",
         out.display()
