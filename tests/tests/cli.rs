@@ -347,6 +347,103 @@ fn trains_on_exported_llava_json() {
         "the stage reads the LLaVA file: {err}"
     );
     assert!(run_dir.join("final/model.safetensors").exists());
+
+    // The run keeps the data paths absolute: it evaluates from anywhere.
+    let saved = std::fs::read_to_string(run_dir.join("recipe.toml")).unwrap();
+    let json = data.join("eval.json").canonicalize().unwrap();
+    assert!(
+        saved.contains(&format!("json = {:?}", json.display().to_string())),
+        "{saved}"
+    );
+    let eval_dir = dir.path().join("eval");
+    let (ok, _out, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(&eval_dir));
+    assert!(ok, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["samples"], 16);
+}
+
+#[test]
+fn igva_reads_the_query_with_a_sentence_encoder_from_a_local_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "what", "color", "is", "the", "circle", "how", "many", "are", "there",
+    ];
+    vlmkit_text::fixture::write_random_bert(&dir.path().join("bert"), &words, &Default::default())
+        .unwrap();
+    let write_recipe = |from: &str| {
+        std::fs::write(
+            dir.path().join("igva-bert.toml"),
+            format!(
+                "extends = {:?}\n[connector]\ngroups = 2\ntext_encoder = {{ from = {from:?}, hidden_size = 24 }}\n",
+                repo().join("recipes/igva.toml").display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    let run_dir = dir.path().join("run");
+    let train = || {
+        run(vlmkit()
+            .current_dir(dir.path())
+            .args(["train", "igva-bert.toml", "--out"])
+            .arg(&run_dir)
+            .args(set_args(&tiny(4))))
+    };
+
+    write_recipe("no-such-encoder");
+    let (ok, _out, err) = train();
+    assert!(!ok, "a missing encoder directory is refused");
+    assert!(
+        err.contains("igva-bert.toml:4") && err.contains("text_encoder = { from"),
+        "{err}"
+    );
+    assert!(err.contains("is not a directory"), "{err}");
+    assert!(
+        !run_dir.exists(),
+        "nothing is written before the recipe is accepted"
+    );
+
+    write_recipe("bert");
+    let (ok, _out, err) = train();
+    assert!(ok, "{err}");
+    // The run names the encoder by its absolute path, so it evaluates from anywhere.
+    let saved = std::fs::read_to_string(run_dir.join("recipe.toml")).unwrap();
+    let bert = dir.path().join("bert").canonicalize().unwrap();
+    assert!(
+        saved.contains(&format!("{:?}", bert.display().to_string())),
+        "{saved}"
+    );
+    let (ok, out, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .args(["--set", "data.eval.samples=16"]));
+    assert!(ok, "{err}");
+    assert!(out.contains("color"), "{out}");
+
+    // The encoder's width is checked against its config.json.
+    std::fs::write(
+        dir.path().join("igva-bert.toml"),
+        format!(
+            "extends = {:?}\n[connector]\ngroups = 2\ntext_encoder = {{ from = \"bert\", hidden_size = 32 }}\n",
+            repo().join("recipes/igva.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "igva-bert.toml", "--out"])
+        .arg(dir.path().join("run2"))
+        .args(set_args(&tiny(4))));
+    assert!(!ok);
+    assert!(
+        err.contains("text_encoder.hidden_size") && err.contains("is 32") && err.contains("24"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -164,11 +164,13 @@ pub trait VisionEncoder: Send + Sync {
 }
 
 /// The user's query as the language model embeds it (`B×T×d_t`), with a mask
-/// (`B×T`, 1 = token, 0 = padding).
+/// (`B×T`, 1 = token, 0 = padding), and as text (one string per sample; empty
+/// where the text is not known, e.g. a context read from a tensor file).
 #[derive(Debug, Clone)]
 pub struct TextContext {
     pub embeds: Tensor,
     pub mask: Tensor,
+    pub queries: Vec<String>,
 }
 
 /// Blocks an interleaved connector runs inside the language model.

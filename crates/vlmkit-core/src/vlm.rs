@@ -25,6 +25,8 @@ pub struct TokenSequence {
     pub image_at: Option<usize>,
     /// The user's query tokens (no template, no placeholder) for connectors that read text.
     pub query: Vec<u32>,
+    /// The same query as text, for connectors with a sentence encoder of their own.
+    pub query_text: String,
 }
 
 impl TokenSequence {
@@ -180,7 +182,12 @@ impl Vlm {
         let ids = Tensor::from_vec(ids, (b, t), device)?;
         let embeds = self.llm.embed_tokens(&ids)?;
         let mask = Tensor::from_vec(mask, (b, t), device)?.to_dtype(embeds.dtype())?;
-        Ok(TextContext { embeds, mask })
+        let queries = sequences.iter().map(|s| s.query_text.clone()).collect();
+        Ok(TextContext {
+            embeds,
+            mask,
+            queries,
+        })
     }
 
     /// Embeds the sequences with the visual tokens in place of the placeholder.

@@ -92,15 +92,16 @@ impl Collator {
         ids.truncate(self.max_text_len);
         labels.truncate(self.max_text_len);
         let image_at = ids.iter().position(|&id| id == tok.image);
-        let query = match example.question() {
-            Some(q) => tok.encode(&q)?,
-            None => Vec::new(),
+        let (query, query_text) = match example.question() {
+            Some(q) => (tok.encode(&q)?, q),
+            None => (Vec::new(), String::new()),
         };
         Ok(TokenSequence {
             ids,
             labels,
             image_at,
             query,
+            query_text,
         })
     }
 }

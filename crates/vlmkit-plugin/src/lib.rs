@@ -51,6 +51,12 @@ pub struct ConnectorEnv {
     pub llm_hidden: usize,
     /// Width of the text context embeddings.
     pub text_hidden: usize,
+    /// The pretrained weights the connector declared it loads itself
+    /// ([`ConnectorNeeds::weight_dirs`]): setting key → directory, resolved and
+    /// checked to exist. Empty when only shapes are wanted (`vlmkit params`, the
+    /// recipe's own checks): the connector then builds its trainable weights and
+    /// leaves the pretrained part unread.
+    pub weight_dirs: BTreeMap<String, PathBuf>,
 }
 
 impl ConnectorEnv {

@@ -309,7 +309,7 @@ fn parse_override_value(text: &str) -> Value {
         .unwrap_or_else(|| Value::String(text.to_string()))
 }
 
-fn set_path(root: &mut Value, segments: &[Segment], value: Value) -> Result<(), String> {
+pub(crate) fn set_path(root: &mut Value, segments: &[Segment], value: Value) -> Result<(), String> {
     let Some((last, parents)) = segments.split_last() else {
         return Err("the key is empty".into());
     };

@@ -231,6 +231,31 @@ impl Recipe {
         toml::to_string_pretty(&self.table).expect("a TOML table always serialises")
     }
 
+    /// As [`Recipe::to_toml_string`], with the relative paths at `path_keys`
+    /// written as absolute ones (resolved as [`Recipe::path_value`] does, against
+    /// the current directory where the recipe file's own is relative). A copy
+    /// kept elsewhere — a run directory's `recipe.toml` — then still names the
+    /// same files. Keys that are unset or hold no string are left alone.
+    pub fn to_toml_string_anchored<'a>(
+        &self,
+        path_keys: impl IntoIterator<Item = &'a str>,
+    ) -> String {
+        let mut root = Value::Table(self.table.clone());
+        for key in path_keys {
+            let (Some(path), Ok(segments)) = (self.path_value(key), keys::parse(key)) else {
+                continue;
+            };
+            let absolute = std::path::absolute(&path).unwrap_or(path);
+            let value = Value::String(absolute.display().to_string());
+            // `key` holds a string (path_value said so), so every parent exists.
+            loader::set_path(&mut root, &segments, value).expect("an existing key can be set");
+        }
+        let Value::Table(table) = root else {
+            unreachable!("the root stays a table")
+        };
+        toml::to_string_pretty(&table).expect("a TOML table always serialises")
+    }
+
     fn check_top_level(&self) -> Result<(), RecipeError> {
         match self
             .table

@@ -131,7 +131,7 @@ impl Study {
                     rel_dir,
                     plan,
                 };
-                RunDir::new(&run.dir).check_recipe(&run.plan.recipe.to_toml_string())?;
+                RunDir::new(&run.dir).check_recipe(&run.plan.run_recipe_toml())?;
                 runs.push(run);
             }
         }

@@ -250,7 +250,12 @@ pub fn load_inputs(plan: &Plan, path: &Path, device: &Device) -> Result<ParityIn
             &[Dim::Free("B"), Dim::Free("T"), Dim::Fixed("d_t", dt)],
         )?;
         let mask = take("text_mask", &[Dim::Free("B"), Dim::Free("T")])?;
-        Some(TextContext { embeds, mask })
+        // A tensor file carries embeddings, not text.
+        Some(TextContext {
+            embeds,
+            mask,
+            queries: Vec::new(),
+        })
     } else {
         None
     };

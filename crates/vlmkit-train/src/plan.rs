@@ -132,9 +132,23 @@ impl Plan {
             .factory
             .needs(&connector_settings, &info)
             .map_err(|e| recipe.error_for(e))?;
+        let mut weight_dirs = BTreeMap::new();
         if purpose == Purpose::Run {
-            if let Some((key, dir)) = connector_weight_dirs(&recipe, &needs).into_iter().next() {
-                return Err(recipe.error_at(&key, pretrained_unavailable(&dir)));
+            for ((setting, _), (key, dir)) in needs
+                .weight_dirs
+                .iter()
+                .zip(connector_weight_dirs(&recipe, &needs))
+            {
+                if !dir.is_dir() {
+                    return Err(recipe.error_at(
+                        &key,
+                        format!(
+                            "`{}` is not a directory on this machine (a local Hugging Face directory: config.json, model.safetensors, tokenizer.json)",
+                            dir.display()
+                        ),
+                    ));
+                }
+                weight_dirs.insert(setting.clone(), dir);
             }
         }
 
@@ -198,6 +212,7 @@ impl Plan {
             layers,
             llm_hidden: llm.config.hidden_size,
             text_hidden: llm.config.hidden_size,
+            weight_dirs,
         };
         connector
             .factory
@@ -267,6 +282,43 @@ impl Plan {
                 format!("the tokenizer `{path}` was not read (the recipe was only inspected)"),
             )
         })
+    }
+
+    /// The keys whose values are paths to files outside the recipe (set or not).
+    fn path_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        for (key, source) in [
+            ("vision.from", &self.vision.source),
+            ("llm.from", &self.llm.source),
+        ] {
+            if let Source::Local(_) = source {
+                keys.push(key.to_string());
+            }
+        }
+        if let TokenizerSource::File(_) = &self.llm.tokenizer {
+            keys.push("llm.tokenizer".to_string());
+        }
+        keys.extend(
+            connector_weight_dirs(&self.recipe, &self.needs)
+                .into_iter()
+                .map(|(k, _)| k),
+        );
+        let data_tables = ["data.train".to_string(), "data.eval".to_string()]
+            .into_iter()
+            .chain((0..self.recipe.stages.len()).map(|i| format!("stage.{i}.data")));
+        for table in data_tables {
+            keys.extend(["json", "images"].map(|k| format!("{table}.{k}")));
+        }
+        keys
+    }
+
+    /// The resolved recipe as a run directory keeps it: paths to outside files
+    /// made absolute, so evaluating or resuming the run from anywhere reads the
+    /// same data and weights.
+    pub fn run_recipe_toml(&self) -> String {
+        let keys = self.path_keys();
+        self.recipe
+            .to_toml_string_anchored(keys.iter().map(String::as_str))
     }
 
     /// Files and directories the recipe names outside itself, each with the key or
@@ -348,10 +400,16 @@ impl Plan {
     /// recipes cost nothing).
     pub fn param_shapes(&self) -> TensorResult<ParamShapes> {
         let recorder = vlmkit_core::params::ShapeRecorder::new();
-        let vlm = self.build_with(
+        // Shapes only: pretrained parts the connector loads itself stay unread.
+        let shapes_env = ConnectorEnv {
+            weight_dirs: BTreeMap::new(),
+            ..self.env.clone()
+        };
+        let vlm = self.build_parts(
             recorder.builder(),
             candle_core::Device::Cpu,
             BTreeMap::new(),
+            &shapes_env,
         )?;
         Ok(ParamShapes {
             shapes: recorder.shapes(),
@@ -392,10 +450,22 @@ impl Plan {
         device: candle_core::Device,
         loss_weights: BTreeMap<String, f64>,
     ) -> TensorResult<Vlm> {
+        self.build_parts(root, device, loss_weights, &self.env)
+    }
+
+    fn build_parts(
+        &self,
+        root: candle_nn::VarBuilder<'static>,
+        device: candle_core::Device,
+        loss_weights: BTreeMap<String, f64>,
+        env: &ConnectorEnv,
+    ) -> TensorResult<Vlm> {
         let vision = self.vision.build(root.pp("vision"))?;
         let llm = self.llm.build(root.pp("llm"))?;
         let connector = self
-            .build_connector(root.pp("connector"))
+            .connector
+            .factory
+            .build(&self.connector_settings, env, root.pp("connector"))
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         Ok(Vlm {
             vision,

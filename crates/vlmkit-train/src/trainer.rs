@@ -356,7 +356,7 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     let recipe = &plan.recipe;
-    let recipe_toml = recipe.to_toml_string();
+    let recipe_toml = plan.run_recipe_toml();
     std::fs::create_dir_all(&run.path).map_err(|source| TrainError::Io {
         path: run.path.clone(),
         source,

@@ -72,6 +72,7 @@ fn inputs(t: usize, valid: [usize; B]) -> Inputs {
         text: TextContext {
             embeds: randn(&[B, t, DT], 1.0, 200 + t as u64),
             mask: Tensor::from_vec(mask, (B, t), &dev).unwrap(),
+            queries: Vec::new(),
         },
     }
 }
@@ -433,6 +434,7 @@ fn inputs_get_gradients_too() {
     let ctx = TextContext {
         embeds: text.as_tensor().clone(),
         mask: x.text.mask.clone(),
+        queries: Vec::new(),
     };
     let refs: Vec<(&str, &Var)> = vec![
         ("hs[1]", &layers[0]),
@@ -475,6 +477,7 @@ fn padded_query_tokens_change_nothing() {
             1,
         )
         .unwrap(),
+        queries: Vec::new(),
     };
     let a = ccra.forward(&short.features, Some(&short.text)).unwrap();
     let b = ccra.forward(&short.features, Some(&long)).unwrap();

@@ -10,11 +10,14 @@
 //! and they are listed on [`IgvaConnector`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use vlmkit_plugin::candle_core::Result as TensorResult;
 use vlmkit_plugin::prelude::*;
 use vlmkit_plugin::BuildError;
+pub use vlmkit_text::Pooling;
+use vlmkit_text::SentenceEncoder;
 
 /// The layer groups: a count of equal groups of blocks `hs[1..=L]`, or the groups
 /// themselves as lists of HF indices.
@@ -40,10 +43,16 @@ pub enum Aggregate {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextEncoderConfig {
-    /// A local Hugging Face directory of a BERT-style encoder.
+    /// A local Hugging Face directory of a BERT-architecture encoder, relative to
+    /// the recipe.
     pub from: String,
-    /// Its output width `d_s`.
+    /// Its output width `d_s` (checked against its `config.json`; stated here so
+    /// that `vlmkit params` can size the connector without the directory).
     pub hidden_size: usize,
+    /// How token states become the sentence vector; by default what the
+    /// directory's sentence-transformers files say, else the mean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pooling: Option<Pooling>,
 }
 
 /// `[connector]` settings of `kind = "igva"`.
@@ -253,6 +262,35 @@ impl ConnectorFactory for IgvaFactory {
     ) -> Result<Box<dyn Connector>, BuildError> {
         let (cfg, groups, _) = Self::config(settings, &env.vision)?;
         let base = Self::check_layers(&cfg, &groups, settings, env)?;
+        let text = match &cfg.text_encoder {
+            None => TextSource::QueryEmbeddings,
+            // Shapes only (`vlmkit params`): the frozen encoder has no trainable part.
+            Some(_) if env.weight_dirs.is_empty() => TextSource::NotLoaded,
+            Some(enc) => {
+                let dir = env.weight_dirs.get("text_encoder.from").ok_or_else(|| {
+                    settings.error(
+                        "text_encoder.from",
+                        "the host did not resolve this directory",
+                    )
+                })?;
+                let encoder = SentenceEncoder::load_shared(dir, enc.pooling)
+                    .map_err(|e| settings.error("text_encoder.from", e.to_string()))?;
+                if encoder.hidden_size() != enc.hidden_size {
+                    return Err(settings
+                        .error(
+                            "text_encoder.hidden_size",
+                            format!(
+                                "is {}, but {} says the encoder's width is {}",
+                                enc.hidden_size,
+                                dir.join("config.json").display(),
+                                encoder.hidden_size()
+                            ),
+                        )
+                        .into());
+                }
+                TextSource::Encoder(encoder)
+            }
+        };
         let dims = IgvaDims {
             vision: env.width(base),
             text: cfg
@@ -261,7 +299,7 @@ impl ConnectorFactory for IgvaFactory {
                 .map_or(env.text_hidden, |enc| enc.hidden_size),
             llm: env.llm_hidden,
         };
-        Ok(Box::new(IgvaConnector::new(&cfg, groups, dims, vb)?))
+        Ok(Box::new(IgvaConnector::new(&cfg, groups, dims, text, vb)?))
     }
 
     fn param_groups(&self) -> Vec<ParamGroup> {
@@ -341,6 +379,18 @@ impl AllocatorBlock {
     }
 }
 
+/// Where the text vector `s` comes from.
+#[derive(Debug, Clone)]
+pub enum TextSource {
+    /// The mask-weighted mean of the language model's query embeddings.
+    QueryEmbeddings,
+    /// A frozen sentence encoder over the query text.
+    Encoder(Arc<SentenceEncoder>),
+    /// A sentence encoder is configured but was not loaded (a model built to
+    /// count its parameters); running it is an error.
+    NotLoaded,
+}
+
 /// The aggregator and the projector. Weights: `text_proj.*` (d_s→d_v),
 /// `cls_proj.*` (d_v→d_v), `blocks.{i}.{attn.{q,k,v,o}, norm1, ffn.{0,2}, norm2}`,
 /// `head.*` (d_v→K), `proj.*` (LLaVA's MLP from 2·d_v).
@@ -349,7 +399,7 @@ pub struct IgvaConnector {
     base_layer: i64,
     aggregate: Aggregate,
     entropy_weight: f64,
-    sentence_encoder: bool,
+    text: TextSource,
     text_proj: nn::Linear,
     cls_proj: nn::Linear,
     blocks: Vec<AllocatorBlock>,
@@ -362,8 +412,18 @@ impl IgvaConnector {
         cfg: &IgvaConfig,
         groups: Vec<Vec<usize>>,
         dims: IgvaDims,
+        text: TextSource,
         vb: VarBuilder,
     ) -> TensorResult<Self> {
+        if let TextSource::Encoder(encoder) = &text {
+            if encoder.hidden_size() != dims.text {
+                vlmkit_plugin::candle_core::bail!(
+                    "igva: the sentence encoder's width is {}, the text projection's input {}",
+                    encoder.hidden_size(),
+                    dims.text
+                );
+            }
+        }
         let linear =
             |i, o, name: &str| nn::Linear::new(i, o, true, nn::LinearInit::Torch, vb.pp(name));
         let blocks_vb = vb.pp("blocks");
@@ -371,7 +431,7 @@ impl IgvaConnector {
             base_layer: cfg.base_layer,
             aggregate: cfg.aggregate,
             entropy_weight: cfg.entropy_weight,
-            sentence_encoder: cfg.text_encoder.is_some(),
+            text,
             text_proj: linear(dims.text, dims.vision, "text_proj")?,
             cls_proj: linear(dims.vision, dims.vision, "cls_proj")?,
             blocks: (0..cfg.depth)
@@ -383,8 +443,30 @@ impl IgvaConnector {
         })
     }
 
-    /// The text vector `s` (B×d_t): the mask-weighted mean of the query embeddings.
+    /// The text vector `s` (B×d_s): the sentence encoder's vector of the query
+    /// text, or the mask-weighted mean of the query embeddings.
     fn text_vector(&self, text: &TextContext) -> TensorResult<Tensor> {
+        match &self.text {
+            TextSource::QueryEmbeddings => self.mean_query_embedding(text),
+            TextSource::Encoder(encoder) => {
+                let batch = text.embeds.dim(0)?;
+                if text.queries.len() != batch {
+                    vlmkit_plugin::candle_core::bail!(
+                        "igva: the sentence encoder reads the query text, but the context carries {} texts for {batch} samples (a tensor file holds embeddings only)",
+                        text.queries.len()
+                    );
+                }
+                encoder
+                    .encode(&text.queries, text.embeds.device(), text.embeds.dtype())
+                    .map_err(|e| vlmkit_plugin::candle_core::Error::Msg(e.to_string()))
+            }
+            TextSource::NotLoaded => vlmkit_plugin::candle_core::bail!(
+                "igva: the sentence encoder (`text_encoder`) was not loaded: this model was built to count parameters, not to run"
+            ),
+        }
+    }
+
+    fn mean_query_embedding(&self, text: &TextContext) -> TensorResult<Tensor> {
         let mask = text.mask.to_dtype(text.embeds.dtype())?;
         let summed = text.embeds.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
         // A sample without query tokens gets a zero vector, not a division by zero.
@@ -440,12 +522,6 @@ impl Connector for IgvaConnector {
         vision: &VisualFeatures,
         text: Option<&TextContext>,
     ) -> TensorResult<ConnectorOutput> {
-        if self.sentence_encoder {
-            // The host refuses such recipes before building anything to run.
-            vlmkit_plugin::candle_core::bail!(
-                "igva: the sentence encoder (`text_encoder`) is not loaded in this version; remove `text_encoder` to use the mean query embedding"
-            );
-        }
         let (descriptors, patches) = self.group_means(vision)?;
         let (b, k) = descriptors.dims3().map(|(b, k, _)| (b, k))?;
         let weights = match self.aggregate {

@@ -63,21 +63,43 @@ fn inputs(with_cls: bool) -> (VisualFeatures, TextContext) {
         TextContext {
             embeds: randn(&[B, T, DT], 70),
             mask,
+            queries: Vec::new(),
         },
     )
 }
 
 fn build(cfg: &IgvaConfig) -> (ParamStore, IgvaConnector) {
+    build_with_text(cfg, DT, TextSource::QueryEmbeddings)
+}
+
+fn build_with_text(
+    cfg: &IgvaConfig,
+    text_width: usize,
+    text: TextSource,
+) -> (ParamStore, IgvaConnector) {
     let store = ParamStore::new(Device::Cpu, DType::F64);
     let groups = cfg.resolve_groups(&vision_info(DEPTH)).unwrap();
     let dims = IgvaDims {
         vision: DV,
-        text: DT,
+        text: text_width,
         llm: DLLM,
     };
-    let connector = IgvaConnector::new(cfg, groups, dims, store.init_builder(9)).unwrap();
+    let connector = IgvaConnector::new(cfg, groups, dims, text, store.init_builder(9)).unwrap();
     (store, connector)
 }
+
+/// A tiny random BERT (width 24) in a temporary directory, loaded.
+fn sentence_encoder() -> (tempfile::TempDir, Arc<SentenceEncoder>) {
+    let dir = tempfile::tempdir().unwrap();
+    let words = [
+        "what", "color", "is", "the", "circle", "how", "many", "squares",
+    ];
+    vlmkit_text::fixture::write_random_bert(dir.path(), &words, &Default::default()).unwrap();
+    let encoder = SentenceEncoder::load_shared(dir.path(), None).unwrap();
+    (dir, encoder)
+}
+
+const BERT_WIDTH: usize = 24;
 
 #[test]
 fn groups_follow_the_spec_and_refuse_what_cannot_work() {
@@ -257,6 +279,7 @@ fn padded_query_tokens_change_nothing() {
             + noise)
             .unwrap(),
         mask: t.mask.clone(),
+        queries: Vec::new(),
     };
     let after = connector.forward(&x, Some(&t2)).unwrap().tokens.unwrap();
     assert!(max_abs_diff(&before, &after).unwrap() < 1e-12);
@@ -304,27 +327,35 @@ fn the_entropy_term_is_minus_lambda_times_the_mean_entropy() {
     assert!((term + cfg.entropy_weight * mean_entropy).abs() < 1e-12);
 }
 
+/// Finite differences on a loss of the tokens and the entropy term, then every
+/// parameter but the softmax-invariant key biases must get a gradient.
+fn check_gradients(
+    cfg: &IgvaConfig,
+    store: &ParamStore,
+    connector: &IgvaConnector,
+    (x, t): (&VisualFeatures, &TextContext),
+    max_elems: usize,
+) {
+    let loss = || {
+        let out = connector.forward(x, Some(t))?;
+        random_projection(out.tokens.as_ref().unwrap(), 4)? + (&out.aux_losses["entropy"] * 10.0)?
+    };
+    let check = GradCheck {
+        max_elems,
+        ..GradCheck::default()
+    };
+    check_store_gradients(store, loss, &check).unwrap();
+    let invariant = IgvaConfig::softmax_invariant_params(cfg.depth);
+    let invariant: Vec<&str> = invariant.iter().map(String::as_str).collect();
+    check_every_param_learns(store, loss, &invariant).unwrap();
+}
+
 #[test]
 fn gradients_match_finite_differences_and_reach_every_parameter() {
     let cfg = config();
     let (store, connector) = build(&cfg);
     let (x, t) = inputs(true);
-    let loss = || {
-        let out = connector.forward(&x, Some(&t))?;
-        random_projection(out.tokens.as_ref().unwrap(), 4)? + (&out.aux_losses["entropy"] * 10.0)?
-    };
-    check_store_gradients(
-        &store,
-        loss,
-        &GradCheck {
-            max_elems: 6,
-            ..GradCheck::default()
-        },
-    )
-    .unwrap();
-    let invariant = IgvaConfig::softmax_invariant_params(cfg.depth);
-    let invariant: Vec<&str> = invariant.iter().map(String::as_str).collect();
-    check_every_param_learns(&store, loss, &invariant).unwrap();
+    check_gradients(&cfg, &store, &connector, (&x, &t), 6);
 }
 
 #[test]
@@ -337,7 +368,14 @@ fn reference_size_with_a_768_wide_sentence_encoder() {
         text: 768,
         llm: 4096,
     };
-    IgvaConnector::new(&cfg, groups, dims, recorder.builder()).unwrap();
+    IgvaConnector::new(
+        &cfg,
+        groups,
+        dims,
+        TextSource::NotLoaded,
+        recorder.builder(),
+    )
+    .unwrap();
     let total: usize = recorder
         .shapes()
         .values()
@@ -360,4 +398,77 @@ fn the_projector_sees_the_base_layer_unchanged_when_groups_are_equal() {
         .forward(&Tensor::cat(&[&base, &base], 2).unwrap())
         .unwrap();
     assert!(max_abs_diff(&out, &expected).unwrap() < 1e-12);
+}
+
+#[test]
+fn a_sentence_encoder_turns_the_query_text_into_the_group_weights() {
+    let (_dir, encoder) = sentence_encoder();
+    let cfg = config();
+    let (store, connector) =
+        build_with_text(&cfg, BERT_WIDTH, TextSource::Encoder(encoder.clone()));
+    let (x, mut t) = inputs(true);
+    t.queries = vec![
+        "what color is the circle?".into(),
+        "how many squares?".into(),
+    ];
+    let weights = |t: &TextContext| {
+        connector.forward(&x, Some(t)).unwrap().maps["groups"]
+            .to_vec2::<f64>()
+            .unwrap()
+    };
+    let w = weights(&t);
+    assert!(
+        (w[0][0] - w[1][0]).abs() > 1e-9,
+        "two queries, one weighting: {w:?}"
+    );
+    // The language model's embeddings no longer matter: only the text does.
+    let mut other_embeds = t.clone();
+    other_embeds.embeds = randn(&[B, T, DT], 71);
+    assert_eq!(weights(&other_embeds), w);
+    // Another question for the second sample moves its weights only.
+    let mut asked = t.clone();
+    asked.queries[1] = "what color is the square?".into();
+    let wa = weights(&asked);
+    assert_eq!(wa[0], w[0]);
+    assert!((wa[1][0] - w[1][0]).abs() > 1e-9, "{wa:?} vs {w:?}");
+
+    // Every trainable parameter still learns; the encoder has none to learn.
+    check_gradients(&cfg, &store, &connector, (&x, &t), 4);
+    assert!(store.vars().iter().all(|(n, _)| !n.contains("embeddings")));
+}
+
+#[test]
+fn a_sentence_encoder_needs_the_query_text_and_its_own_width() {
+    let (_dir, encoder) = sentence_encoder();
+    let (_, connector) =
+        build_with_text(&config(), BERT_WIDTH, TextSource::Encoder(encoder.clone()));
+    let (x, t) = inputs(true);
+    let err = connector.forward(&x, Some(&t)).err().unwrap().to_string();
+    assert!(err.contains("0 texts for 2 samples"), "{err}");
+
+    let groups = config().resolve_groups(&vision_info(DEPTH)).unwrap();
+    let dims = IgvaDims {
+        vision: DV,
+        text: DT,
+        llm: DLLM,
+    };
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let err = IgvaConnector::new(
+        &config(),
+        groups,
+        dims,
+        TextSource::Encoder(encoder),
+        store.init_builder(1),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("width is 24") && err.contains("input 5"),
+        "{err}"
+    );
+
+    let (_, unloaded) = build_with_text(&config(), BERT_WIDTH, TextSource::NotLoaded);
+    let err = unloaded.forward(&x, Some(&t)).err().unwrap().to_string();
+    assert!(err.contains("not loaded"), "{err}");
 }
