@@ -68,6 +68,12 @@ fn recipe_errors_name_file_line_and_key() {
     insta::assert_snapshot!(
         "error_unknown_loss",
         recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\nlosses = { lm = 1.0, dise = 0.5 }\n"
+        )
+    );
+    insta::assert_snapshot!(
+        "error_dice_without_grounding_map",
+        recipe_error(
             "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\nlosses = { lm = 1.0, dice = 0.5 }\n"
         )
     );

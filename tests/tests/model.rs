@@ -211,7 +211,64 @@ fn a_connector_only_stage_trains_only_the_connector() {
 
 #[test]
 fn splitting_a_batch_across_threads_keeps_its_gradient() {
-    let b = build(&[]);
+    // The language-model loss alone, and with the Dice term (which averages over
+    // the samples that carry a mask, not over all of them).
+    for extra in [&[][..], &CCRA_WITH_DICE[..]] {
+        check_split_gradient(&build(extra));
+    }
+}
+
+const CCRA_WITH_DICE: [&str; 2] = [
+    "connector.kind=\"ccra\"",
+    "stage.0.losses={lm=1.0,dice=0.5}",
+];
+
+#[test]
+fn the_dice_term_reaches_the_patch_map_and_counts_only_masked_samples() {
+    let b = build(&CCRA_WITH_DICE);
+    let ex = examples(24);
+    let masked = ex.iter().filter(|e| e.mask.is_some()).count();
+    assert!(masked > 0 && masked < ex.len(), "{masked} of {}", ex.len());
+    assert_eq!(b.builder.masked(&ex), masked);
+    let batch = b.builder.train(&ex).unwrap();
+    let out = b.vlm.loss(&batch).unwrap();
+    assert_eq!(out.masked_samples, masked);
+    let dice = out.terms["dice"].to_scalar::<f32>().unwrap();
+    assert!((0.0..1.0).contains(&dice), "{dice}");
+
+    // Trained on Dice alone, the patch map's projections learn; the decoder
+    // layers do not (the embeddings do: CCRA reads the query through them).
+    let only = build(&[
+        "connector.kind=\"ccra\"",
+        "stage.0.losses={lm=0.0,dice=1.0}",
+    ]);
+    let result = forward_backward(
+        &only.vlm,
+        &only.builder,
+        &ex,
+        &only.params,
+        1.0,
+        Parallelism::new(1),
+    )
+    .unwrap();
+    for name in ["connector.pwca.q.weight", "connector.pwca.k.weight"] {
+        assert!(
+            result.grads.get(name).is_some_and(|g| norm(g) > 0.0),
+            "{name}"
+        );
+    }
+    assert!(result
+        .grads
+        .iter()
+        .filter(|(n, _)| n.starts_with("llm.model.layers."))
+        .all(|(_, g)| norm(g) == 0.0));
+    // Without masks in the batch there is no Dice term at all.
+    let unmasked: Vec<Example> = ex.iter().filter(|e| e.mask.is_none()).cloned().collect();
+    let out = b.vlm.loss(&b.builder.train(&unmasked).unwrap()).unwrap();
+    assert!(!out.terms.contains_key("dice"));
+}
+
+fn check_split_gradient(b: &Built) {
     let ex = examples(24);
     let one = forward_backward(
         &b.vlm,

@@ -238,6 +238,11 @@ pub struct ConnectorNeeds {
     /// Pretrained weights it loads itself: (setting key within the connector
     /// section, directory as written, relative to the recipe).
     pub weight_dirs: Vec<(String, String)>,
+    /// The map a grounding (Dice) loss reads: text→patch attention over the
+    /// token grid of the first selected layer, `B×N`, `B×K×N` (K maps, e.g. one
+    /// per block) or `B×K×S×N` (per decoder position; the host averages over the
+    /// sequence's tokens). `None`: the connector exposes no such map.
+    pub grounding_map: Option<String>,
 }
 
 impl ConnectorNeeds {
@@ -253,6 +258,7 @@ impl ConnectorNeeds {
             placement: Placement::Prefix,
             aux_losses: Vec::new(),
             weight_dirs: Vec::new(),
+            grounding_map: None,
         }
     }
 }

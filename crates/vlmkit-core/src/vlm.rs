@@ -45,6 +45,10 @@ impl TokenSequence {
 pub struct VlmBatch {
     pub pixels: Tensor,
     pub sequences: Vec<TokenSequence>,
+    /// Per sample, the region its query refers to as the covered fraction of each
+    /// cell of the connector's grounding grid (row-major); `None` for samples
+    /// without a mask, and for every sample when nothing reads them.
+    pub regions: Vec<Option<Vec<f32>>>,
 }
 
 /// The loss terms of one batch and what the connector exposed.
@@ -57,19 +61,30 @@ pub struct LossOutput {
     pub supervised_tokens: usize,
     /// Number of samples in the batch.
     pub samples: usize,
+    /// Number of samples with a region mask (what `dice` averages over).
+    pub masked_samples: usize,
     pub maps: BTreeMap<String, Tensor>,
 }
 
 impl LossOutput {
-    /// The training objective: `Σ weight · term`, with the token-averaged `lm` term
-    /// scaled by `token_share` and per-sample terms by `sample_share`. When a batch is
-    /// split into parts, giving each part its share of the whole batch's tokens and
-    /// samples makes the parts' objectives sum to the whole batch's.
+    /// How many items term `name` averages over: supervised tokens for `lm`,
+    /// samples with a mask for `dice`, samples for the connector's own terms.
+    pub fn count_of(&self, name: &str) -> usize {
+        match name {
+            "lm" => self.supervised_tokens,
+            "dice" => self.masked_samples,
+            _ => self.samples,
+        }
+    }
+
+    /// The training objective: `Σ weight · share(term) · term`. When a batch is
+    /// split into parts, giving each part's term its share of what the whole
+    /// batch's term averages over (see [`LossOutput::count_of`]) makes the parts'
+    /// objectives sum to the whole batch's.
     pub fn objective(
         &self,
         weights: &BTreeMap<String, f64>,
-        token_share: f64,
-        sample_share: f64,
+        share: impl Fn(&str) -> f64,
     ) -> Result<Option<Tensor>> {
         let mut total: Option<Tensor> = None;
         for (name, value) in &self.terms {
@@ -77,12 +92,7 @@ impl LossOutput {
             if w == 0.0 {
                 continue;
             }
-            let share = if name == "lm" {
-                token_share
-            } else {
-                sample_share
-            };
-            let weighted = (value * (w * share))?;
+            let weighted = (value * (w * share(name)))?;
             total = Some(match total {
                 Some(t) => (t + weighted)?,
                 None => weighted,
@@ -324,12 +334,72 @@ impl Vlm {
         if let Some(hooks) = &out.hooks {
             maps.extend(hooks.maps());
         }
+        let mut masked_samples = 0;
+        if self.loss_weights.get("dice").is_some_and(|&w| w != 0.0) {
+            if let Some(dice) = self.grounding_loss(&maps, batch, &prepared.valid)? {
+                masked_samples = batch.regions.iter().filter(|r| r.is_some()).count();
+                terms.insert("dice".to_string(), dice.to_dtype(DType::F32)?);
+            }
+        }
         Ok(LossOutput {
             terms,
             supervised_tokens: targets.len(),
             samples: b,
+            masked_samples,
             maps,
         })
+    }
+
+    /// The Dice loss between the connector's grounding map and the batch's region
+    /// masks; `None` when no sample has a mask.
+    fn grounding_loss(
+        &self,
+        maps: &BTreeMap<String, Tensor>,
+        batch: &VlmBatch,
+        valid: &[Vec<bool>],
+    ) -> Result<Option<Tensor>> {
+        let Some(name) = &self.needs.grounding_map else {
+            candle_core::bail!("the Dice loss needs a connector that exposes a grounding map");
+        };
+        let map = maps.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "the connector declared the grounding map `{name}` but did not produce it"
+            ))
+        })?;
+        let map = if map.rank() == 4 {
+            // B×K×S×N: the mean over each sequence's tokens (padding excluded).
+            let (b, _k, s, _n) = map.dims4()?;
+            let mut weights = vec![0f32; b * s];
+            for (i, row) in valid.iter().enumerate() {
+                let count = row.iter().filter(|&&v| v).count().max(1) as f32;
+                for (p, &v) in row.iter().enumerate().take(s) {
+                    if v {
+                        weights[i * s + p] = 1.0 / count;
+                    }
+                }
+            }
+            let weights =
+                Tensor::from_vec(weights, (b, 1, s, 1), map.device())?.to_dtype(map.dtype())?;
+            map.broadcast_mul(&weights)?.sum(2)?
+        } else {
+            map.clone()
+        };
+        let n = *map.dims().last().unwrap_or(&0);
+        let mut values = vec![0f32; batch.regions.len() * n];
+        for (i, region) in batch.regions.iter().enumerate() {
+            if let Some(region) = region {
+                if region.len() != n {
+                    candle_core::bail!(
+                        "a region mask covers {} grid cells, the grounding map `{name}` {n} tokens",
+                        region.len()
+                    );
+                }
+                values[i * n..(i + 1) * n].copy_from_slice(region);
+            }
+        }
+        let regions = Tensor::from_vec(values, (batch.regions.len(), n), map.device())?;
+        let present: Vec<bool> = batch.regions.iter().map(Option::is_some).collect();
+        ops::dice_loss(&map, &regions, &present)
     }
 
     /// Generates a continuation of each prompt (sequences ending where the answer

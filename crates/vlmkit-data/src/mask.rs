@@ -10,8 +10,13 @@ pub const INSIDE: u8 = 255;
 pub enum MaskError {
     #[error("mask sizes differ: {}x{} vs {}x{}", left.0, left.1, right.0, right.1)]
     SizeMismatch { left: (u32, u32), right: (u32, u32) },
-    #[error("a {width}x{height} mask cannot be split into a {grid}x{grid} patch grid")]
-    GridMismatch { width: u32, height: u32, grid: u32 },
+    #[error("a {width}x{height} mask cannot be laid on a {rows}x{cols} grid")]
+    GridMismatch {
+        width: u32,
+        height: u32,
+        rows: u32,
+        cols: u32,
+    },
 }
 
 /// An all-outside mask.
@@ -100,26 +105,54 @@ pub fn bounds(mask: &GrayImage) -> Option<MaskBounds> {
     bounds
 }
 
-/// Fraction of each patch inside the region, for a `grid`×`grid` patch grid in
-/// row-major order — the per-patch target a grounding loss compares attention with.
-pub fn patch_coverage(mask: &GrayImage, grid: u32) -> Result<Vec<f32>, MaskError> {
+/// Fraction of each cell of a `rows`×`cols` grid laid over the mask that lies
+/// inside the region (area averaging, row-major) — the per-token target a
+/// grounding loss compares attention with. Sizes need not divide: a pixel
+/// straddling two cells counts in each by the share of it that falls there.
+pub fn grid_coverage(mask: &GrayImage, rows: u32, cols: u32) -> Result<Vec<f32>, MaskError> {
     let (width, height) = mask.dimensions();
-    if grid == 0 || width % grid != 0 || height % grid != 0 {
+    if rows == 0 || cols == 0 || width == 0 || height == 0 {
         return Err(MaskError::GridMismatch {
             width,
             height,
-            grid,
+            rows,
+            cols,
         });
     }
-    let (patch_w, patch_h) = (width / grid, height / grid);
-    let mut inside = vec![0u32; (grid * grid) as usize];
-    for (x, y, pixel) in mask.enumerate_pixels() {
-        if pixel.0[0] != 0 {
-            inside[((y / patch_h) * grid + x / patch_w) as usize] += 1;
+    // overlaps[cell][pixel]: the length of pixel `pixel` inside cell `cell`, with
+    // each cell `size / cells` pixels long.
+    let overlaps = |size: u32, cells: u32| -> Vec<Vec<(usize, f64)>> {
+        let step = size as f64 / cells as f64;
+        (0..cells)
+            .map(|cell| {
+                let (lo, hi) = (cell as f64 * step, (cell + 1) as f64 * step);
+                (lo.floor() as u32..(hi.ceil() as u32).min(size))
+                    .filter_map(|p| {
+                        let overlap = hi.min(p as f64 + 1.0) - lo.max(p as f64);
+                        (overlap > 0.0).then_some((p as usize, overlap))
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let (ys, xs) = (overlaps(height, rows), overlaps(width, cols));
+    let cell_area = (height as f64 / rows as f64) * (width as f64 / cols as f64);
+    let inside = |x: usize, y: usize| f64::from(mask.get_pixel(x as u32, y as u32).0[0] != 0);
+    let mut out = Vec::with_capacity((rows * cols) as usize);
+    for row in &ys {
+        for col in &xs {
+            let covered: f64 = row
+                .iter()
+                .map(|&(y, wy)| {
+                    col.iter()
+                        .map(|&(x, wx)| wy * wx * inside(x, y))
+                        .sum::<f64>()
+                })
+                .sum();
+            out.push((covered / cell_area) as f32);
         }
     }
-    let patch_area = (patch_w * patch_h) as f32;
-    Ok(inside.into_iter().map(|n| n as f32 / patch_area).collect())
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -179,14 +212,30 @@ mod tests {
     }
 
     #[test]
-    fn patch_coverage_counts_per_patch_fractions() {
-        // 4x4 mask, 2x2 grid: top-left patch fully inside, bottom-right one pixel.
+    fn grid_coverage_averages_the_area_of_each_cell() {
+        // 4x4 mask, 2x2 grid: top-left cell fully inside, bottom-right one pixel.
         let mask = mask_with(4, 4, &[(0, 0), (1, 0), (0, 1), (1, 1), (3, 3)]);
-        assert_eq!(patch_coverage(&mask, 2).unwrap(), vec![1.0, 0.0, 0.0, 0.25]);
+        assert_eq!(
+            grid_coverage(&mask, 2, 2).unwrap(),
+            vec![1.0, 0.0, 0.0, 0.25]
+        );
         assert!(matches!(
-            patch_coverage(&mask, 3),
-            Err(MaskError::GridMismatch { grid: 3, .. })
+            grid_coverage(&mask, 0, 2),
+            Err(MaskError::GridMismatch { rows: 0, .. })
         ));
-        assert!(patch_coverage(&mask, 0).is_err());
+        // Cells that do not divide the pixels: a 3-pixel-wide mask on 2 columns,
+        // the middle pixel shared half and half.
+        let mask = mask_with(3, 1, &[(1, 0)]);
+        let cov = grid_coverage(&mask, 1, 2).unwrap();
+        assert!(
+            (cov[0] - 1.0 / 3.0).abs() < 1e-6 && (cov[1] - 1.0 / 3.0).abs() < 1e-6,
+            "{cov:?}"
+        );
+        // Coverage times cell area adds up to the region's area.
+        let mask = mask_with(7, 5, &[(0, 0), (3, 2), (6, 4), (5, 1)]);
+        let cov = grid_coverage(&mask, 3, 4).unwrap();
+        let total: f32 = cov.iter().sum::<f32>() * (7.0 / 4.0) * (5.0 / 3.0);
+        assert!((total - 4.0).abs() < 1e-4, "{total}");
+        assert!(cov.iter().all(|&c| (0.0..=1.0).contains(&c)));
     }
 }

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 use vlmkit_core::{TokenSequence, VisionInfo, VlmBatch};
-use vlmkit_data::{pixels, Collator, Example};
+use vlmkit_data::{mask, pixels, Collator, Example};
 
 use crate::TrainError;
 
@@ -13,6 +13,9 @@ pub struct BatchBuilder {
     pub collator: Collator,
     pub vision: VisionInfo,
     pub device: Device,
+    /// The token grid (rows, columns) a grounding loss compares region masks on;
+    /// `None` when nothing reads the masks.
+    pub grounding_grid: Option<(usize, usize)>,
 }
 
 impl BatchBuilder {
@@ -32,6 +35,17 @@ impl BatchBuilder {
             .map(|e| self.collator.prompt(e))
             .collect::<Result<Vec<_>, _>>()?;
         self.assemble(examples, sequences)
+    }
+
+    /// How many of `examples` carry a region mask the batch will hold.
+    pub fn masked(&self, examples: &[Example]) -> usize {
+        match self.grounding_grid {
+            Some(_) => examples
+                .iter()
+                .filter(|e| e.image.is_some() && e.mask.is_some())
+                .count(),
+            None => 0,
+        }
     }
 
     /// A batch of already tokenised sequences and their examples' images.
@@ -55,6 +69,21 @@ impl BatchBuilder {
             }
         }
         let pixels = Tensor::from_vec(data, (examples.len(), 3, size, size), &self.device)?;
-        Ok(VlmBatch { pixels, sequences })
+        let regions = examples
+            .iter()
+            .map(|e| match (self.grounding_grid, &e.image, &e.mask) {
+                (Some((rows, cols)), Some(_), Some(m)) => {
+                    mask::grid_coverage(m, rows as u32, cols as u32)
+                        .map(Some)
+                        .map_err(|err| TrainError::Invalid(format!("example {}: {err}", e.id)))
+                }
+                _ => Ok(None),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(VlmBatch {
+            pixels,
+            sequences,
+            regions,
+        })
     }
 }

@@ -146,7 +146,7 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
         let t1 = Instant::now();
         let out = vlm.loss(&batch)?;
         let objective = out
-            .objective(&vlm.loss_weights, 1.0, 1.0)?
+            .objective(&vlm.loss_weights, |_| 1.0)?
             .ok_or_else(|| TrainError::Invalid("every loss term has weight 0".into()))?;
         // Force the forward to finish before timing (asynchronous devices).
         let _ = objective.to_dtype(DType::F32)?.to_scalar::<f32>()?;

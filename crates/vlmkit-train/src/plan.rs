@@ -17,7 +17,7 @@ use crate::batch::BatchBuilder;
 use crate::source::{eval_spec, train_spec, DataSpec};
 
 /// Loss terms the host computes itself (connectors may add their own).
-pub const HOST_LOSSES: &[&str] = &["lm"];
+pub const HOST_LOSSES: &[&str] = &["lm", "dice"];
 
 /// Everything a run needs to know, validated.
 #[derive(Clone)]
@@ -238,6 +238,14 @@ impl Plan {
             for name in stage.losses.keys() {
                 let known = HOST_LOSSES.contains(&name.as_str())
                     || needs.aux_losses.iter().any(|a| a == name);
+                if name == "dice" && needs.grounding_map.is_none() {
+                    return Err(recipe.error_at(
+                        &format!("stage.{i}.losses.{name}"),
+                        format!(
+                            "the Dice loss compares a text→patch attention map with the region masks, and connector `{kind}` exposes none (ccra does: its `patch` map)"
+                        ),
+                    ));
+                }
                 if !known {
                     let mut all: Vec<String> = HOST_LOSSES.iter().map(|s| s.to_string()).collect();
                     all.extend(needs.aux_losses.iter().cloned());
@@ -488,6 +496,19 @@ impl Plan {
             .build(&self.connector_settings, &self.env, vb)
     }
 
+    /// The token grid region masks are compared on, when a stage weights the Dice
+    /// loss: the grid of the first selected layer, which the connector's grounding
+    /// map covers.
+    pub fn grounding_grid(&self) -> Option<(usize, usize)> {
+        self.needs.grounding_map.as_ref()?;
+        let weighted = self
+            .recipe
+            .stages
+            .iter()
+            .any(|s| s.losses.get("dice").is_some_and(|&w| w != 0.0));
+        weighted.then(|| self.env.vision.grids[self.env.layers[0]])
+    }
+
     /// Positions left for text next to `visual_tokens` prefix tokens (which replace
     /// the one placeholder token).
     pub fn text_budget(&self, visual_tokens: usize) -> usize {
@@ -512,6 +533,7 @@ impl Plan {
             collator: self.collator(self.visual_tokens)?,
             vision: self.env.vision.clone(),
             device,
+            grounding_grid: self.grounding_grid(),
         })
     }
 

@@ -127,6 +127,7 @@ pub fn forward_backward(
         )));
     }
     let n = examples.len();
+    let masked = builder.masked(examples);
     let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
     let plan = schedule(&lengths, parallelism.parts, parallelism.workers);
 
@@ -136,29 +137,29 @@ pub fn forward_backward(
             indices.iter().map(|&i| sequences[i].clone()).collect();
         let batch = builder.assemble(&part_examples, part_sequences)?;
         let out = vlm.loss(&batch)?;
-        let token_share = if tokens == 0 {
-            0.0
-        } else {
-            out.supervised_tokens as f64 / tokens as f64
+        // This part's share of what each term averages over in the whole batch.
+        let share = |name: &str| {
+            let whole = match name {
+                "lm" => tokens,
+                "dice" => masked,
+                _ => n,
+            };
+            if whole == 0 {
+                0.0
+            } else {
+                out.count_of(name) as f64 / whole as f64
+            }
         };
-        let sample_share = indices.len() as f64 / n as f64;
         let mut terms = BTreeMap::new();
         for (name, t) in &out.terms {
-            let share = if name == "lm" {
-                token_share
-            } else {
-                sample_share
-            };
             terms.insert(
                 name.clone(),
-                share * t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                share(name) * t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
             );
         }
         let mut grads = BTreeMap::new();
         let mut loss = 0.0;
-        if let Some(objective) =
-            out.objective(&vlm.loss_weights, token_share * scale, sample_share * scale)?
-        {
+        if let Some(objective) = out.objective(&vlm.loss_weights, |name| share(name) * scale)? {
             loss = objective.to_dtype(DType::F64)?.to_scalar::<f64>()? / scale;
             let store = objective.backward()?;
             for (name, var) in params {

@@ -66,9 +66,13 @@ impl ConnectorFactory for CcraFactory {
                 .resolve(index)
                 .map_err(|e| settings.error("residual_layer", e.to_string()))?;
         }
+        // PWCA's patch map is text→patch attention a grounding loss can train;
+        // raw scores (`map_norm = "none"`) can be negative, so not then.
+        let grounding = cfg.pwca && cfg.map_norm == MapNorm::Softmax;
         Ok(ConnectorNeeds {
             reads_text: true,
             equal_layer_shapes: true,
+            grounding_map: grounding.then(|| "patch".to_string()),
             // Every block: hs[1..=L].
             ..ConnectorNeeds::prefix((1..=vision.depth as i64).collect())
         })
