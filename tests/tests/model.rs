@@ -21,6 +21,7 @@ fn plan(extra: &[&str]) -> Plan {
     connector_dense::register(&mut registry).unwrap();
     connector_mmfuser::register(&mut registry).unwrap();
     connector_igva::register(&mut registry).unwrap();
+    connector_age::register(&mut registry).unwrap();
     let mut overrides = tiny(1);
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
@@ -166,6 +167,46 @@ fn every_parameter_trains_through_the_baseline_connectors() {
         .collect();
     let missing = params_without_gradient(&b, &invariant);
     assert!(missing.is_empty(), "{missing:#?}");
+}
+
+#[test]
+fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open() {
+    let age = [
+        "connector.kind=\"age\"",
+        "connector.layers=[0]",
+        "connector.heads=2",
+        "vision.layers=[-1]",
+        "stage.0.losses={lm=1.0,dice=0.5}",
+    ];
+    let b = build(&age);
+    assert_eq!(b.plan.visual_tokens, 0, "no visual tokens in the sequence");
+    // Closed gates (step 0): what lies behind them gets no gradient yet. The
+    // gates, and through the Dice term the attention's queries and keys, do.
+    let behind_gates: Vec<String> = b
+        .params
+        .iter()
+        .map(|(n, _)| n.clone())
+        .filter(|n| {
+            n.starts_with("connector.")
+                && [".v.", ".o.", ".ff.", "norm_ff", "adapter.bias"]
+                    .iter()
+                    .any(|p| n.contains(p))
+        })
+        .collect();
+    assert!(!behind_gates.is_empty());
+    let missing = params_without_gradient(&b, &behind_gates);
+    assert!(missing.is_empty(), "{missing:#?}");
+    for gate in ["gate_attn", "gate_ff"] {
+        let var = b.store.get(&format!("connector.blocks.0.{gate}")).unwrap();
+        var.set(&Tensor::new(&[0.5f32], &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    let missing = params_without_gradient(&b, &[]);
+    assert!(missing.is_empty(), "{missing:#?}");
+    let batch = b.builder.train(&examples(16)).unwrap();
+    let out = b.vlm.loss(&batch).unwrap();
+    assert_eq!(out.maps["xattn"].dims()[..2], [16, 1]);
+    assert!(out.terms.contains_key("dice"));
 }
 
 #[test]

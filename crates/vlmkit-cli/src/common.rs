@@ -15,6 +15,7 @@ pub fn registry() -> Registry {
     connector_dense::register(&mut registry).expect("built-in connectors have distinct kinds");
     connector_mmfuser::register(&mut registry).expect("built-in connectors have distinct kinds");
     connector_igva::register(&mut registry).expect("built-in connectors have distinct kinds");
+    connector_age::register(&mut registry).expect("built-in connectors have distinct kinds");
     registry
 }
 

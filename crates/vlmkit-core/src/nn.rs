@@ -436,7 +436,8 @@ impl MultiHeadAttention {
         self.forward_kv(x, &k, &v, mask, rope)
     }
 
-    /// Attention of `x` over precomputed keys and values.
+    /// Attention of `x` over precomputed keys and values; the probabilities are
+    /// detached (for analysis).
     pub fn forward_kv(
         &self,
         x: &Tensor,
@@ -444,6 +445,32 @@ impl MultiHeadAttention {
         v: &Tensor,
         mask: Option<&Tensor>,
         rope: Option<&RopeTables>,
+    ) -> Result<AttentionOutput> {
+        self.attend(x, k, v, mask, rope, ops::attention)
+    }
+
+    /// As [`MultiHeadAttention::forward_kv`], with the probabilities in the
+    /// autograd graph: for losses on the attention map (slower; train with it
+    /// only where such a loss reads the map).
+    pub fn forward_kv_tracked(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        rope: Option<&RopeTables>,
+    ) -> Result<AttentionOutput> {
+        self.attend(x, k, v, mask, rope, ops::attention_tracked)
+    }
+
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        rope: Option<&RopeTables>,
+        attention: fn(&Tensor, &Tensor, &Tensor, Option<&Tensor>, f64) -> Result<ops::Attended>,
     ) -> Result<AttentionOutput> {
         let (b, t, _) = x.dims3()?;
         let q = self
@@ -456,7 +483,7 @@ impl MultiHeadAttention {
         };
         let q = q.transpose(1, 2)?.contiguous()?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let att = ops::attention(&q, k, v, mask, scale)?;
+        let att = attention(&q, k, v, mask, scale)?;
         let merged = att
             .output
             .transpose(1, 2)?

@@ -51,6 +51,8 @@ pub struct ConnectorEnv {
     pub llm_hidden: usize,
     /// Width of the text context embeddings.
     pub text_hidden: usize,
+    /// Decoder layers of the language model (where interleaved blocks can go).
+    pub llm_layers: usize,
     /// The pretrained weights the connector declared it loads itself
     /// ([`ConnectorNeeds::weight_dirs`]): setting key → directory, resolved and
     /// checked to exist. Empty when only shapes are wanted (`vlmkit params`, the

@@ -212,6 +212,7 @@ impl Plan {
             layers,
             llm_hidden: llm.config.hidden_size,
             text_hidden: llm.config.hidden_size,
+            llm_layers: llm.config.num_hidden_layers,
             weight_dirs,
         };
         connector
@@ -242,7 +243,7 @@ impl Plan {
                     return Err(recipe.error_at(
                         &format!("stage.{i}.losses.{name}"),
                         format!(
-                            "the Dice loss compares a text→patch attention map with the region masks, and connector `{kind}` exposes none (ccra does: its `patch` map)"
+                            "the Dice loss compares a text→patch attention map with the region masks, and connector `{kind}` exposes none (age does: its blocks' attention; ccra: its `patch` map)"
                         ),
                     ));
                 }

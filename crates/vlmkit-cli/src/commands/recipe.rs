@@ -48,6 +48,24 @@ pub fn run(args: RecipeArgs) -> Result<()> {
                 needs.reads_text,
                 plan.env.layers,
             );
+            // What each stage trains and on which losses (a connector's own terms
+            // included with their default weight).
+            for stage in &plan.recipe.stages {
+                let losses: Vec<String> = plan
+                    .loss_weights(stage)
+                    .iter()
+                    .map(|(name, weight)| format!("{name} {weight}"))
+                    .collect();
+                eprintln!(
+                    "stage `{}`: {} steps, trains {}, losses {}",
+                    stage.name,
+                    stage
+                        .steps
+                        .map_or_else(|| "epoch-based".to_string(), |s| s.to_string()),
+                    stage.trainable.join(", "),
+                    losses.join(", ")
+                );
+            }
             // Settings are valid; whether the named files are here is a separate
             // question (they need not be, to inspect a recipe).
             for (key, path) in plan.external_paths() {
