@@ -200,3 +200,86 @@ fn broken_directories_are_refused_with_the_reason() {
     let e = err(dir.path());
     assert!(e.contains("`mpnet`") && e.contains("BERT"), "{e}");
 }
+
+/// A real pretrained model from `scripts/fetch-test-models.sh`, or `None` (with
+/// the reason printed) when it has not been fetched.
+fn test_model(name: &str) -> Option<PathBuf> {
+    let root = std::env::var_os("VLMKIT_TEST_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-models"));
+    let dir = root.join(name);
+    if dir.join("model.safetensors").is_file() {
+        Some(dir)
+    } else {
+        println!(
+            "skipped: {} is absent; run scripts/fetch-test-models.sh",
+            dir.display()
+        );
+        None
+    }
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+#[test]
+fn real_all_minilm_l6_v2_gives_the_published_similarities() {
+    let Some(dir) = test_model("all-MiniLM-L6-v2") else {
+        return;
+    };
+    let enc = SentenceEncoder::load(&dir, None).unwrap();
+    // The directory's sentence-transformers files: mean pooling, then Normalize.
+    assert_eq!(enc.hidden_size(), 384);
+    assert_eq!(enc.pooling(), Pooling::Mean);
+    assert!(enc.normalizes());
+    // sbert.net's examples for this model, printed to four decimals.
+    let check = |left: &[&str], right: &[&str], expected: &[&[f32]]| {
+        let a = rows(&enc.encode(&texts(left), &Device::Cpu, DType::F32).unwrap());
+        let b = rows(&enc.encode(&texts(right), &Device::Cpu, DType::F32).unwrap());
+        for (i, row) in expected.iter().enumerate() {
+            for (j, &want) in row.iter().enumerate() {
+                let got = cosine(&a[i], &b[j]);
+                assert!(
+                    (got - want).abs() < 2e-4,
+                    "{:?} vs {:?}: {got:.5}, published {want:.4}",
+                    left[i],
+                    right[j]
+                );
+            }
+        }
+    };
+    let quickstart = [
+        "The weather is lovely today.",
+        "It's so sunny outside!",
+        "He drove to the stadium.",
+    ];
+    check(
+        &quickstart,
+        &quickstart,
+        &[
+            &[1.0, 0.6660, 0.1046],
+            &[0.6660, 1.0, 0.1411],
+            &[0.1046, 0.1411, 1.0],
+        ],
+    );
+    check(
+        &[
+            "The new movie is awesome",
+            "The cat sits outside",
+            "A man is playing guitar",
+        ],
+        &[
+            "The dog plays in the garden",
+            "The new movie is so great",
+            "A woman watches TV",
+        ],
+        &[
+            &[0.0543, 0.8939, -0.0502],
+            &[0.2838, -0.0029, 0.1310],
+            &[0.2277, -0.0136, -0.0327],
+        ],
+    );
+}
