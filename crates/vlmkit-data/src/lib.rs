@@ -14,6 +14,7 @@ pub mod example;
 pub mod export;
 pub mod llava;
 pub mod mask;
+pub mod rle;
 pub mod shapes;
 pub mod template;
 pub mod tokenizer;

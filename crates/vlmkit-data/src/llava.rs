@@ -3,8 +3,10 @@
 //! The file is a JSON array of records:
 //! `{"id": ..., "image": "relative/path.png", "conversations": [{"from": "human",
 //! "value": "<image>\nQuestion"}, {"from": "gpt", "value": "Answer"}, ...]}`.
-//! vlmkit adds three optional fields: `"mask"` (relative path to an 8-bit grey PNG,
-//! non-zero = inside), `"family"` and `"meta"` (an object of strings). Records without
+//! vlmkit adds three optional fields: `"mask"` (the region the conversation is
+//! about: a relative path to an 8-bit grey PNG, non-zero = inside, or a COCO RLE
+//! object `{"size": [h, w], "counts": …}`), `"family"` and `"meta"` (an object of
+//! strings). Records without
 //! `"image"` are text-only examples. Unknown fields are ignored, as LLaVA mixtures
 //! often carry extra annotations.
 
@@ -17,6 +19,17 @@ use serde::{Deserialize, Serialize};
 use crate::error::{DataError, RecordRef};
 use crate::example::{Example, Role, Turn};
 use crate::mask;
+use crate::rle::CocoRle;
+
+/// Where a record's region mask is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MaskRef {
+    /// An 8-bit grey PNG, relative to the image root.
+    Path(String),
+    /// COCO run-length encoding at the image's size.
+    Rle(CocoRle),
+}
 
 /// One record of a LLaVA JSON file, with paths still relative to the image root.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -26,7 +39,7 @@ pub struct LlavaRecord {
     pub image: Option<String>,
     pub conversations: Vec<Turn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mask: Option<String>,
+    pub mask: Option<MaskRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -40,7 +53,7 @@ impl LlavaRecord {
             id: example.id.clone(),
             image,
             conversations: example.turns.clone(),
-            mask,
+            mask: mask.map(MaskRef::Path),
             family: example.family.clone(),
             meta: example.meta.clone(),
         }
@@ -55,7 +68,7 @@ struct RawRecord {
     #[serde(default)]
     conversations: Option<Vec<RawTurn>>,
     #[serde(default)]
-    mask: Option<String>,
+    mask: Option<MaskRef>,
     #[serde(default)]
     family: Option<String>,
     #[serde(default)]
@@ -167,9 +180,22 @@ impl LlavaDataset {
                     record: record_ref,
                 })
             }
-            (Some(relative), Some((image, image_path))) => {
-                let mask_path = self.image_root.join(relative);
-                let mask = mask::binarize(&self.decode(&mask_path, &record_ref)?.to_luma8());
+            (Some(source), Some((image, image_path))) => {
+                let (mask, mask_path) = match source {
+                    MaskRef::Path(relative) => {
+                        let mask_path = self.image_root.join(relative);
+                        let decoded = self.decode(&mask_path, &record_ref)?.to_luma8();
+                        (mask::binarize(&decoded), mask_path)
+                    }
+                    MaskRef::Rle(rle) => {
+                        let decoded = rle.decode().map_err(|e| DataError::InvalidRecord {
+                            path: self.json_path.clone(),
+                            record: record_ref.clone(),
+                            reason: format!("\"mask\" (COCO RLE): {e}"),
+                        })?;
+                        (decoded, PathBuf::from("(COCO RLE)"))
+                    }
+                };
                 if mask.dimensions() != image.dimensions() {
                     return Err(DataError::MaskSizeMismatch {
                         path: self.json_path.clone(),
@@ -482,6 +508,39 @@ mod tests {
             r#"[{{"id": "t", "image": "img/text.png", "conversations": {CONVERSATION}}}]"#
         ));
         assert!(message.contains("text.png: corrupt image: "), "{message}");
+    }
+
+    #[test]
+    fn coco_rle_masks_are_read_in_either_form() {
+        let fixture = Fixture::new();
+        fixture.write_image("img/a.png", 4, 3);
+        let path = fixture.write_json(&format!(
+            r#"[{{"id": "c", "image": "img/a.png", "mask": {{"size": [3, 4], "counts": "32112"}}, "conversations": {CONVERSATION}}},
+                {{"id": "l", "image": "img/a.png", "mask": {{"size": [3, 4], "counts": [3, 2, 1, 3, 3]}}, "conversations": {CONVERSATION}}}]"#
+        ));
+        let dataset = LlavaDataset::open(&path, None).unwrap();
+        let compressed = dataset.get(0).unwrap().mask.unwrap();
+        let listed = dataset.get(1).unwrap().mask.unwrap();
+        assert_eq!(compressed, listed);
+        assert_eq!(mask::area(&compressed), 5);
+        assert_eq!(compressed.get_pixel(2, 2).0[0], mask::INSIDE);
+        assert_eq!(compressed.get_pixel(0, 0).0[0], 0);
+
+        // The RLE's size must be the image's; bad counts are refused with the reason.
+        let message = fixture.get_error(&format!(
+            r#"[{{"id": "w", "image": "img/a.png", "mask": {{"size": [4, 3], "counts": [12]}}, "conversations": {CONVERSATION}}}]"#
+        ));
+        assert!(
+            message.contains("3x4") && message.contains("4x3"),
+            "{message}"
+        );
+        let message = fixture.get_error(&format!(
+            r#"[{{"id": "b", "image": "img/a.png", "mask": {{"size": [3, 4], "counts": [3, 2]}}, "conversations": {CONVERSATION}}}]"#
+        ));
+        assert!(
+            message.contains("COCO RLE") && message.contains("cover 5 pixels"),
+            "{message}"
+        );
     }
 
     #[test]
