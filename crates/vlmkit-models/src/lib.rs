@@ -1,6 +1,7 @@
 //! Vision encoders and language models, with Hugging Face weight names and config
 //! fields, built from their recipe sections.
 
+pub mod convnext;
 pub mod llama;
 pub mod vit;
 
@@ -9,6 +10,7 @@ use std::path::PathBuf;
 use vlmkit_core::{LanguageModel, LlmInfo, VisionEncoder, VisionInfo};
 use vlmkit_recipe::{Recipe, Settings, SettingsError};
 
+pub use convnext::{ConvNext, ConvNextConfig};
 pub use llama::{Llama, LlamaConfig};
 pub use vit::{PositionInit, VisionTransformer, VitConfig};
 
