@@ -96,6 +96,13 @@ fn recipe_errors_name_file_line_and_key() {
         "error_mmfuser_default_levels",
         recipe_error("[connector]\nkind = \"mmfuser\"\nheads = 4\n")
     );
+    // A ConvNeXt's stages differ in width and grid; CCRA needs equal layers.
+    insta::assert_snapshot!(
+        "error_ccra_on_convnext",
+        recipe_error(
+            "[connector]\nkind = \"ccra\"\n[vision]\nkind = \"convnext\"\nimage_size = 32\npatch_size = 2\nnum_stages = 3\nhidden_sizes = [32, 48, 64]\ndepths = [1, 1, 1]\n"
+        )
+    );
     insta::assert_snapshot!(
         "error_dense_sti_window",
         recipe_error("[connector]\nkind = \"dense\"\nvariant = \"sti\"\npool = 32\n")

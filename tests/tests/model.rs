@@ -109,7 +109,7 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
     }
     let last_block = format!(
         "vision.vision_model.encoder.layers.{}.",
-        b.plan.vision.config.num_hidden_layers - 1
+        b.plan.vision.info().depth - 1
     );
     assert!(
         !trainable.iter().any(|n| n.starts_with(&last_block)),
@@ -225,7 +225,7 @@ fn every_parameter_trains_through_a_text_reading_connector() {
     let trainable: Vec<&str> = b.params.iter().map(|(n, _)| n.as_str()).collect();
     let last_block = format!(
         "vision.vision_model.encoder.layers.{}.",
-        b.plan.vision.config.num_hidden_layers - 1
+        b.plan.vision.info().depth - 1
     );
     assert!(trainable.iter().any(|n| n.starts_with(&last_block)));
     assert!(trainable

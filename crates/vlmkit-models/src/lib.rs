@@ -60,11 +60,46 @@ pub struct VisionSpec {
     /// Hidden states handed to the connector (HF indices, negative from the end);
     /// `None` lets the connector choose.
     pub layers: Option<Vec<i64>>,
-    pub config: VitConfig,
+    pub config: VisionConfig,
 }
 
 /// Vision encoder kinds this build knows.
-pub const VISION_KINDS: &[&str] = &["vit", "clip"];
+pub const VISION_KINDS: &[&str] = &["vit", "clip", "convnext"];
+
+/// The encoder's configuration, by kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VisionConfig {
+    /// `vit` / `clip`: `CLIPVisionConfig`.
+    Vit(VitConfig),
+    /// `convnext`: `ConvNextConfig`.
+    ConvNext(ConvNextConfig),
+}
+
+impl VisionConfig {
+    fn parse(kind: &str, settings: &Settings) -> Result<Self, SettingsError> {
+        let (config, checked) = match kind {
+            "convnext" => {
+                let cfg: ConvNextConfig = settings.parse()?;
+                let checked = cfg.validate();
+                (Self::ConvNext(cfg), checked)
+            }
+            _ => {
+                let cfg: VitConfig = settings.parse()?;
+                let checked = cfg.validate();
+                (Self::Vit(cfg), checked)
+            }
+        };
+        checked.map_err(|(key, msg)| settings.error(key, msg))?;
+        Ok(config)
+    }
+
+    pub fn info(&self) -> VisionInfo {
+        match self {
+            Self::Vit(cfg) => cfg.info(),
+            Self::ConvNext(cfg) => cfg.info(),
+        }
+    }
+}
 
 impl VisionSpec {
     /// Parses `settings` (the `[vision]` table of `recipe`).
@@ -95,10 +130,7 @@ impl VisionSpec {
         if layers.as_ref().is_some_and(|l| l.is_empty()) {
             return Err(settings.error("layers", "select at least one hidden state"));
         }
-        let config: VitConfig = settings.without(&["kind", "from", "layers"]).parse()?;
-        config
-            .validate()
-            .map_err(|(key, msg)| settings.error(key, msg))?;
+        let config = VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?;
         let spec = Self {
             kind,
             source,
@@ -122,12 +154,18 @@ impl VisionSpec {
     /// Parameters (names under the encoder root) that start from a table instead
     /// of a random draw.
     pub fn initial_values(&self) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
-        self.config.initial_values()
+        match &self.config {
+            VisionConfig::Vit(cfg) => cfg.initial_values(),
+            VisionConfig::ConvNext(_) => Ok(Vec::new()),
+        }
     }
 
     /// Builds the encoder (weights under the given builder's prefix).
     pub fn build(&self, vb: candle_nn::VarBuilder) -> candle_core::Result<Box<dyn VisionEncoder>> {
-        Ok(Box::new(VisionTransformer::new(&self.config, vb)?))
+        Ok(match &self.config {
+            VisionConfig::Vit(cfg) => Box::new(VisionTransformer::new(cfg, vb)?),
+            VisionConfig::ConvNext(cfg) => Box::new(ConvNext::new(cfg, vb)?),
+        })
     }
 }
 
