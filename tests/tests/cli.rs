@@ -16,7 +16,7 @@ fn help(args: &[&str]) -> String {
 fn help_texts() {
     insta::assert_snapshot!("help", help(&[]));
     for cmd in [
-        "train", "eval", "infer", "params", "bench", "compare", "sweep",
+        "train", "eval", "infer", "params", "bench", "compare", "sweep", "masks",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd]));
     }
@@ -379,6 +379,71 @@ fn trains_on_exported_llava_json() {
         serde_json::from_str(&std::fs::read_to_string(eval_dir.join("report.json")).unwrap())
             .unwrap();
     assert_eq!(report["samples"], 16);
+}
+
+#[test]
+fn sam_masks_feed_the_dice_loss() {
+    // Built-in images as LLaVA JSON, their masks replaced by box prompts; SAM (a
+    // tiny random one: the pipeline, not the masks' quality) labels them, and
+    // CCRA trains with the Dice term on the result.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _out, err) = run(vlmkit()
+        .args([
+            "data", "export", "--split", "train", "--count", "6", "--out",
+        ])
+        .arg(&data));
+    assert!(ok, "{err}");
+    let json = data.join("train.json");
+    let mut records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for record in &mut records {
+        let record = record.as_object_mut().unwrap();
+        record.remove("mask");
+        record.insert("box".into(), serde_json::json!([4, 4, 20, 20]));
+    }
+    std::fs::write(&json, serde_json::to_string(&records).unwrap()).unwrap();
+    vlmkit_masks::fixture::write_random_sam(&dir.path().join("sam"), 1).unwrap();
+
+    let (ok, out, err) = run(vlmkit()
+        .arg("masks")
+        .arg(&json)
+        .arg("--sam")
+        .arg(dir.path().join("sam")));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("6 masks written under"), "{out}");
+    let labelled = data.join("train.masks.json");
+    let text = std::fs::read_to_string(&labelled).unwrap();
+    assert_eq!(text.matches("\"mask\": \"masks/").count(), 6, "{text}");
+
+    std::fs::write(
+        dir.path().join("dice.toml"),
+        format!(
+            "extends = {:?}\n[connector]\nkind = \"ccra\"\n[data.train]\nkind = \"llava\"\njson = \"data/train.masks.json\"\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let run_dir = dir.path().join("run");
+    let mut overrides = tiny(3);
+    overrides.retain(|o| !o.starts_with("stage.0.batch_size"));
+    overrides.extend([
+        "stage.0.batch_size=3".to_string(),
+        "stage.0.losses={lm=1.0,dice=0.5}".to_string(),
+        "run.log_every=1".to_string(),
+    ]);
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "dice.toml", "--out"])
+        .arg(&run_dir)
+        .args(set_args(&overrides)));
+    assert!(ok, "{err}");
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().all(|l| l.contains("\"dice\"")), "{metrics}");
+
+    // A directory without a checkpoint is refused with the reason.
+    let (ok, _out, err) = run(vlmkit().arg("masks").arg(&json).arg("--sam").arg(&data));
+    assert!(!ok && err.contains("no .safetensors file"), "{err}");
 }
 
 #[test]

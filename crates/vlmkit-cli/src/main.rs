@@ -31,6 +31,8 @@ enum Command {
     Recipe(commands::recipe::RecipeArgs),
     /// Work with the built-in data.
     Data(commands::data::DataArgs),
+    /// Region masks for a LLaVA JSON file from Segment Anything, prompted by its boxes or points.
+    Masks(commands::masks::MasksArgs),
     /// Count parameters per component, trainable or frozen.
     Params(commands::params::ParamsArgs),
     /// Time the phases of a training step (median data / forward / backward / optimizer).
@@ -52,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Command::Infer(args) => commands::infer::run(args),
         Command::Recipe(args) => commands::recipe::run(args),
         Command::Data(args) => commands::data::run(args),
+        Command::Masks(args) => commands::masks::run(args),
         Command::Params(args) => commands::params::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Connector(args) => commands::connector::run(args),

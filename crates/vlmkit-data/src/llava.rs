@@ -40,6 +40,13 @@ pub struct LlavaRecord {
     pub conversations: Vec<Turn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask: Option<MaskRef>,
+    /// A box around the region, `[x0, y0, x1, y1]` in image pixels: a prompt for a
+    /// segmentation teacher (`vlmkit masks`).
+    #[serde(default, rename = "box", skip_serializing_if = "Option::is_none")]
+    pub region_box: Option<[f64; 4]>,
+    /// Points inside the region, `[[x, y], …]` in image pixels (another prompt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<Vec<[f64; 2]>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -54,6 +61,8 @@ impl LlavaRecord {
             image,
             conversations: example.turns.clone(),
             mask: mask.map(MaskRef::Path),
+            region_box: None,
+            points: None,
             family: example.family.clone(),
             meta: example.meta.clone(),
         }
@@ -69,6 +78,10 @@ struct RawRecord {
     conversations: Option<Vec<RawTurn>>,
     #[serde(default)]
     mask: Option<MaskRef>,
+    #[serde(default, rename = "box")]
+    region_box: Option<[f64; 4]>,
+    #[serde(default)]
+    points: Option<Vec<[f64; 2]>>,
     #[serde(default)]
     family: Option<String>,
     #[serde(default)]
@@ -153,6 +166,26 @@ impl LlavaDataset {
 
     pub fn records(&self) -> &[LlavaRecord] {
         &self.records
+    }
+
+    /// The image of record `index`, decoded (`None` for a text-only record).
+    pub fn image(&self, index: usize) -> Result<Option<image::RgbImage>, DataError> {
+        let record = self.records.get(index).ok_or(DataError::IndexOutOfRange {
+            index,
+            len: self.records.len(),
+        })?;
+        let record_ref = RecordRef {
+            index,
+            id: Some(record.id.clone()),
+        };
+        record
+            .image
+            .as_ref()
+            .map(|relative| {
+                let path = self.image_root.join(relative);
+                Ok(self.decode(&path, &record_ref)?.to_rgb8())
+            })
+            .transpose()
     }
 
     /// Example `index` with its image and mask decoded.
@@ -303,6 +336,8 @@ fn parse_record(
         image: raw.image,
         conversations,
         mask: raw.mask,
+        region_box: raw.region_box,
+        points: raw.points,
         family: raw.family,
         meta: raw.meta,
     })
@@ -582,6 +617,8 @@ mod tests {
                     Turn::gpt("No."),
                 ],
                 mask: None,
+                region_box: None,
+                points: None,
                 family: Some("chat".to_owned()),
                 meta: [("k".to_owned(), "v".to_owned())].into(),
             },
@@ -590,6 +627,8 @@ mod tests {
                 image: None,
                 conversations: vec![Turn::human("Only a question")],
                 mask: None,
+                region_box: None,
+                points: None,
                 family: None,
                 meta: BTreeMap::new(),
             },

@@ -4,6 +4,7 @@ pub mod connector;
 pub mod data;
 pub mod eval;
 pub mod infer;
+pub mod masks;
 pub mod params;
 pub mod recipe;
 pub mod sweep;
