@@ -12,9 +12,9 @@
 //! Everything runs channels-last (`B×H×W×C`), so every LayerNorm — HF's
 //! "channels_first" ones included — is vlmkit's last-axis LayerNorm with a sound
 //! backward; the stride-k convolutions are linear maps of unfolded patches, and
-//! the depthwise convolution is a weighted sum of 49 shifted copies.
+//! the depthwise convolution is vlmkit's fused op (`ops::depthwise_conv2d`).
 
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use vlmkit_core::nn::{LayerNorm, Linear, LinearInit};
@@ -168,21 +168,7 @@ fn patchify_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result
 /// A `KERNEL`×`KERNEL` depthwise convolution with zero padding on channels-last
 /// `x`: `weight` is the conv's `[C, 1, k, k]`, `bias` `[C]`.
 fn depthwise_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    let pad = KERNEL / 2;
-    let padded = x.pad_with_zeros(1, pad, pad)?.pad_with_zeros(2, pad, pad)?;
-    // Every kernel offset's view of the input, stacked on a last axis.
-    let mut shifted = Vec::with_capacity(KERNEL * KERNEL);
-    for dy in 0..KERNEL {
-        for dx in 0..KERNEL {
-            shifted.push(padded.narrow(1, dy, h)?.narrow(2, dx, w)?);
-        }
-    }
-    let windows = Tensor::stack(&shifted, D::Minus1)?; // B×H×W×C×k²
-    let taps = weight.reshape((c, KERNEL * KERNEL))?;
-    let y = windows.broadcast_mul(&taps)?.sum(D::Minus1)?;
-    debug_assert_eq!(y.dims(), &[b, h, w, c]);
-    y.broadcast_add(bias)
+    ops::depthwise_conv2d(x, weight)?.broadcast_add(bias)
 }
 
 /// One ConvNeXt block (`encoder.stages.{i}.layers.{j}`).

@@ -12,6 +12,7 @@ mod kernel;
 
 pub mod activation;
 pub mod attention;
+pub mod depthwise;
 pub mod grounding;
 pub mod linear;
 pub mod loss;
@@ -23,6 +24,7 @@ pub use activation::{swiglu, Activation};
 pub use attention::{
     additive_key_mask, attention, attention_tracked, causal_mask, padding_mask, Attended,
 };
+pub use depthwise::depthwise_conv2d;
 pub use grounding::dice_loss;
 pub use kernel::set_intra_op_threads;
 pub use linear::{linear, matmul};
