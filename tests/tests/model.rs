@@ -210,6 +210,40 @@ fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open(
 }
 
 #[test]
+fn text_only_samples_do_not_read_a_blank_image_through_interleaved_blocks() {
+    let b = build(&[
+        "connector.kind=\"age\"",
+        "connector.layers=[0]",
+        "connector.heads=2",
+        "vision.layers=[-1]",
+    ]);
+    let text_only = Example::single_turn("t", None, "What color is the circle?", "red");
+    let with_image = examples(1).remove(0);
+    let lm = |batch: &[Example]| {
+        let out = b.vlm.loss(&b.builder.train(batch).unwrap()).unwrap();
+        out.terms["lm"].to_scalar::<f32>().unwrap()
+    };
+    let closed = (
+        lm(std::slice::from_ref(&text_only)),
+        lm(std::slice::from_ref(&with_image)),
+    );
+    for gate in ["gate_attn", "gate_ff"] {
+        let var = b.store.get(&format!("connector.blocks.0.{gate}")).unwrap();
+        var.set(&Tensor::new(&[0.5f32], &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    // Open gates change what a sample with an image sees, not a text-only one,
+    // alone or beside an image sample.
+    assert_eq!(lm(std::slice::from_ref(&text_only)), closed.0);
+    assert_ne!(lm(std::slice::from_ref(&with_image)), closed.1);
+    let mixed = b
+        .vlm
+        .loss(&b.builder.train(&[text_only.clone(), with_image]).unwrap())
+        .unwrap();
+    assert!(mixed.terms["lm"].to_scalar::<f32>().unwrap().is_finite());
+}
+
+#[test]
 fn every_parameter_trains_through_a_text_reading_connector() {
     // CCRA reads every block and the query embeddings: all of them get gradients,
     // the last vision block and the token embeddings included.

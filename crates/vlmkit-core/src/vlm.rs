@@ -3,12 +3,13 @@
 //! supervised positions only, and KV-cached generation.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
 use crate::model::{
-    Connector, ConnectorNeeds, ConnectorOutput, DecoderInput, KvCache, LanguageModel, Placement,
-    TextContext, VisionEncoder,
+    Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel,
+    Placement, TextContext, VisionEncoder,
 };
 use crate::ops::{self, IGNORE_INDEX};
 use crate::rng::Rng;
@@ -165,7 +166,20 @@ impl Vlm {
         } else {
             None
         };
-        self.connector.forward(&features, text.as_ref())
+        let mut out = self.connector.forward(&features, text.as_ref())?;
+        // An interleaved connector reads the image inside the decoder: samples
+        // without one must not see the encoding of the blank pixels in their place.
+        if sequences.iter().any(|s| s.image_at.is_none()) {
+            if let Some(inner) = out.hooks.take() {
+                let keep: Vec<f32> = sequences
+                    .iter()
+                    .map(|s| f32::from(u8::from(s.image_at.is_some())))
+                    .collect();
+                let keep = Tensor::from_vec(keep, (sequences.len(), 1, 1), pixels.device())?;
+                out.hooks = Some(Arc::new(ImageSamplesOnly { inner, keep }));
+            }
+        }
+        Ok(out)
     }
 
     /// The query tokens embedded by the language model, right-padded, with a mask.
@@ -476,6 +490,25 @@ impl Vlm {
             last = hidden.squeeze(1)?;
         }
         Ok(outputs)
+    }
+}
+
+/// Decoder hooks whose change to the hidden states applies only to the samples
+/// that have an image (`keep`: `B×1×1`, 1 or 0).
+struct ImageSamplesOnly {
+    inner: Arc<dyn DecoderHooks>,
+    keep: Tensor,
+}
+
+impl DecoderHooks for ImageSamplesOnly {
+    fn before_layer(&self, layer: usize, hidden: &Tensor) -> Result<Tensor> {
+        let changed = self.inner.before_layer(layer, hidden)?;
+        let keep = self.keep.to_dtype(hidden.dtype())?;
+        hidden + (changed - hidden)?.broadcast_mul(&keep)?
+    }
+
+    fn maps(&self) -> BTreeMap<String, Tensor> {
+        self.inner.maps()
     }
 }
 
