@@ -382,6 +382,57 @@ fn trains_on_exported_llava_json() {
 }
 
 #[test]
+fn compare_runs_the_interleaved_connector_like_any_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = "[vision]\nhidden_size = 16\nintermediate_size = 32\nnum_hidden_layers = 2\nnum_attention_heads = 2\n\
+                 [llm]\nhidden_size = 16\nintermediate_size = 32\nnum_hidden_layers = 2\nnum_attention_heads = 2\nnum_key_value_heads = 1\n\
+                 [data.eval]\nsamples = 16\n[eval]\nbatch_size = 8\n";
+    let stage = |name: &str, losses: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntrainable = [\"vision\", \"connector\", \"llm\"]\nsteps = 2\nbatch_size = 8\nlr = 1e-3\nlosses = {losses}\n"
+        )
+    };
+    let write = |name: &str, base: &str, extra: &str| {
+        std::fs::write(
+            dir.path().join(name),
+            format!(
+                "extends = {:?}\n{small}{extra}",
+                repo().join(base).display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    write(
+        "mlp.toml",
+        "recipes/mlp.toml",
+        &stage("joint", "{ lm = 1.0 }"),
+    );
+    write(
+        "age.toml",
+        "recipes/age.toml",
+        &format!(
+            "[connector]\nlayers = [0, 1]\nheads = 2\n{}{}",
+            stage("align", "{ lm = 1.0 }"),
+            stage("dice", "{ lm = 1.0, dice = 0.5 }")
+        ),
+    );
+    let study = dir.path().join("study");
+    let (ok, out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["compare", "mlp.toml", "age.toml", "--seeds", "1", "--out"])
+        .arg(&study));
+    assert!(ok, "{err}");
+    let report = std::fs::read_to_string(study.join("report.md")).unwrap();
+    assert!(report.contains("age") && report.contains("mlp"), "{report}");
+    assert!(
+        study.join("runs/age/seed-1/eval/report.json").is_file(),
+        "{out}"
+    );
+    let metrics = std::fs::read_to_string(study.join("runs/age/seed-1/metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"dice\""), "{metrics}");
+}
+
+#[test]
 fn sam_masks_feed_the_dice_loss() {
     // Built-in images as LLaVA JSON, their masks replaced by box prompts; SAM (a
     // tiny random one: the pipeline, not the masks' quality) labels them, and

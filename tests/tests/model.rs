@@ -210,6 +210,48 @@ fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open(
 }
 
 #[test]
+fn generation_with_the_kv_cache_equals_generation_without_it() {
+    let age = [
+        "connector.kind=\"age\"",
+        "connector.layers=[0]",
+        "connector.heads=2",
+        "vision.layers=[-1]",
+    ];
+    for extra in [&[][..], &age[..]] {
+        let b = build(extra);
+        // Open AGE's gates so its blocks take part (no-op for the MLP).
+        for gate in ["gate_attn", "gate_ff"] {
+            if let Some(var) = b.store.get(&format!("connector.blocks.0.{gate}")) {
+                var.set(&Tensor::new(&[0.7f32], &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let mut batch_examples = examples(3);
+        batch_examples.push(Example::single_turn(
+            "t",
+            None,
+            "What color is the circle?",
+            "red",
+        ));
+        let batch = b.builder.prompts(&batch_examples).unwrap();
+        let opts = vlmkit_core::GenerateOptions {
+            max_new_tokens: 6,
+            ..Default::default()
+        };
+        let cached = b
+            .vlm
+            .generate(&batch.pixels, &batch.sequences, &opts)
+            .unwrap();
+        let recomputed = b
+            .vlm
+            .generate_without_cache(&batch.pixels, &batch.sequences, &opts)
+            .unwrap();
+        assert_eq!(cached, recomputed, "{extra:?}");
+        assert!(cached.iter().all(|tokens| tokens.len() == 6), "{cached:?}");
+    }
+}
+
+#[test]
 fn text_only_samples_do_not_read_a_blank_image_through_interleaved_blocks() {
     let b = build(&[
         "connector.kind=\"age\"",

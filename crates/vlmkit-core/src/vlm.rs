@@ -493,6 +493,64 @@ impl Vlm {
     }
 }
 
+impl Vlm {
+    /// [`Vlm::generate`] without the KV cache: every new token recomputes the whole
+    /// sequence (the connector still runs once per image). Slow; the reference the
+    /// cached path is checked against.
+    pub fn generate_without_cache(
+        &self,
+        pixels: &Tensor,
+        prompts: &[TokenSequence],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Vec<u32>>> {
+        let device = pixels.device().clone();
+        let out = self.encode(pixels, prompts)?;
+        let hooks = out.hooks.as_deref();
+        let b = prompts.len();
+        let mut sequences = prompts.to_vec();
+        let mut outputs = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        let mut rng = Rng::new(opts.seed);
+        for _ in 0..opts.max_new_tokens {
+            let prepared = self.prepare(&sequences, out.tokens.as_ref(), true, &device)?;
+            let (_, s, _) = prepared.embeds.dims3()?;
+            let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?
+                .to_dtype(prepared.embeds.dtype())?;
+            let hidden = self.llm.forward(
+                &prepared.embeds,
+                &DecoderInput {
+                    positions: prepared.positions,
+                    mask,
+                },
+                None,
+                hooks,
+            )?;
+            let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
+            let logits = self
+                .llm
+                .logits(&last)?
+                .to_dtype(DType::F32)?
+                .to_vec2::<f32>()?;
+            for (i, row) in logits.iter().enumerate() {
+                let id = pick_token(row, opts, &mut rng);
+                if !done[i] {
+                    if opts.stop_ids.contains(&id) {
+                        done[i] = true;
+                    } else {
+                        outputs[i].push(id);
+                    }
+                }
+                sequences[i].ids.push(id);
+                sequences[i].labels.push(IGNORE_INDEX);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+        }
+        Ok(outputs)
+    }
+}
+
 /// Decoder hooks whose change to the hidden states applies only to the samples
 /// that have an image (`keep`: `B×1×1`, 1 or 0).
 struct ImageSamplesOnly {

@@ -106,6 +106,15 @@ mod tests {
         };
         assert_eq!(score(&on), 0.0);
         assert!(score(&off) > 0.6);
+        // Disjoint halves of a large grid: 1 − 1/(Σâ + Σm + ε), within 0.005 of one.
+        let n = 200;
+        let half: Vec<f64> = (0..n).map(|i| f64::from(u8::from(i < n / 2))).collect();
+        let other: Vec<f64> = half.iter().map(|v| 1.0 - v).collect();
+        let a = Tensor::from_vec(half, (1, n), &Device::Cpu).unwrap();
+        let m = Tensor::from_vec(other, (1, n), &Device::Cpu).unwrap();
+        let disjoint = dice_loss(&a, &m, &[true]).unwrap().unwrap();
+        let disjoint = disjoint.to_scalar::<f64>().unwrap();
+        assert!((disjoint - (1.0 - 1.0 / 201.0)).abs() < 1e-12, "{disjoint}");
     }
 
     #[test]
