@@ -18,6 +18,21 @@ pub enum LinearInit {
     Zeros,
 }
 
+/// A `k`×`k`, stride-`k` convolution (a patch embedding, a downsampling layer) on
+/// channels-last `x` (`B×H×W×C`), as a linear map of each unfolded patch: `weight`
+/// is the conv's `[C_out, C, k, k]`. Returns `B×(H/k)×(W/k)×C_out`.
+pub fn patch_conv(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>, k: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let out = weight.dim(0)?;
+    let (gh, gw) = (h / k, w / k);
+    // Patch vectors in the weight's (C, ky, kx) order.
+    let patches = x
+        .reshape((b, gh, k, gw, k, c))?
+        .permute((0, 1, 3, 5, 2, 4))?
+        .reshape((b, gh * gw, c * k * k))?;
+    ops::linear(&patches, &weight.reshape((out, c * k * k))?, bias)?.reshape((b, gh, gw, out))
+}
+
 /// `y = x·Wᵀ + b`; weight `out×in` under `weight`, bias under `bias`.
 #[derive(Debug, Clone)]
 pub struct Linear {

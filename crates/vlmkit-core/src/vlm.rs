@@ -67,15 +67,26 @@ pub struct LossOutput {
     pub maps: BTreeMap<String, Tensor>,
 }
 
+/// What loss term `name` averages over, given a batch's supervised tokens,
+/// samples, and samples with a region mask: tokens for `lm`, masked samples for
+/// `dice`, samples for a connector's own terms.
+pub fn term_count(name: &str, tokens: usize, samples: usize, masked: usize) -> usize {
+    match name {
+        "lm" => tokens,
+        "dice" => masked,
+        _ => samples,
+    }
+}
+
 impl LossOutput {
-    /// How many items term `name` averages over: supervised tokens for `lm`,
-    /// samples with a mask for `dice`, samples for the connector's own terms.
+    /// How many items term `name` averages over (see [`term_count`]).
     pub fn count_of(&self, name: &str) -> usize {
-        match name {
-            "lm" => self.supervised_tokens,
-            "dice" => self.masked_samples,
-            _ => self.samples,
-        }
+        term_count(
+            name,
+            self.supervised_tokens,
+            self.samples,
+            self.masked_samples,
+        )
     }
 
     /// The training objective: `Σ weight · share(term) · term`. When a batch is
@@ -457,18 +468,7 @@ impl Vlm {
                 .logits(&last)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
-            let mut step_ids = Vec::with_capacity(b);
-            for (i, row) in logits.iter().enumerate() {
-                let id = pick_token(row, opts, &mut rng);
-                if !done[i] {
-                    if opts.stop_ids.contains(&id) {
-                        done[i] = true;
-                    } else {
-                        outputs[i].push(id);
-                    }
-                }
-                step_ids.push(id);
-            }
+            let step_ids = pick_step(&logits, opts, &mut rng, &mut done, &mut outputs);
             if done.iter().all(|&d| d) {
                 break;
             }
@@ -531,17 +531,10 @@ impl Vlm {
                 .logits(&last)?
                 .to_dtype(DType::F32)?
                 .to_vec2::<f32>()?;
-            for (i, row) in logits.iter().enumerate() {
-                let id = pick_token(row, opts, &mut rng);
-                if !done[i] {
-                    if opts.stop_ids.contains(&id) {
-                        done[i] = true;
-                    } else {
-                        outputs[i].push(id);
-                    }
-                }
-                sequences[i].ids.push(id);
-                sequences[i].labels.push(IGNORE_INDEX);
+            let step_ids = pick_step(&logits, opts, &mut rng, &mut done, &mut outputs);
+            for (sequence, id) in sequences.iter_mut().zip(step_ids) {
+                sequence.ids.push(id);
+                sequence.labels.push(IGNORE_INDEX);
             }
             if done.iter().all(|&d| d) {
                 break;
@@ -568,6 +561,31 @@ impl DecoderHooks for ImageSamplesOnly {
     fn maps(&self) -> BTreeMap<String, Tensor> {
         self.inner.maps()
     }
+}
+
+/// Picks one token per sample from `logits` (`B` rows); a sample's output grows
+/// until it picks a stop token, after which `done` marks it. Returns every
+/// picked id (finished samples included: the batch decodes in lockstep).
+fn pick_step(
+    logits: &[Vec<f32>],
+    opts: &GenerateOptions,
+    rng: &mut Rng,
+    done: &mut [bool],
+    outputs: &mut [Vec<u32>],
+) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(logits.len());
+    for (i, row) in logits.iter().enumerate() {
+        let id = pick_token(row, opts, rng);
+        if !done[i] {
+            if opts.stop_ids.contains(&id) {
+                done[i] = true;
+            } else {
+                outputs[i].push(id);
+            }
+        }
+        ids.push(id);
+    }
+    ids
 }
 
 /// Greedy, or temperature + nucleus sampling.

@@ -136,9 +136,11 @@ impl EncoderSize {
 
 /// Segment Anything, ready to segment prompted regions.
 pub struct SamTeacher {
+    /// Preprocessing and the image encoder (its own prompt encoder and decoder
+    /// are private, and its box path is broken in candle 0.11).
     sam: Sam,
-    // Built separately from `sam`'s own (same weights): box prompts go through
-    // them directly, as `Sam::forward` takes points only.
+    // SAM's prompt encoder and mask decoder, built from the same weights: every
+    // prompt goes through them.
     prompt_encoder: PromptEncoder,
     mask_decoder: MaskDecoder,
     size: EncoderSize,
@@ -212,31 +214,9 @@ impl SamTeacher {
             .sam
             .embeddings(&pixels)
             .map_err(candle("SAM's image encoder"))?;
-        let (low_res, iou) = match prompt {
-            Prompt::Points(points) => {
-                let fractions: Vec<(f64, f64, bool)> = points
-                    .iter()
-                    .map(|[x, y]| (x / w0 as f64, y / h0 as f64, true))
-                    .collect();
-                self.sam.forward_for_embeddings(
-                    &embeddings,
-                    h as usize,
-                    w as usize,
-                    &fractions,
-                    true,
-                )
-            }
-            Prompt::Box([x0, y0, x1, y1]) => self.box_masks(
-                &embeddings,
-                [
-                    (x0 * scale) as f32,
-                    (y0 * scale) as f32,
-                    (x1 * scale) as f32,
-                    (y1 * scale) as f32,
-                ],
-            ),
-        }
-        .map_err(candle("SAM's mask decoder"))?;
+        let (low_res, iou) = self
+            .decode(&embeddings, prompt, scale)
+            .map_err(candle("SAM's mask decoder"))?;
         let best = argmax(
             &iou.flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
@@ -259,17 +239,35 @@ impl SamTeacher {
         Ok(mask)
     }
 
-    /// Masks and scores for a box in the 1024 frame. candle's prompt encoder lays
-    /// the two corner embeddings side by side (`1×512`); they are the `1×2×256`
-    /// sparse prompt the decoder takes.
-    fn box_masks(
+    /// Masks and scores for `prompt` (image pixels, scaled by `scale` into SAM's
+    /// 1024 frame). candle's prompt encoder lays a box's two corner embeddings side
+    /// by side (`1×512`); they are the `1×2×256` sparse prompt the decoder takes.
+    fn decode(
         &self,
         embeddings: &Tensor,
-        corners: [f32; 4],
+        prompt: &Prompt,
+        scale: f64,
     ) -> candle_core::Result<(Tensor, Tensor)> {
-        let boxes = Tensor::new(&[corners], embeddings.device())?;
-        let (sparse, dense) = self.prompt_encoder.forward(None, Some(&boxes), None)?;
-        let sparse = sparse.reshape((1, 2, PROMPT_DIM))?;
+        let device = embeddings.device();
+        let (sparse, dense) = match prompt {
+            Prompt::Points(points) => {
+                let coords: Vec<f32> = points
+                    .iter()
+                    .flat_map(|[x, y]| [(x * scale) as f32, (y * scale) as f32])
+                    .collect();
+                let coords = Tensor::from_vec(coords, (1, points.len(), 2), device)?;
+                // Every point is inside the region (label 1).
+                let labels = Tensor::ones((1, points.len()), DType::F32, device)?;
+                self.prompt_encoder
+                    .forward(Some((&coords, &labels)), None, None)?
+            }
+            Prompt::Box(corners) => {
+                let corners = corners.map(|v| (v * scale) as f32);
+                let boxes = Tensor::new(&[corners], device)?;
+                let (sparse, dense) = self.prompt_encoder.forward(None, Some(&boxes), None)?;
+                (sparse.reshape((1, 2, PROMPT_DIM))?, dense)
+            }
+        };
         let image_pe = self.prompt_encoder.get_dense_pe()?;
         self.mask_decoder
             .forward(embeddings, &image_pe, &sparse, &dense, true)

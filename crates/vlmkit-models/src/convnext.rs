@@ -17,7 +17,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
-use vlmkit_core::nn::{LayerNorm, Linear, LinearInit};
+use vlmkit_core::nn::{self, LayerNorm, Linear, LinearInit};
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
 
@@ -150,21 +150,6 @@ impl ConvNextConfig {
     }
 }
 
-/// A `k`×`k`, stride-`k` convolution on channels-last `x` (`B×H×W×C`) as a linear
-/// map of each unfolded patch; `weight` is the conv's `[C_out, C, k, k]`.
-fn patchify_conv(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    let out = weight.dim(0)?;
-    let (gh, gw) = (h / k, w / k);
-    // Patch vectors in the weight's (C, ky, kx) order.
-    let patches = x
-        .reshape((b, gh, k, gw, k, c))?
-        .permute((0, 1, 3, 5, 2, 4))?
-        .reshape((b, gh * gw, c * k * k))?;
-    let y = ops::linear(&patches, &weight.reshape((out, c * k * k))?, Some(bias))?;
-    y.reshape((b, gh, gw, out))
-}
-
 /// A `KERNEL`×`KERNEL` depthwise convolution with zero padding on channels-last
 /// `x`: `weight` is the conv's `[C, 1, k, k]`, `bias` `[C]`.
 fn depthwise_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -238,7 +223,7 @@ struct Stage {
 impl Stage {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut x = match &self.downsample {
-            Some((norm, weight, bias)) => patchify_conv(&norm.forward(x)?, weight, bias, 2)?,
+            Some((norm, weight, bias)) => nn::patch_conv(&norm.forward(x)?, weight, Some(bias), 2)?,
             None => x.clone(),
         };
         for block in &self.blocks {
@@ -329,7 +314,12 @@ impl ConvNext {
             );
         }
         let x = pixels.permute((0, 2, 3, 1))?;
-        let x = patchify_conv(&x, &self.stem_weight, &self.stem_bias, self.cfg.patch_size)?;
+        let x = nn::patch_conv(
+            &x,
+            &self.stem_weight,
+            Some(&self.stem_bias),
+            self.cfg.patch_size,
+        )?;
         self.stem_norm.forward(&x)
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use vlmkit_core::nn::{
     AttentionConfig, FeedForward, FeedForwardConfig, LayerNorm, LinearInit, MultiHeadAttention,
 };
-use vlmkit_core::ops::{self, Activation};
+use vlmkit_core::ops::Activation;
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
 
 /// `CLIPVisionConfig`'s fields (same names and defaults as Hugging Face).
@@ -289,14 +289,13 @@ impl VisionTransformer {
             );
         }
         let (gh, gw) = (h / p, w / p);
-        // A stride-p convolution with a p×p kernel is a linear map of each patch:
-        // unfold the patches (raster order, channel-major like the conv weight).
-        let patches = pixels
-            .reshape((b, c, gh, p, gw, p))?
-            .permute((0, 2, 4, 1, 3, 5))?
-            .reshape((b, gh * gw, c * p * p))?;
-        let weight = self.patch_embedding.reshape((d, c * p * p))?;
-        let patch_tokens = ops::linear(&patches, &weight, None)?;
+        let patch_tokens = vlmkit_core::nn::patch_conv(
+            &pixels.permute((0, 2, 3, 1))?,
+            &self.patch_embedding,
+            None,
+            p,
+        )?
+        .reshape((b, gh * gw, d))?;
         let cls = self
             .class_embedding
             .reshape((1, 1, d))?

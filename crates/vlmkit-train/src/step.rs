@@ -139,11 +139,7 @@ pub fn forward_backward(
         let out = vlm.loss(&batch)?;
         // This part's share of what each term averages over in the whole batch.
         let share = |name: &str| {
-            let whole = match name {
-                "lm" => tokens,
-                "dice" => masked,
-                _ => n,
-            };
+            let whole = vlmkit_core::vlm::term_count(name, tokens, n, masked);
             if whole == 0 {
                 0.0
             } else {

@@ -26,7 +26,8 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     }
     if is_cpu(x) {
         let weight = weight.to_dtype(x.dtype())?.contiguous()?;
-        x.contiguous()?.apply_op2(&weight, DepthwiseConv)
+        x.contiguous()?
+            .apply_op2(&weight, DepthwiseConv { flip: false })
     } else {
         reference::depthwise_conv2d(x, weight)
     }
@@ -156,19 +157,19 @@ impl Kernel<2> for FilterGradKernel {
     }
 }
 
-struct DepthwiseConv;
-
-fn conv_kernel(l_x: &Layout, l_w: &Layout, flip: bool) -> Result<ConvKernel> {
-    Ok(ConvKernel {
-        dims: l_x.shape().dims4()?,
-        k: l_w.shape().dims4()?.2,
-        flip,
-    })
+/// The convolution; with `flip`, the filter rotated by 180° (the transpose of the
+/// convolution: the input gradient).
+struct DepthwiseConv {
+    flip: bool,
 }
 
 impl CustomOp2 for DepthwiseConv {
     fn name(&self) -> &'static str {
-        "vlmkit-depthwise-conv2d"
+        if self.flip {
+            "vlmkit-depthwise-conv2d-transpose"
+        } else {
+            "vlmkit-depthwise-conv2d"
+        }
     }
 
     fn cpu_fwd(
@@ -178,7 +179,11 @@ impl CustomOp2 for DepthwiseConv {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let kernel = conv_kernel(l1, l2, false)?;
+        let kernel = ConvKernel {
+            dims: l1.shape().dims4()?,
+            k: l2.shape().dims4()?.2,
+            flip: self.flip,
+        };
         Ok((dispatch(&kernel, [(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 
@@ -189,34 +194,17 @@ impl CustomOp2 for DepthwiseConv {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if self.flip {
+            bail!("depthwise_conv2d: the transpose is a backward and has none of its own");
+        }
         let grad = grad.contiguous()?;
         let dx = needs_grad(x)
-            .then(|| grad.apply_op2_no_bwd(weight, &FlippedConv))
+            .then(|| grad.apply_op2_no_bwd(weight, &DepthwiseConv { flip: true }))
             .transpose()?;
         let dw = needs_grad(weight)
             .then(|| x.apply_op2_no_bwd(&grad, &FilterGrad { k: weight.dim(2)? }))
             .transpose()?;
         Ok((dx, dw))
-    }
-}
-
-/// The input gradient: the convolution with the filter rotated by 180°.
-struct FlippedConv;
-
-impl CustomOp2 for FlippedConv {
-    fn name(&self) -> &'static str {
-        "vlmkit-depthwise-conv2d-transpose"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let kernel = conv_kernel(l1, l2, true)?;
-        Ok((dispatch(&kernel, [(s1, l1), (s2, l2)])?, l1.shape().clone()))
     }
 }
 

@@ -52,7 +52,7 @@ fn patchify_convolution_matches_candles_strided_convolution() {
     let x = randn(&[b, h, w, c], 1.0, 4).unwrap();
     let weight = randn(&[out, c, k, k], 1.0, 5).unwrap();
     let bias = randn(&[out], 1.0, 6).unwrap();
-    let ours = patchify_conv(&x, &weight, &bias, k).unwrap();
+    let ours = nn::patch_conv(&x, &weight, Some(&bias), k).unwrap();
     let reference = x
         .permute((0, 3, 1, 2))
         .unwrap()
