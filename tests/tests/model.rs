@@ -5,32 +5,21 @@
 use candle_core::{DType, Device, Tensor, Var};
 use vlmkit_core::gradcheck::{max_abs, max_abs_diff};
 use vlmkit_core::params::{Missing, ParamStore};
-use vlmkit_data::shapes::{ShapesDataset, Split};
 use vlmkit_data::Example;
 use vlmkit_recipe::Recipe;
-use vlmkit_tests::{repo, tiny};
+use vlmkit_tests::{
+    examples, open_gates, registry, repo, tiny, AGE_WITH_DICE, CCRA_WITH_DICE, CONNECTORS,
+};
 use vlmkit_train::batch::BatchBuilder;
 use vlmkit_train::step::{forward_backward, Parallelism};
 use vlmkit_train::trainer::StageModel;
 use vlmkit_train::Plan;
 
 fn plan(extra: &[&str]) -> Plan {
-    let mut registry = vlmkit_plugin::Registry::new();
-    connector_mlp::register(&mut registry).unwrap();
-    connector_ccra::register(&mut registry).unwrap();
-    connector_dense::register(&mut registry).unwrap();
-    connector_mmfuser::register(&mut registry).unwrap();
-    connector_igva::register(&mut registry).unwrap();
-    connector_age::register(&mut registry).unwrap();
     let mut overrides = tiny(1);
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
-    Plan::new(recipe, &registry, None).unwrap()
-}
-
-fn examples(n: u64) -> Vec<Example> {
-    let ds = ShapesDataset::new(Default::default(), Split::Train).unwrap();
-    (0..n).map(|i| ds.get(i).to_example()).collect()
+    Plan::new(recipe, &registry(), None).unwrap()
 }
 
 struct Built {
@@ -171,14 +160,7 @@ fn every_parameter_trains_through_the_baseline_connectors() {
 
 #[test]
 fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open() {
-    let age = [
-        "connector.kind=\"age\"",
-        "connector.layers=[0]",
-        "connector.heads=2",
-        "vision.layers=[-1]",
-        "stage.0.losses={lm=1.0,dice=0.5}",
-    ];
-    let b = build(&age);
+    let b = build(&AGE_WITH_DICE);
     assert_eq!(b.plan.visual_tokens, 0, "no visual tokens in the sequence");
     // Closed gates (step 0): what lies behind them gets no gradient yet. The
     // gates, and through the Dice term the attention's queries and keys, do.
@@ -335,11 +317,6 @@ fn splitting_a_batch_across_threads_keeps_its_gradient() {
     }
 }
 
-const CCRA_WITH_DICE: [&str; 2] = [
-    "connector.kind=\"ccra\"",
-    "stage.0.losses={lm=1.0,dice=0.5}",
-];
-
 #[test]
 fn the_dice_term_reaches_the_patch_map_and_counts_only_masked_samples() {
     let b = build(&CCRA_WITH_DICE);
@@ -440,4 +417,124 @@ fn a_batch_without_supervision_is_refused_with_the_reason() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no supervised token"), "{err}");
+}
+
+/// Mixed precision (`run.dtype = "bf16"`): activations in bf16, every parameter an
+/// f32 master that receives an f32 gradient through the casts, the loss in f32.
+#[test]
+fn bf16_compute_trains_the_f32_master_weights_through_every_connector() {
+    let ex = examples(16);
+    for case in CONNECTORS {
+        let name = case.name;
+        let mut half = case.overrides.to_vec();
+        half.push("run.dtype=\"bf16\"");
+        let (full, half) = (build(case.overrides), build(&half));
+        assert_eq!(half.vlm.compute_dtype, DType::BF16);
+        // Gates that start closed are opened so that every block is exercised.
+        for b in [&full, &half] {
+            open_gates(&b.store, case.closed_gates);
+        }
+        let run = |b: &Built| {
+            forward_backward(&b.vlm, &b.builder, &ex, &b.params, 1.0, Parallelism::new(1)).unwrap()
+        };
+        let (f, h) = (run(&full), run(&half));
+        assert_ne!(f.loss, h.loss, "{name}: the bf16 run computed in f32");
+        assert!(
+            (f.loss - h.loss).abs() <= 0.02 * f.loss.abs(),
+            "{name}: loss {} in f32, {} in bf16",
+            f.loss,
+            h.loss
+        );
+        assert_eq!(
+            f.terms.keys().collect::<Vec<_>>(),
+            h.terms.keys().collect::<Vec<_>>()
+        );
+        assert!(half
+            .store
+            .vars()
+            .iter()
+            .all(|(_, v)| v.dtype() == DType::F32));
+        // The same parameters get a gradient, in f32, pointing the same way.
+        assert_eq!(
+            f.grads.keys().collect::<Vec<_>>(),
+            h.grads.keys().collect::<Vec<_>>(),
+            "{name}"
+        );
+        let (mut dot, mut nf, mut nh) = (0.0, 0.0, 0.0);
+        for (param, gf) in &f.grads {
+            let gh = &h.grads[param];
+            assert_eq!(gh.dtype(), DType::F32, "{name}: {param}");
+            let a = gf.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let b = gh.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                dot += f64::from(*x) * f64::from(*y);
+                nf += f64::from(*x).powi(2);
+                nh += f64::from(*y).powi(2);
+            }
+            assert!(
+                nf == 0.0 || b.iter().any(|&v| v != 0.0) || a.iter().all(|&v| v.abs() < 1e-6),
+                "{name}: {param} has a gradient in f32 and none in bf16"
+            );
+        }
+        let cosine = dot / (nf.sqrt() * nh.sqrt());
+        assert!(cosine > 0.99, "{name}: gradient cosine f32/bf16 {cosine}");
+    }
+}
+
+/// The point of f32 masters: an update far below bf16's resolution at the
+/// weight's magnitude still lands in the weight.
+#[test]
+fn f32_master_weights_keep_updates_smaller_than_bf16_can_represent() {
+    let b = build(&["run.dtype=\"bf16\""]);
+    let ex = examples(16);
+    let as_bf16 = |t: &Tensor| {
+        t.to_dtype(DType::BF16)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let before: Vec<Tensor> = b
+        .params
+        .iter()
+        .map(|(_, v)| v.as_tensor().copy().unwrap())
+        .collect();
+    let mut opt = vlmkit_train::optim::AdamW::new(
+        b.params.clone(),
+        vlmkit_train::optim::AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    // Adam's first step moves every weight with a gradient by about `lr`: 1e-5 is
+    // below half of bf16's spacing (2⁻⁸·|w|) for every |w| above 0.005.
+    let out =
+        forward_backward(&b.vlm, &b.builder, &ex, &b.params, 1.0, Parallelism::new(1)).unwrap();
+    opt.step(&out.grads, 1e-5, 1.0).unwrap();
+    let (mut moved, mut invisible) = (0usize, 0usize);
+    for ((_, var), old) in b.params.iter().zip(&before) {
+        assert_eq!(var.dtype(), DType::F32);
+        let (new_values, old_values) = (values(var.as_tensor()), values(old));
+        let (new_half, old_half) = (as_bf16(var.as_tensor()), as_bf16(old));
+        for i in 0..new_values.len() {
+            if new_values[i] != old_values[i] {
+                moved += 1;
+                if new_half[i] == old_half[i] {
+                    invisible += 1;
+                }
+            }
+        }
+    }
+    assert!(moved > 1_000, "{moved} weights moved");
+    assert!(
+        invisible * 2 > moved,
+        "{invisible} of {moved} updates are below bf16's resolution"
+    );
 }

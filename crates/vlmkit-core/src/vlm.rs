@@ -152,6 +152,10 @@ pub struct Vlm {
     pub loss_weights: BTreeMap<String, f64>,
     /// Where the weights live (batches are built there).
     pub device: Device,
+    /// The dtype activations are computed in. Weights stay in the store's dtype
+    /// (f32 masters) and are cast where they meet the activations; logits and
+    /// losses are computed in f32.
+    pub compute_dtype: DType,
 }
 
 /// Embedded, padded sequences ready for the decoder.
@@ -171,7 +175,9 @@ impl Vlm {
 
     /// Runs the vision encoder and the connector.
     pub fn encode(&self, pixels: &Tensor, sequences: &[TokenSequence]) -> Result<ConnectorOutput> {
-        let features = self.vision.forward(pixels, &self.layers)?;
+        let features = self
+            .vision
+            .forward(&pixels.to_dtype(self.compute_dtype)?, &self.layers)?;
         let text = if self.needs.reads_text {
             Some(self.text_context(sequences, pixels.device())?)
         } else {
@@ -191,6 +197,11 @@ impl Vlm {
             }
         }
         Ok(out)
+    }
+
+    /// Token embeddings in the compute dtype.
+    fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        self.llm.embed_tokens(ids)?.to_dtype(self.compute_dtype)
     }
 
     /// The query tokens embedded by the language model, right-padded, with a mask.
@@ -215,7 +226,7 @@ impl Vlm {
             }
         }
         let ids = Tensor::from_vec(ids, (b, t), device)?;
-        let embeds = self.llm.embed_tokens(&ids)?;
+        let embeds = self.embed(&ids)?;
         let mask = Tensor::from_vec(mask, (b, t), device)?.to_dtype(embeds.dtype())?;
         let queries = sequences.iter().map(|s| s.query_text.clone()).collect();
         Ok(TextContext {
@@ -267,7 +278,7 @@ impl Vlm {
             text_ids[i * t_text..i * t_text + s.ids.len()].copy_from_slice(&s.ids);
         }
         let text_ids = Tensor::from_vec(text_ids, (b, t_text), device)?;
-        let text = self.llm.embed_tokens(&text_ids)?;
+        let text = self.embed(&text_ids)?;
         let d = text.dim(2)?;
         let mut rows = vec![text.reshape((b * t_text, d))?];
         if n_vis > 0 {
@@ -391,6 +402,8 @@ impl Vlm {
                 "the connector declared the grounding map `{name}` but did not produce it"
             ))
         })?;
+        // The loss is computed in f32 whatever the compute dtype.
+        let map = &map.to_dtype(DType::F32)?;
         let map = if map.rank() == 4 {
             // B×K×S×N: the mean over each sequence's tokens (padding excluded).
             let (b, _k, s, _n) = map.dims4()?;
@@ -473,7 +486,7 @@ impl Vlm {
                 break;
             }
             let ids = Tensor::from_vec(step_ids, (b, 1), &device)?;
-            let embeds = self.llm.embed_tokens(&ids)?;
+            let embeds = self.embed(&ids)?;
             for v in valid.iter_mut() {
                 v.push(true);
             }

@@ -153,7 +153,8 @@ impl ConvNextConfig {
 /// A `KERNEL`×`KERNEL` depthwise convolution with zero padding on channels-last
 /// `x`: `weight` is the conv's `[C, 1, k, k]`, `bias` `[C]`.
 fn depthwise_conv(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    ops::depthwise_conv2d(x, weight)?.broadcast_add(bias)
+    let y = ops::depthwise_conv2d(x, weight)?;
+    y.broadcast_add(&ops::cast_like(bias, &y)?)
 }
 
 /// One ConvNeXt block (`encoder.stages.{i}.layers.{j}`).
@@ -210,7 +211,7 @@ impl Block {
         let y = self
             .pwconv2
             .forward(&self.act.forward(&self.pwconv1.forward(&y)?)?)?;
-        x + y.broadcast_mul(&self.layer_scale)?
+        x + y.broadcast_mul(&ops::cast_like(&self.layer_scale, &y)?)?
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use vlmkit_core::nn::{
     AttentionConfig, FeedForward, FeedForwardConfig, LayerNorm, LinearInit, MultiHeadAttention,
 };
-use vlmkit_core::ops::Activation;
+use vlmkit_core::ops::{cast_like, Activation};
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
 
 /// `CLIPVisionConfig`'s fields (same names and defaults as Hugging Face).
@@ -296,12 +296,11 @@ impl VisionTransformer {
             p,
         )?
         .reshape((b, gh * gw, d))?;
-        let cls = self
-            .class_embedding
+        let cls = cast_like(&self.class_embedding, &patch_tokens)?
             .reshape((1, 1, d))?
             .broadcast_as((b, 1, d))?;
         let x = Tensor::cat(&[&cls, &patch_tokens], 1)?;
-        let x = x.broadcast_add(&self.position_embedding.unsqueeze(0)?)?;
+        let x = x.broadcast_add(&cast_like(&self.position_embedding, &x)?.unsqueeze(0)?)?;
         self.pre_layrnorm.forward(&x)
     }
 }

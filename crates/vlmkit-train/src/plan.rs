@@ -90,15 +90,6 @@ impl Plan {
         tokenizer: Option<TextTokenizer>,
         purpose: Purpose,
     ) -> Result<Self, RecipeError> {
-        if recipe.run.dtype != "f32" {
-            return Err(recipe.error_at(
-                "run.dtype",
-                format!(
-                    "training in `{}` is not available in this version (mixed precision comes with the CUDA backend); use \"f32\"",
-                    recipe.run.dtype
-                ),
-            ));
-        }
         let vision = VisionSpec::from_settings(&recipe.section("vision"), &recipe)
             .map_err(|e| recipe.error_for(e))?;
         let llm_settings = recipe.section("llm");
@@ -484,7 +475,18 @@ impl Plan {
             needs: self.needs.clone(),
             loss_weights,
             device,
+            compute_dtype: self.compute_dtype(),
         })
+    }
+
+    /// The dtype activations are computed in (`run.dtype`); parameters, optimizer
+    /// state and checkpoints stay f32.
+    pub fn compute_dtype(&self) -> candle_core::DType {
+        match self.recipe.run.dtype.as_str() {
+            "bf16" => candle_core::DType::BF16,
+            "f16" => candle_core::DType::F16,
+            _ => candle_core::DType::F32,
+        }
     }
 
     /// The recipe's connector alone, its weights under `vb`.

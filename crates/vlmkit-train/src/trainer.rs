@@ -268,6 +268,25 @@ pub fn select_device(name: &str) -> Result<Device, TrainError> {
     }
 }
 
+/// What `auto` (or an explicit name) resolved to, in words for the log.
+pub fn describe_device(requested: &str, device: &Device) -> String {
+    let picked = match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    };
+    match (requested, device.is_cpu()) {
+        ("auto", true) if candle_core::utils::cuda_is_available() => {
+            "device auto: no CUDA device found, running on the cpu".to_string()
+        }
+        ("auto", true) => {
+            "device auto: this build has no `cuda` feature, running on the cpu".to_string()
+        }
+        ("auto", false) => format!("device auto: picked {picked}"),
+        _ => format!("device {picked}"),
+    }
+}
+
 /// Trainable-parameter predicate of a stage: its patterns, minus parameters that
 /// cannot receive a gradient with this layer selection.
 pub fn stage_trainable(
@@ -377,6 +396,9 @@ pub fn train(
         });
     }
     let device = select_device(&recipe.run.device)?;
+    if recipe.run.device == "auto" || !device.is_cpu() {
+        observer.message(&describe_device(&recipe.run.device, &device));
+    }
     let store = ParamStore::new(device.clone(), DType::F32);
     let seed = recipe.run.seed;
 

@@ -255,9 +255,9 @@ impl GatedBlock {
                 .forward_kv_tracked(&self.norm_attn.forward(x)?, k, v, None, None)?;
         let x = (x + attended
             .output
-            .broadcast_mul(&self.gate_attn.tanh()?.to_dtype(x.dtype())?)?)?;
+            .broadcast_mul(&ops::cast_like(&self.gate_attn, x)?.tanh()?)?)?;
         let ff = self.ff.forward(&self.norm_ff.forward(&x)?)?;
-        let x = (&x + ff.broadcast_mul(&self.gate_ff.tanh()?.to_dtype(x.dtype())?)?)?;
+        let x = (&x + ff.broadcast_mul(&ops::cast_like(&self.gate_ff, &x)?.tanh()?)?)?;
         Ok((x, attended.probs.mean(1)?))
     }
 }

@@ -94,7 +94,7 @@ impl TextGuidedScore {
 
 /// `ŵ = (g ∗ p) / Σ(g ∗ p)` for layer weights `p` (B×L) and the smoothing matrix.
 pub(crate) fn smooth(p: &Tensor, matrix: &Tensor) -> Result<Tensor> {
-    let smoothed = ops::matmul(p, &matrix.t()?.contiguous()?)?;
+    let smoothed = ops::matmul(p, &ops::cast_like(matrix, p)?.t()?.contiguous()?)?;
     smoothed.broadcast_div(&smoothed.sum_keepdim(1)?)
 }
 

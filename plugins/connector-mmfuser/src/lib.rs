@@ -264,8 +264,8 @@ impl MmfuserConnector {
             .self_attn
             .forward_self(&self.norm_1.forward(&a)?, None, None, None)?
             .output;
-        let a = (a + a2.broadcast_mul(&self.gamma2)?)?;
-        q + a.broadcast_mul(&self.gamma1)?
+        let a = (&a + a2.broadcast_mul(&ops::cast_like(&self.gamma2, &a)?)?)?;
+        q + a.broadcast_mul(&ops::cast_like(&self.gamma1, &a)?)?
     }
 }
 

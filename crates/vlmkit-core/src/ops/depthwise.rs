@@ -9,7 +9,7 @@
 use candle_core::{bail, CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, D};
 
 use super::kernel::{dispatch, for_each_row, Kernel, Real};
-use super::{is_cpu, needs_grad};
+use super::{cast_like, is_cpu, needs_grad};
 
 /// `y[b,h,w,c] = Σ_{i,j} x[b, h+i−p, w+j−p, c] · weight[c, 0, i, j]` with `p = k/2`
 /// and zeros outside; `x` is `B×H×W×C`, `weight` the conv layout `C×1×k×k` (`k`
@@ -24,12 +24,12 @@ pub fn depthwise_conv2d(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
             x.dims()
         );
     }
+    let weight = cast_like(weight, x)?;
     if is_cpu(x) {
-        let weight = weight.to_dtype(x.dtype())?.contiguous()?;
         x.contiguous()?
-            .apply_op2(&weight, DepthwiseConv { flip: false })
+            .apply_op2(&weight.contiguous()?, DepthwiseConv { flip: false })
     } else {
-        reference::depthwise_conv2d(x, weight)
+        reference::depthwise_conv2d(x, &weight)
     }
 }
 

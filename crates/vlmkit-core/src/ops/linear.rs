@@ -9,7 +9,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-use super::{is_cpu, needs_grad};
+use super::{cast_like, is_cpu, needs_grad};
 
 /// `x·Wᵀ + b` for `x` of shape `…×in`, `W` of shape `out×in`, `b` of shape `out`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -31,6 +31,9 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
             );
         }
     }
+    let weight = &cast_like(weight, x)?;
+    let bias = bias.map(|b| cast_like(b, x)).transpose()?;
+    let bias = bias.as_ref();
     let rows = x.elem_count() / in_dim;
     let mut out_dims = dims.to_vec();
     *out_dims.last_mut().expect("rank ≥ 1") = out_dim;

@@ -13,6 +13,7 @@ mod kernel;
 pub mod activation;
 pub mod attention;
 pub mod depthwise;
+pub mod fused;
 pub mod grounding;
 pub mod linear;
 pub mod loss;
@@ -34,6 +35,13 @@ pub use rope::{rope, rope_tables};
 pub use softmax::{log_softmax_last_dim, masked_softmax, softmax_last_dim};
 
 use candle_core::Tensor;
+
+/// `param` in the dtype of the activations `x` it meets. With f32 master weights
+/// and bf16 compute the cast is recorded, so its gradient reaches the f32 master
+/// in f32; with equal dtypes it is the parameter itself.
+pub fn cast_like(param: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+    param.to_dtype(x.dtype())
+}
 
 pub(crate) fn is_cpu(t: &Tensor) -> bool {
     t.device().is_cpu()

@@ -10,11 +10,12 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use super::kernel::{dispatch, for_each_row, parallel, Kernel, Real, ROW_BLOCK};
-use super::{is_cpu, needs_grad};
+use super::{cast_like, is_cpu, needs_grad};
 
 /// LayerNorm over the last dimension: `(x − μ)/√(σ² + eps) · γ + β`.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
+    let (gamma, beta) = (&cast_like(gamma, x)?, &cast_like(beta, x)?);
     check_affine("layer_norm", x, gamma, width)?;
     check_affine("layer_norm", x, beta, width)?;
     if is_cpu(x) {
@@ -23,6 +24,8 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
             &beta.contiguous()?,
             LayerNormOp { eps },
         )
+    } else if x.device().is_cuda() {
+        super::fused::layer_norm(x, gamma, beta, eps)
     } else {
         reference::layer_norm(x, gamma, beta, eps)
     }
@@ -31,10 +34,13 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 /// RMSNorm over the last dimension: `x/√(mean(x²) + eps) · γ`.
 pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
     let width = x.dim(D::Minus1)?;
+    let gamma = &cast_like(gamma, x)?;
     check_affine("rms_norm", x, gamma, width)?;
     if is_cpu(x) {
         x.contiguous()?
             .apply_op2(&gamma.contiguous()?, RmsNormOp { eps })
+    } else if x.device().is_cuda() {
+        super::fused::rms_norm(x, gamma, eps)
     } else {
         reference::rms_norm(x, gamma, eps)
     }
@@ -49,13 +55,6 @@ fn check_affine(op: &str, x: &Tensor, p: &Tensor, width: usize) -> Result<()> {
             x.dims()
         );
     }
-    if p.dtype() != x.dtype() {
-        bail!(
-            "{op}: parameter dtype {:?} differs from input dtype {:?}",
-            p.dtype(),
-            x.dtype()
-        );
-    }
     Ok(())
 }
 
@@ -64,7 +63,7 @@ fn check_affine(op: &str, x: &Tensor, p: &Tensor, width: usize) -> Result<()> {
 pub mod reference {
     use super::*;
 
-    fn tile(p: &Tensor, width: usize) -> Result<Tensor> {
+    pub(crate) fn tile(p: &Tensor, width: usize) -> Result<Tensor> {
         let len = p.dim(0)?;
         if len == width {
             Ok(p.clone())

@@ -8,19 +8,21 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor, D};
 
 use super::kernel::{dispatch, for_each_row, Kernel, Real};
-use super::{is_cpu, needs_grad};
+use super::{cast_like, is_cpu, needs_grad};
 
 /// Rotates `x` (`B×T×H×D`) by the angles whose cosines and sines are given.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, t, _h, d) = x.dims4()?;
     check_table(x, cos, b, t, d)?;
     check_table(x, sin, b, t, d)?;
+    let (cos, sin) = (cast_like(cos, x)?.detach(), cast_like(sin, x)?.detach());
     if is_cpu(x) {
-        let cos = cos.to_dtype(x.dtype())?.contiguous()?.detach();
-        let sin = sin.to_dtype(x.dtype())?.contiguous()?.detach();
-        x.contiguous()?.apply_op3(&cos, &sin, Rope)
+        x.contiguous()?
+            .apply_op3(&cos.contiguous()?, &sin.contiguous()?, Rope)
+    } else if x.device().is_cuda() {
+        super::fused::rope(x, &cos, &sin)
     } else {
-        reference::rope(x, cos, sin)
+        reference::rope(x, &cos, &sin)
     }
 }
 

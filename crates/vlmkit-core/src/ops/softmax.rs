@@ -13,6 +13,8 @@ use super::{is_cpu, needs_grad};
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if is_cpu(x) {
         x.contiguous()?.apply_op1(Softmax)
+    } else if x.device().is_cuda() {
+        super::fused::softmax_last_dim(x)
     } else {
         reference::softmax_last_dim(x)
     }
@@ -47,6 +49,8 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>, scale: f64) -> Res
         scores
             .contiguous()?
             .apply_op2(&mask, MaskedSoftmax { scale })
+    } else if scores.device().is_cuda() {
+        super::fused::masked_softmax(scores, mask, scale)
     } else {
         reference::masked_softmax(scores, mask, scale)
     }
