@@ -23,6 +23,8 @@ fn help_texts() {
     insta::assert_snapshot!("help_recipe_check", help(&["recipe", "check"]));
     insta::assert_snapshot!("help_data_export", help(&["data", "export"]));
     insta::assert_snapshot!("help_connector_run", help(&["connector", "run"]));
+    insta::assert_snapshot!("help_model_inspect", help(&["model", "inspect"]));
+    insta::assert_snapshot!("help_model_forward", help(&["model", "forward"]));
 }
 
 /// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh
@@ -1250,4 +1252,57 @@ fn sweep_runs_every_grid_point_and_checks_them_all_first() {
         .map(|a| a["connector_params"].as_u64().unwrap())
         .collect();
     assert!(params[1] > params[0], "{params:?}");
+}
+
+#[test]
+fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
+    let fixtures = "tests/fixtures/hf";
+    let (ok, out, err) =
+        run(vlmkit().args(["model", "inspect", &format!("{fixtures}/qwen2-bias-tied")]));
+    assert!(ok, "{err}");
+    insta::assert_snapshot!("model_inspect_qwen2", out);
+
+    // The hidden states written for transformers' inputs are transformers' own
+    // (the first sample has no padding: every position counts).
+    let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join("out.safetensors");
+    let model = format!("{fixtures}/llama-gqa-rope");
+    let (ok, _, err) = run(vlmkit()
+        .args(["model", "forward", &model, "--inputs"])
+        .arg(format!("{model}/expected.safetensors"))
+        .arg("--out")
+        .arg(&written));
+    assert!(ok, "{err}");
+    let ours = read_tensors(&written);
+    let theirs = read_tensors(&repo().join(&model).join("expected.safetensors"));
+    for key in [
+        "hidden_states.0",
+        "hidden_states.1",
+        "hidden_states.2",
+        "logits",
+    ] {
+        let (a, b) = (ours[key].get(0).unwrap(), theirs[key].get(0).unwrap());
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-4, "{key} differs by {d}");
+    }
+
+    let (ok, _, err) = run(vlmkit().args(["model", "inspect", &format!("{fixtures}/absent")]));
+    assert!(!ok);
+    assert!(err.contains("absent/config.json: missing"), "{err}");
+    let (ok, _, err) = run(vlmkit()
+        .args(["model", "forward", &model, "--inputs"])
+        .arg(format!("{model}/config.json"))
+        .arg("--out")
+        .arg(&written));
+    assert!(!ok);
+    assert!(err.contains("config.json"), "{err}");
 }

@@ -39,6 +39,8 @@ enum Command {
     Bench(commands::bench::BenchArgs),
     /// Work with connectors on their own (parity runs against a reference).
     Connector(commands::connector::ConnectorArgs),
+    /// Inspect a Hugging Face checkpoint, or run it on inputs from a file.
+    Model(commands::model::ModelArgs),
     /// Train and evaluate recipes over seeds and report them side by side.
     Compare(commands::compare::CompareArgs),
     /// Train and evaluate one recipe over a grid of settings and seeds, and report.
@@ -58,6 +60,7 @@ fn main() -> std::process::ExitCode {
         Command::Params(args) => commands::params::run(args),
         Command::Bench(args) => commands::bench::run(args),
         Command::Connector(args) => commands::connector::run(args),
+        Command::Model(args) => commands::model::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
     };

@@ -6,6 +6,7 @@
 pub mod error;
 pub mod fsutil;
 pub mod gradcheck;
+pub mod hub;
 pub mod model;
 pub mod nn;
 pub mod ops;

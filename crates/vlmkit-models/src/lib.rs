@@ -2,6 +2,7 @@
 //! fields, built from their recipe sections.
 
 pub mod convnext;
+pub mod hf;
 pub mod llama;
 pub mod vit;
 

@@ -38,6 +38,10 @@ pub struct LlamaConfig {
     /// Biases on q/k/v only (Qwen2).
     pub qkv_bias: bool,
     pub initializer_range: f64,
+    /// Mistral's sliding-window attention span. The window is not implemented:
+    /// sequences longer than it are refused (shorter ones attend the same).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
 }
 
 impl Default for LlamaConfig {
@@ -58,6 +62,7 @@ impl Default for LlamaConfig {
             attention_bias: false,
             qkv_bias: false,
             initializer_range: 0.02,
+            sliding_window: None,
         }
     }
 }
@@ -250,6 +255,14 @@ impl LanguageModel for Llama {
                 input.positions.dims(),
                 embeds.dims()
             );
+        }
+        if let Some(window) = self.cfg.sliding_window {
+            let keys = input.mask.dim(2)?;
+            if keys > window {
+                candle_core::bail!(
+                    "a sequence of {keys} tokens is longer than the model's sliding window of {window}, which is not implemented"
+                );
+            }
         }
         if let Some(cache) = cache.as_deref_mut() {
             if cache.layers.len() != self.layers.len() {

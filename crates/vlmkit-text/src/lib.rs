@@ -15,6 +15,7 @@ pub mod fixture;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+use vlmkit_core::hub::HubError;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -35,14 +36,10 @@ pub enum Pooling {
 /// Why a sentence encoder could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
 pub enum TextEncoderError {
-    #[error("{}: {message}", path.display())]
-    File { path: PathBuf, message: String },
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file of the directory is missing or unreadable, or says something the
+    /// encoder cannot run.
+    #[error(transparent)]
+    File(#[from] HubError),
     #[error("sentence encoder {}: {message}", dir.display())]
     Model { dir: PathBuf, message: String },
     #[error(transparent)]
@@ -87,13 +84,13 @@ impl SentenceEncoder {
             serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
         let model_type = raw.get("model_type").and_then(|v| v.as_str());
         if !matches!(model_type, None | Some("bert")) {
-            return Err(TextEncoderError::File {
+            return Err(TextEncoderError::File(HubError::File {
                 path: config_path,
                 message: format!(
                     "`model_type` is `{}`; the sentence encoder reads the BERT architecture (e.g. sentence-transformers/all-MiniLM-L6-v2)",
                     model_type.unwrap_or_default()
                 ),
-            });
+            }));
         }
         let config: BertConfig =
             serde_json::from_str(&config_text).map_err(|e| file_error(&config_path, e))?;
@@ -258,21 +255,21 @@ impl SentenceTransformersConfig {
                         (true, false) => Pooling::Mean,
                         (false, true) => Pooling::Cls,
                         _ => {
-                            return Err(TextEncoderError::File {
+                            return Err(TextEncoderError::File(HubError::File {
                                 path,
                                 message: "only one of `pooling_mode_mean_tokens` and `pooling_mode_cls_token` is supported; set the recipe's `pooling` to choose".into(),
-                            })
+                            }))
                         }
                     });
                 }
                 other => {
-                    return Err(TextEncoderError::File {
+                    return Err(TextEncoderError::File(HubError::File {
                         path: modules_path.clone(),
                         message: format!(
                             "module `{other}` ({}) is not supported: the sentence encoder runs Transformer → Pooling → Normalize",
                             module.kind
                         ),
-                    })
+                    }))
                 }
             }
         }
@@ -283,79 +280,33 @@ impl SentenceTransformersConfig {
 /// The weights in `dir`: `model.safetensors`, or the shards a
 /// `model.safetensors.index.json` lists.
 fn read_weights(dir: &Path) -> Result<std::collections::HashMap<String, Tensor>> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let files = if single.is_file() {
-        vec![single]
-    } else if index.is_file() {
-        let parsed: serde_json::Value =
-            serde_json::from_str(&read_text(&index)?).map_err(|e| file_error(&index, e))?;
-        let map = parsed
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| TextEncoderError::File {
-                path: index.clone(),
-                message: "no `weight_map` object".into(),
-            })?;
-        let mut shards: Vec<PathBuf> = map
-            .values()
-            .filter_map(|v| v.as_str())
-            .map(|f| dir.join(f))
-            .collect();
-        shards.sort();
-        shards.dedup();
-        shards
-    } else {
-        let hint = if dir.join("pytorch_model.bin").is_file() {
-            " (only pytorch_model.bin is there: convert it to safetensors, e.g. with transformers' `save_pretrained(..., safe_serialization=True)`)"
-        } else {
-            ""
-        };
-        return Err(TextEncoderError::Model {
-            dir: dir.to_path_buf(),
-            message: format!("no model.safetensors or model.safetensors.index.json{hint}"),
-        });
-    };
-    let mut tensors = std::collections::HashMap::new();
-    for file in files {
-        if !file.is_file() {
-            return Err(missing(&file));
+    vlmkit_core::hub::read_weights(dir).map_err(|e| match e {
+        HubError::File { path, message } if path == dir => {
+            TextEncoderError::Model { dir: path, message }
         }
-        let loaded = candle_core::safetensors::load(&file, &Device::Cpu)
-            .map_err(|e| file_error(&file, e))?;
-        for (name, tensor) in loaded {
-            tensors.insert(name, tensor.to_dtype(DType::F32)?);
-        }
-    }
-    Ok(tensors)
+        other => other.into(),
+    })
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            missing(path)
-        } else {
-            TextEncoderError::Io {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
+    vlmkit_core::hub::read_text(path).map_err(|e| match e {
+        HubError::File { .. } => missing(path),
+        other => other.into(),
     })
 }
 
 fn missing(path: &Path) -> TextEncoderError {
-    TextEncoderError::File {
-        path: path.to_path_buf(),
-        message: "missing (a sentence encoder directory holds config.json, model.safetensors and tokenizer.json)".into(),
-    }
+    file_error(
+        path,
+        "missing (a sentence encoder directory holds config.json, model.safetensors and tokenizer.json)",
+    )
 }
 
 fn file_error(path: &Path, e: impl std::fmt::Display) -> TextEncoderError {
-    TextEncoderError::File {
+    TextEncoderError::File(HubError::File {
         path: path.to_path_buf(),
         message: e.to_string(),
-    }
+    })
 }
-
 #[cfg(test)]
 mod tests;

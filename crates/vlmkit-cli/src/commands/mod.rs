@@ -5,6 +5,7 @@ pub mod data;
 pub mod eval;
 pub mod infer;
 pub mod masks;
+pub mod model;
 pub mod params;
 pub mod recipe;
 pub mod sweep;

@@ -1,0 +1,414 @@
+//! Hugging Face language-model checkpoints (LLaMA, Vicuna, SmolLM, Mistral, Qwen2)
+//! read into vlmkit's [`Llama`], exactly or not at all.
+//!
+//! `config.json` is read per `model_type`: the keys that set the architecture are
+//! mapped onto [`LlamaConfig`]; keys that change nothing vlmkit computes are listed
+//! and ignored; a key whose value would change the maths in a way vlmkit does not
+//! implement (a rope scaling, MLP biases, a sliding window, dropout) is refused
+//! with its name, and so is any key this reader does not know. The weights must
+//! match the model one for one: a missing weight, an unexpected one or a shape
+//! mismatch is an error that names it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use serde_json::Value;
+use vlmkit_core::hub::{self, HubError};
+use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_core::{DecoderHooks, DecoderInput, LanguageModel};
+
+use crate::llama::{Llama, LlamaConfig};
+
+/// Why a checkpoint could not be read exactly.
+#[derive(Debug, thiserror::Error)]
+pub enum HfError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("{}: `{key}`: {message}", path.display())]
+    Config {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("{}: {message}", dir.display())]
+    Weights { dir: PathBuf, message: String },
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A language-model checkpoint's architecture, as read from its `config.json`.
+#[derive(Debug, Clone)]
+pub struct LanguageCheckpoint {
+    pub dir: PathBuf,
+    pub model_type: String,
+    pub architectures: Vec<String>,
+    pub config: LlamaConfig,
+}
+
+/// Keys that change nothing vlmkit computes (generation defaults, bookkeeping,
+/// inference-time tensor-parallel slicing).
+const IGNORED: &[&str] = &[
+    "_name_or_path",
+    "architectures",
+    "bos_token_id",
+    "dtype",
+    "eos_token_id",
+    "is_llama_config",
+    "max_window_layers",
+    "model_type",
+    "pad_token_id",
+    "pretraining_tp",
+    "tokenizer_class",
+    "torch_dtype",
+    "transformers_version",
+    "use_cache",
+];
+
+/// The model types read into [`Llama`], and whether their q/k/v projections carry
+/// biases (Qwen2 has them without a config key saying so).
+const LANGUAGE_MODEL_TYPES: &[(&str, bool)] =
+    &[("llama", false), ("mistral", false), ("qwen2", true)];
+
+/// Reads `dir/config.json` as a LLaMA-family language model.
+pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
+    let path = dir.join("config.json");
+    let raw = hub::read_config(dir)?;
+    let err = |key: &str, message: String| HfError::Config {
+        path: path.clone(),
+        key: key.to_string(),
+        message,
+    };
+    let obj = raw
+        .as_object()
+        .ok_or_else(|| err("", "not a JSON object".into()))?;
+    let model_type = obj
+        .get("model_type")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err("model_type", "missing".into()))?
+        .to_string();
+    let qkv_bias = LANGUAGE_MODEL_TYPES
+        .iter()
+        .find(|(t, _)| *t == model_type)
+        .map(|(_, bias)| *bias)
+        .ok_or_else(|| {
+            err(
+                "model_type",
+                format!(
+                    "`{model_type}` is not a language model vlmkit reads (it reads {})",
+                    LANGUAGE_MODEL_TYPES
+                        .iter()
+                        .map(|(t, _)| format!("`{t}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    let architectures = obj
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+
+    let mut cfg = LlamaConfig {
+        qkv_bias,
+        ..LlamaConfig::default()
+    };
+    let usize_of = |key: &str, v: &Value| {
+        v.as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| err(key, format!("expected a whole number, got {v}")))
+    };
+    let f64_of = |key: &str, v: &Value| {
+        v.as_f64()
+            .ok_or_else(|| err(key, format!("expected a number, got {v}")))
+    };
+    let bool_of = |key: &str, v: &Value| {
+        v.as_bool()
+            .ok_or_else(|| err(key, format!("expected true or false, got {v}")))
+    };
+    let mut sliding = None;
+    let mut use_sliding = None;
+    let mut unknown = Vec::new();
+    for (key, v) in obj {
+        let k = key.as_str();
+        match k {
+            "vocab_size" => cfg.vocab_size = usize_of(k, v)?,
+            "hidden_size" => cfg.hidden_size = usize_of(k, v)?,
+            "intermediate_size" => cfg.intermediate_size = usize_of(k, v)?,
+            "num_hidden_layers" => cfg.num_hidden_layers = usize_of(k, v)?,
+            "num_attention_heads" => cfg.num_attention_heads = usize_of(k, v)?,
+            "num_key_value_heads" if !v.is_null() => {
+                cfg.num_key_value_heads = Some(usize_of(k, v)?)
+            }
+            "head_dim" if !v.is_null() => cfg.head_dim = Some(usize_of(k, v)?),
+            "max_position_embeddings" => cfg.max_position_embeddings = usize_of(k, v)?,
+            "rms_norm_eps" => cfg.rms_norm_eps = f64_of(k, v)?,
+            "rope_theta" => cfg.rope_theta = f64_of(k, v)?,
+            "tie_word_embeddings" => cfg.tie_word_embeddings = bool_of(k, v)?,
+            "attention_bias" => cfg.attention_bias = bool_of(k, v)?,
+            "initializer_range" => cfg.initializer_range = f64_of(k, v)?,
+            "hidden_act" => {
+                if v.as_str() != Some("silu") {
+                    return Err(err(k, format!("{v}: LLaMA-family decoders use `silu`")));
+                }
+            }
+            "rope_scaling" if v.is_null() => {}
+            "rope_scaling" => return Err(err(k, unsupported_rope(v))),
+            // transformers 5 writes the rope settings as one table.
+            "rope_parameters" => {
+                let kind = v
+                    .get("rope_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                if kind != "default" {
+                    return Err(err(k, unsupported_rope(v)));
+                }
+                if let Some(theta) = v.get("rope_theta") {
+                    cfg.rope_theta = f64_of("rope_parameters.rope_theta", theta)?;
+                }
+            }
+            "mlp_bias" if v.as_bool() == Some(false) => {}
+            "mlp_bias" => return Err(err(k, "MLP biases are not implemented".into())),
+            "rope_interleaved" if v.as_bool() == Some(false) => {}
+            "rope_interleaved" => {
+                return Err(err(
+                    k,
+                    "interleaved rotary embeddings are not implemented (vlmkit rotates halves)"
+                        .into(),
+                ))
+            }
+            "attention_dropout" if v.as_f64() == Some(0.0) => {}
+            "attention_dropout" => {
+                return Err(err(
+                    k,
+                    format!("{v}: vlmkit trains without dropout; set it to 0.0"),
+                ))
+            }
+            "sliding_window" if !v.is_null() => sliding = Some(usize_of(k, v)?),
+            "sliding_window" => {}
+            "use_sliding_window" => use_sliding = Some(bool_of(k, v)?),
+            "layer_types" => {
+                let all_full = v
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(|t| t.as_str() == Some("full_attention")));
+                if !all_full {
+                    return Err(err(
+                        k,
+                        "only `full_attention` layers are implemented".into(),
+                    ));
+                }
+            }
+            _ if IGNORED.contains(&k) => {}
+            _ => unknown.push(k.to_string()),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(err(
+            &unknown[0],
+            format!(
+                "unknown key{} {}: vlmkit refuses what it cannot tell is harmless",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    // Qwen2 writes a window but turns it off; Mistral turns it on by setting one.
+    cfg.sliding_window = match (model_type.as_str(), use_sliding) {
+        ("qwen2", Some(false) | None) => None,
+        _ => sliding,
+    };
+    if let Err((key, message)) = cfg.validate() {
+        return Err(err(key, message));
+    }
+    Ok(LanguageCheckpoint {
+        dir: dir.to_path_buf(),
+        model_type,
+        architectures,
+        config: cfg,
+    })
+}
+
+fn unsupported_rope(v: &Value) -> String {
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    format!("rope scaling `{kind}` is not implemented (only the default rotary embedding is)")
+}
+
+/// Checkpoint names that carry nothing the model computes from.
+fn ignorable(name: &str) -> bool {
+    name.ends_with(".rotary_emb.inv_freq")
+}
+
+/// Puts the weights of `dir` into `store` under `prefix` (e.g. `"llm."`),
+/// returning their names.
+pub fn insert_weights(
+    dir: &Path,
+    store: &ParamStore,
+    prefix: &str,
+) -> Result<Vec<String>, HfError> {
+    let weights = hub::read_weights(dir)?;
+    let mut names = Vec::with_capacity(weights.len());
+    let mut kept = Vec::with_capacity(weights.len());
+    for (name, tensor) in weights {
+        if ignorable(&name) {
+            continue;
+        }
+        names.push(format!("{prefix}{name}"));
+        kept.push((format!("{prefix}{name}"), tensor));
+    }
+    store.insert_tensors(kept)?;
+    names.sort();
+    Ok(names)
+}
+
+/// Weights the built model did not ask for, as an error naming them, except a
+/// tied checkpoint's copy of the embeddings as `lm_head.weight`.
+pub fn check_unexpected(
+    dir: &Path,
+    store: &ParamStore,
+    prefix: &str,
+    tied: bool,
+) -> Result<(), HfError> {
+    let mut unexpected = store.unrequested();
+    unexpected.retain(|name| name.starts_with(prefix));
+    if tied {
+        let head = format!("{prefix}lm_head.weight");
+        if let Some(pos) = unexpected.iter().position(|n| *n == head) {
+            let embed = store.get(&format!("{prefix}model.embed_tokens.weight"));
+            let same = match (embed, store.get(&head)) {
+                (Some(e), Some(h)) => {
+                    e.shape() == h.shape()
+                        && vlmkit_core::gradcheck::max_abs_diff(e.as_tensor(), h.as_tensor())?
+                            == 0.0
+                }
+                _ => false,
+            };
+            if !same {
+                return Err(HfError::Weights {
+                    dir: dir.to_path_buf(),
+                    message: "`lm_head.weight` differs from `model.embed_tokens.weight`, but config.json says `tie_word_embeddings`".into(),
+                });
+            }
+            unexpected.remove(pos);
+        }
+    }
+    if unexpected.is_empty() {
+        return Ok(());
+    }
+    let shown: Vec<String> = unexpected
+        .iter()
+        .take(5)
+        .map(|n| format!("`{}`", n.strip_prefix(prefix).unwrap_or(n)))
+        .collect();
+    Err(HfError::Weights {
+        dir: dir.to_path_buf(),
+        message: format!(
+            "{} weight{} the model does not have: {}{}",
+            unexpected.len(),
+            if unexpected.len() == 1 { "" } else { "s" },
+            shown.join(", "),
+            if unexpected.len() > 5 { ", …" } else { "" }
+        ),
+    })
+}
+
+/// The language model in `dir`, its weights frozen, on `device`.
+pub fn load_language_model(
+    dir: &Path,
+    device: &Device,
+) -> Result<(LanguageCheckpoint, Llama), HfError> {
+    let checkpoint = read_language_config(dir)?;
+    let store = ParamStore::new(device.clone(), DType::F32);
+    insert_weights(dir, &store, "")?;
+    store.begin_build();
+    let vb = store.builder(Missing::Error, Arc::new(|_| false));
+    let model = Llama::new(&checkpoint.config, vb).map_err(|e| HfError::Weights {
+        dir: dir.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    check_unexpected(dir, &store, "", checkpoint.config.tie_word_embeddings)?;
+    Ok((checkpoint, model))
+}
+
+/// Records the hidden states entering each decoder layer.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Tensor>>);
+
+impl DecoderHooks for Recorder {
+    fn before_layer(&self, _layer: usize, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hidden.clone());
+        Ok(hidden.clone())
+    }
+}
+
+/// What [`hidden_states`] returns.
+pub struct LanguageModelOutputs {
+    /// `hidden_states.{i}` in transformers' indexing: the embeddings, the input of
+    /// every later layer, and the final norm's output last.
+    pub hidden_states: Vec<Tensor>,
+    pub logits: Tensor,
+}
+
+/// Runs `model` on `input_ids` (`B×T`) as transformers' `forward` does: positions
+/// `0..T` in every row, causal attention, and keys where `attention_mask` is 0
+/// blocked (padding queries attend to nothing, so their states are not meaningful,
+/// as in transformers).
+pub fn hidden_states(
+    model: &dyn LanguageModel,
+    input_ids: &Tensor,
+    attention_mask: Option<&Tensor>,
+) -> Result<LanguageModelOutputs, HfError> {
+    let (b, t) = input_ids.dims2()?;
+    let device = input_ids.device();
+    let ids = input_ids.to_dtype(DType::U32)?;
+    let valid: Vec<Vec<bool>> = match attention_mask {
+        Some(mask) => {
+            if mask.dims() != [b, t] {
+                return Err(candle_core::Error::Msg(format!(
+                    "attention_mask of shape {:?} does not fit input_ids of shape {:?}",
+                    mask.dims(),
+                    input_ids.dims()
+                ))
+                .into());
+            }
+            mask.to_dtype(DType::F32)?
+                .to_vec2::<f32>()?
+                .into_iter()
+                .map(|row| row.into_iter().map(|m| m != 0.0).collect())
+                .collect()
+        }
+        None => vec![vec![true; t]; b],
+    };
+    let positions = Tensor::arange(0u32, t as u32, device)?
+        .unsqueeze(0)?
+        .repeat((b, 1))?;
+    let input = DecoderInput {
+        positions,
+        mask: vlmkit_core::ops::causal_mask(&valid, 0, t, device)?,
+    };
+    let recorder = Recorder::default();
+    let embeds = model.embed_tokens(&ids)?;
+    let last = model.forward(&embeds, &input, None, Some(&recorder))?;
+    let logits = model.logits(&last)?;
+    let mut hidden_states = recorder.0.into_inner().unwrap_or_else(|e| e.into_inner());
+    hidden_states.push(last);
+    Ok(LanguageModelOutputs {
+        hidden_states,
+        logits,
+    })
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Tiny randomly initialised Hugging Face models and their outputs, for vlmkit's
+parity tests (`crates/vlmkit-models/tests/hf_parity.rs`).
+
+Each directory under tests/fixtures/hf/ is a checkpoint as transformers writes it
+(config.json, model.safetensors with bf16 weights) plus expected.safetensors: the
+inputs, every hidden state (`hidden_states.{i}`, transformers' indexing) and the
+logits, computed in f32 from the same bf16-representable weights.
+
+The settings are deliberately not the defaults: grouped-query attention, tied
+embeddings, Qwen2's q/k/v biases, an explicit head_dim, non-default rope_theta.
+HF's own initialisation (std 0.02, norms at 1, biases at 0) would let a missing
+bias or a wrong eps pass at 1e-4, so the weights are scrambled to visible sizes.
+
+Environment (not needed by CI, which only reads the committed files):
+
+    python3 -m pip install --target ~/.cache/vlmkit/hfenv torch safetensors numpy
+    python3 -m pip install --no-deps --target ~/.cache/vlmkit/tf457-overlay \\
+        transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.2 requests
+    PYTHONPATH=~/.cache/vlmkit/tf457-overlay:~/.cache/vlmkit/hfenv python3 scripts/make-parity-fixtures.py
+
+transformers 4.57.6 writes the hub layout (`rope_theta`, `vision_model.` prefixes)
+that released checkpoints use; vlmkit reads 5.x's `rope_parameters` too.
+"""
+import json
+import math
+import os
+import sys
+
+import torch
+import transformers as T
+from safetensors.torch import save_file
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "hf")
+
+
+def scramble(model, seed):
+    """Weights of visible size, rounded to bf16 so the bf16 files hold them exactly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim >= 2:
+                v = torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel())
+            elif "norm" in name and name.endswith("weight"):
+                v = 1.0 + 0.2 * torch.randn(p.shape, generator=g)
+            else:
+                v = 0.1 * torch.randn(p.shape, generator=g)
+            p.copy_(v.to(torch.bfloat16).to(torch.float32))
+
+
+def save(name, model, inputs, out):
+    d = os.path.join(ROOT, name)
+    os.makedirs(d, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
+    tensors = {k: v.contiguous() for k, v in inputs.items()}
+    for i, h in enumerate(out.hidden_states):
+        tensors[f"hidden_states.{i}"] = h.detach().float().contiguous()
+    tensors["logits"] = out.logits.detach().float().contiguous()
+    save_file(tensors, os.path.join(d, "expected.safetensors"))
+    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    print(f"{name}: {len(out.hidden_states)} hidden states, {size} bytes")
+
+
+def main():
+    print("transformers", T.__version__, "torch", torch.__version__, file=sys.stderr)
+    ids = torch.tensor([[1, 5, 9, 17, 33, 64, 100, 2], [3, 4, 5, 6, 7, 8, 9, 10]])
+    # The second sample is left-padded by two: the mask must keep it out.
+    mask = torch.tensor([[1] * 8, [0, 0] + [1] * 6])
+    text = dict(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        rms_norm_eps=1e-5,
+    )
+    language_models = {
+        "llama-gqa-rope": (
+            T.LlamaConfig,
+            T.LlamaForCausalLM,
+            dict(text, num_key_value_heads=2, rope_theta=50000.0, tie_word_embeddings=False),
+        ),
+        "smollm-tied": (
+            T.LlamaConfig,
+            T.LlamaForCausalLM,
+            dict(text, num_key_value_heads=1, rope_theta=100000.0, tie_word_embeddings=True),
+        ),
+        "mistral-gqa": (
+            T.MistralConfig,
+            T.MistralForCausalLM,
+            dict(text, num_key_value_heads=2, rope_theta=1e6, sliding_window=None, head_dim=16),
+        ),
+        "qwen2-bias-tied": (
+            T.Qwen2Config,
+            T.Qwen2ForCausalLM,
+            dict(
+                text,
+                num_key_value_heads=2,
+                rope_theta=1e6,
+                rms_norm_eps=1e-6,
+                tie_word_embeddings=True,
+                use_sliding_window=False,
+            ),
+        ),
+    }
+    for seed, (name, (config, model_class, settings)) in enumerate(language_models.items()):
+        torch.manual_seed(seed)
+        model = model_class(config(**settings)).eval()
+        scramble(model, seed)
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        save(name, model, {"input_ids": ids, "attention_mask": mask}, out)
+
+
+if __name__ == "__main__":
+    main()
