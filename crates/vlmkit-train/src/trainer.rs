@@ -662,3 +662,27 @@ pub fn train(
         already_complete: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_says_which_device_it_picked_and_why() {
+        let device = select_device("auto").unwrap();
+        let said = describe_device("auto", &device);
+        if candle_core::utils::cuda_is_available() {
+            assert!(said.starts_with("device auto: "), "{said}");
+        } else {
+            assert!(device.is_cpu());
+            assert_eq!(
+                said,
+                "device auto: this build has no `cuda` feature, running on the cpu"
+            );
+            let refused = select_device("cuda:0").unwrap_err().to_string();
+            assert!(refused.contains("`cuda` feature"), "{refused}");
+        }
+        assert_eq!(describe_device("cpu", &Device::Cpu), "device cpu");
+        assert!(select_device("gpu").is_err());
+    }
+}
