@@ -326,6 +326,32 @@ impl Vlm {
         })
     }
 
+    /// The decoder over whole prepared sequences: causal attention over their
+    /// valid positions, filling `cache` when given.
+    fn decode(
+        &self,
+        prepared: &Prepared,
+        cache: Option<&mut KvCache>,
+        hooks: Option<&dyn DecoderHooks>,
+    ) -> Result<Tensor> {
+        let s = prepared.embeds.dim(1)?;
+        let mask = ops::causal_mask(&prepared.valid, 0, s, prepared.embeds.device())?
+            .to_dtype(prepared.embeds.dtype())?;
+        let input = DecoderInput {
+            positions: prepared.positions.clone(),
+            mask,
+        };
+        self.llm.forward(&prepared.embeds, &input, cache, hooks)
+    }
+
+    /// Next-token logits (f32) of each sample's last hidden state.
+    fn next_token_logits(&self, last: &Tensor) -> Result<Vec<Vec<f32>>> {
+        self.llm
+            .logits(last)?
+            .to_dtype(DType::F32)?
+            .to_vec2::<f32>()
+    }
+
     /// The loss terms of a batch: next-token cross-entropy over supervised
     /// positions (logits are computed only there), plus the connector's auxiliary
     /// losses. Weight them with [`LossOutput::objective`].
@@ -334,15 +360,7 @@ impl Vlm {
         let out = self.encode(&batch.pixels, &batch.sequences)?;
         let prepared = self.prepare(&batch.sequences, out.tokens.as_ref(), false, &device)?;
         let (b, s, d) = prepared.embeds.dims3()?;
-        let mask =
-            ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
-        let input = DecoderInput {
-            positions: prepared.positions,
-            mask,
-        };
-        let hidden = self
-            .llm
-            .forward(&prepared.embeds, &input, None, out.hooks.as_deref())?;
+        let hidden = self.decode(&prepared, None, out.hooks.as_deref())?;
         // Rows whose next token is supervised, and those targets.
         let mut rows = Vec::new();
         let mut targets = Vec::new();
@@ -454,17 +472,7 @@ impl Vlm {
         let (b, s, _) = prepared.embeds.dims3()?;
         let hooks = out.hooks.as_deref();
         let mut cache = KvCache::new(self.llm.info().num_layers);
-        let mask =
-            ops::causal_mask(&prepared.valid, 0, s, &device)?.to_dtype(prepared.embeds.dtype())?;
-        let hidden = self.llm.forward(
-            &prepared.embeds,
-            &DecoderInput {
-                positions: prepared.positions,
-                mask,
-            },
-            Some(&mut cache),
-            hooks,
-        )?;
+        let hidden = self.decode(&prepared, Some(&mut cache), hooks)?;
         let mut last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
         let mut next_pos: Vec<u32> = prepared
             .valid
@@ -476,11 +484,7 @@ impl Vlm {
         let mut done = vec![false; b];
         let mut rng = Rng::new(opts.seed);
         for _ in 0..opts.max_new_tokens {
-            let logits = self
-                .llm
-                .logits(&last)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
+            let logits = self.next_token_logits(&last)?;
             let step_ids = pick_step(&logits, opts, &mut rng, &mut done, &mut outputs);
             if done.iter().all(|&d| d) {
                 break;
@@ -527,23 +531,9 @@ impl Vlm {
         for _ in 0..opts.max_new_tokens {
             let prepared = self.prepare(&sequences, out.tokens.as_ref(), true, &device)?;
             let (_, s, _) = prepared.embeds.dims3()?;
-            let mask = ops::causal_mask(&prepared.valid, 0, s, &device)?
-                .to_dtype(prepared.embeds.dtype())?;
-            let hidden = self.llm.forward(
-                &prepared.embeds,
-                &DecoderInput {
-                    positions: prepared.positions,
-                    mask,
-                },
-                None,
-                hooks,
-            )?;
+            let hidden = self.decode(&prepared, None, hooks)?;
             let last = hidden.narrow(1, s - 1, 1)?.squeeze(1)?;
-            let logits = self
-                .llm
-                .logits(&last)?
-                .to_dtype(DType::F32)?
-                .to_vec2::<f32>()?;
+            let logits = self.next_token_logits(&last)?;
             let step_ids = pick_step(&logits, opts, &mut rng, &mut done, &mut outputs);
             for (sequence, id) in sequences.iter_mut().zip(step_ids) {
                 sequence.ids.push(id);

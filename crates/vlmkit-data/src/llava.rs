@@ -170,41 +170,16 @@ impl LlavaDataset {
 
     /// The image of record `index`, decoded (`None` for a text-only record).
     pub fn image(&self, index: usize) -> Result<Option<image::RgbImage>, DataError> {
-        let record = self.records.get(index).ok_or(DataError::IndexOutOfRange {
-            index,
-            len: self.records.len(),
-        })?;
-        let record_ref = RecordRef {
-            index,
-            id: Some(record.id.clone()),
-        };
-        record
-            .image
-            .as_ref()
-            .map(|relative| {
-                let path = self.image_root.join(relative);
-                Ok(self.decode(&path, &record_ref)?.to_rgb8())
-            })
-            .transpose()
+        let (record, record_ref) = self.record(index)?;
+        Ok(self
+            .record_image(record, &record_ref)?
+            .map(|(image, _)| image))
     }
 
     /// Example `index` with its image and mask decoded.
     pub fn get(&self, index: usize) -> Result<Example, DataError> {
-        let record = self.records.get(index).ok_or(DataError::IndexOutOfRange {
-            index,
-            len: self.records.len(),
-        })?;
-        let record_ref = RecordRef {
-            index,
-            id: Some(record.id.clone()),
-        };
-        let image = match &record.image {
-            Some(relative) => {
-                let path = self.image_root.join(relative);
-                Some((self.decode(&path, &record_ref)?.to_rgb8(), path))
-            }
-            None => None,
-        };
+        let (record, record_ref) = self.record(index)?;
+        let image = self.record_image(record, &record_ref)?;
         let mask = match (&record.mask, &image) {
             (None, _) => None,
             (Some(_), None) => {
@@ -250,6 +225,35 @@ impl LlavaDataset {
             family: record.family.clone(),
             meta: record.meta.clone(),
         })
+    }
+
+    /// Record `index` and how errors name it.
+    fn record(&self, index: usize) -> Result<(&LlavaRecord, RecordRef), DataError> {
+        let record = self.records.get(index).ok_or(DataError::IndexOutOfRange {
+            index,
+            len: self.records.len(),
+        })?;
+        let record_ref = RecordRef {
+            index,
+            id: Some(record.id.clone()),
+        };
+        Ok((record, record_ref))
+    }
+
+    /// The record's image, decoded, with its path (`None` for a text-only record).
+    fn record_image(
+        &self,
+        record: &LlavaRecord,
+        record_ref: &RecordRef,
+    ) -> Result<Option<(image::RgbImage, PathBuf)>, DataError> {
+        record
+            .image
+            .as_ref()
+            .map(|relative| {
+                let path = self.image_root.join(relative);
+                Ok((self.decode(&path, record_ref)?.to_rgb8(), path))
+            })
+            .transpose()
     }
 
     fn decode(&self, path: &Path, record: &RecordRef) -> Result<DynamicImage, DataError> {

@@ -251,26 +251,14 @@ fn ignorable(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq")
 }
 
-/// Puts the weights of `dir` into `store` under `prefix` (e.g. `"llm."`),
-/// returning their names.
-pub fn insert_weights(
-    dir: &Path,
-    store: &ParamStore,
-    prefix: &str,
-) -> Result<Vec<String>, HfError> {
-    let weights = hub::read_weights(dir)?;
-    let mut names = Vec::with_capacity(weights.len());
-    let mut kept = Vec::with_capacity(weights.len());
-    for (name, tensor) in weights {
-        if ignorable(&name) {
-            continue;
-        }
-        names.push(format!("{prefix}{name}"));
-        kept.push((format!("{prefix}{name}"), tensor));
-    }
-    store.insert_tensors(kept)?;
-    names.sort();
-    Ok(names)
+/// Puts the weights of `dir` into `store` under `prefix` (e.g. `"llm."`).
+pub fn insert_weights(dir: &Path, store: &ParamStore, prefix: &str) -> Result<(), HfError> {
+    let weights = hub::read_weights(dir)?
+        .into_iter()
+        .filter(|(name, _)| !ignorable(name))
+        .map(|(name, tensor)| (format!("{prefix}{name}"), tensor));
+    store.insert_tensors(weights)?;
+    Ok(())
 }
 
 /// Weights the built model did not ask for, as an error naming them, except a

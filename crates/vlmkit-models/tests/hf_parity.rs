@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use vlmkit_core::gradcheck::max_abs_diff;
 use vlmkit_models::hf::{hidden_states, load_language_model, read_language_config, HfError};
 
 fn fixture(name: &str) -> PathBuf {
@@ -17,8 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Largest difference over the positions the attention mask keeps (transformers'
 /// states at padded positions are not meaningful).
-fn max_diff_where_valid(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
+fn max_diff_where_valid(a: &Tensor, b: &Tensor, mask: &Tensor) -> f64 {
     let keep = mask
         .to_dtype(DType::F32)
         .unwrap()
@@ -26,14 +26,7 @@ fn max_diff_where_valid(a: &Tensor, b: &Tensor, mask: &Tensor) -> f32 {
         .unwrap()
         .broadcast_as(a.shape())
         .unwrap();
-    ((a - b).unwrap().abs().unwrap() * keep)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
+    max_abs_diff(&(a * &keep).unwrap(), &(b * &keep).unwrap()).unwrap()
 }
 
 #[test]

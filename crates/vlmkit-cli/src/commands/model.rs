@@ -58,7 +58,8 @@ pub fn run(args: ModelArgs) -> Result<()> {
 }
 
 fn inspect(args: InspectArgs) -> Result<()> {
-    let (checkpoint, model) = hf::load_language_model(&args.dir, &candle_core::Device::Cpu)?;
+    // Loaded in full: inspecting a checkpoint includes knowing that it loads exactly.
+    let (checkpoint, _model) = hf::load_language_model(&args.dir, &candle_core::Device::Cpu)?;
     let cfg = &checkpoint.config;
     let stored = hub::stored_weights(&args.dir)?;
     let rows: Vec<(&str, String)> = vec![
@@ -113,7 +114,6 @@ fn inspect(args: InspectArgs) -> Result<()> {
     for (key, value) in rows {
         println!("{key:<width$}  {value}");
     }
-    drop(model);
     Ok(())
 }
 

@@ -49,9 +49,15 @@ pub mod reference {
             }
         }
         let windows = Tensor::stack(&shifted, D::Minus1)?; // B×H×W×C×k²
-        let taps = weight.to_dtype(x.dtype())?.reshape((c, k * k))?;
+        let taps = cast_like(weight, x)?.reshape((c, k * k))?;
         windows.broadcast_mul(&taps)?.sum(D::Minus1)
     }
+}
+
+/// The input index tap `i` of output `o` reads, with padding `p` and `n` inputs;
+/// `None` where it falls in the zero padding.
+fn source(o: usize, i: usize, p: usize, n: usize) -> Option<usize> {
+    (o + i).checked_sub(p).filter(|&s| s < n)
 }
 
 /// The forward (and, with a flipped filter, the input gradient).
@@ -86,14 +92,14 @@ impl Kernel<2> for ConvKernel {
         for_each_row(&mut out, w * c, |r, row| {
             let (bi, oh) = (r / h, r % h);
             for i in 0..k {
-                let Some(ih) = (oh + i).checked_sub(p).filter(|&ih| ih < h) else {
+                let Some(ih) = source(oh, i, p, h) else {
                     continue;
                 };
                 let x_row = &x[(bi * h + ih) * w * c..][..w * c];
                 for j in 0..k {
                     let tap = &taps[(i * k + j) * c..][..c];
                     for ow in 0..w {
-                        let Some(iw) = (ow + j).checked_sub(p).filter(|&iw| iw < w) else {
+                        let Some(iw) = source(ow, j, p, w) else {
                             continue;
                         };
                         let src = &x_row[iw * c..][..c];
@@ -126,14 +132,14 @@ impl Kernel<2> for FilterGradKernel {
             for oh in 0..h {
                 let g_row = &gy[(bi * h + oh) * w * c..][..w * c];
                 for i in 0..k {
-                    let Some(ih) = (oh + i).checked_sub(p).filter(|&ih| ih < h) else {
+                    let Some(ih) = source(oh, i, p, h) else {
                         continue;
                     };
                     let x_row = &x[(bi * h + ih) * w * c..][..w * c];
                     for j in 0..k {
                         let dst = &mut acc[(i * k + j) * c..][..c];
                         for ow in 0..w {
-                            let Some(iw) = (ow + j).checked_sub(p).filter(|&iw| iw < w) else {
+                            let Some(iw) = source(ow, j, p, w) else {
                                 continue;
                             };
                             let src = &x_row[iw * c..][..c];
