@@ -25,6 +25,9 @@ fn help_texts() {
     insta::assert_snapshot!("help_connector_run", help(&["connector", "run"]));
     insta::assert_snapshot!("help_model_inspect", help(&["model", "inspect"]));
     insta::assert_snapshot!("help_model_forward", help(&["model", "forward"]));
+    insta::assert_snapshot!("help_plugins_list", help(&["plugins", "list"]));
+    insta::assert_snapshot!("help_plugins_inspect", help(&["plugins", "inspect"]));
+    insta::assert_snapshot!("help_new_connector", help(&["new", "connector"]));
 }
 
 /// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh

@@ -1,14 +1,48 @@
 //! Pieces every command uses: the connector registry, recipe loading, threads.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use vlmkit_plugin::loader::Host;
 use vlmkit_plugin::Registry;
 use vlmkit_recipe::Recipe;
 use vlmkit_train::Plan;
 
-/// The built-in connectors.
-pub fn registry() -> Registry {
+/// Plugins named with `--plugin` (loaded into every registry of this process).
+static COMMAND_LINE_PLUGINS: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+/// Records the `--plugin` paths; called once, before any command runs.
+pub fn set_command_line_plugins(paths: Vec<PathBuf>) {
+    COMMAND_LINE_PLUGINS
+        .set(paths)
+        .expect("the command-line plugins are set once");
+}
+
+/// This process as plugins see it: the shared API library it loaded, and the
+/// build of it the binary was linked against.
+pub fn host() -> Host {
+    Host {
+        api: &vlmkit_api::VLMKIT_API_DECL,
+        linked_build_id: vlmkit_api::FINGERPRINT.build_id,
+    }
+}
+
+/// The built-in connectors and those of the `--plugin` libraries; a recipe's own
+/// `[plugins]` are added when its plan is made.
+pub fn registry() -> Result<Registry> {
+    let mut registry = builtin_registry().with_host(host());
+    for path in COMMAND_LINE_PLUGINS.get().into_iter().flatten() {
+        registry
+            .load_plugin(path, &BTreeMap::new())
+            .with_context(|| format!("--plugin {}", path.display()))?;
+    }
+    Ok(registry)
+}
+
+/// The connectors compiled into vlmkit.
+pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();
     connector_mlp::register(&mut registry).expect("built-in connectors have distinct kinds");
     connector_ccra::register(&mut registry).expect("built-in connectors have distinct kinds");
@@ -19,17 +53,31 @@ pub fn registry() -> Registry {
     registry
 }
 
+/// Makes sure mimalloc (built with `override`, so it *is* `malloc`) is linked:
+/// nothing else names it.
+pub fn link_allocator() {
+    use std::alloc::{GlobalAlloc, Layout};
+    let layout = Layout::new::<u64>();
+    // SAFETY: a non-zero-sized layout; the block is freed with the same layout.
+    unsafe {
+        let block = mimalloc::MiMalloc.alloc(layout);
+        if !block.is_null() {
+            mimalloc::MiMalloc.dealloc(block, layout);
+        }
+    }
+}
+
 /// Loads and validates a recipe with `--set` overrides.
 pub fn plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
     let recipe = Recipe::load(recipe, overrides)?;
-    Ok(Plan::new(recipe, &registry(), None)?)
+    Ok(Plan::new(recipe, &registry()?, None)?)
 }
 
 /// Loads a recipe for inspection only: pretrained weights and the tokenizer file
 /// need not exist (`vlmkit params`, `vlmkit recipe check`).
 pub fn inspect_plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
     let recipe = Recipe::load(recipe, overrides)?;
-    Ok(Plan::inspect(recipe, &registry())?)
+    Ok(Plan::inspect(recipe, &registry()?)?)
 }
 
 /// Runs every op single-threaded: the trainer (and evaluation) parallelise over

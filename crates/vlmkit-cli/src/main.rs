@@ -5,11 +5,9 @@ mod common;
 
 use clap::{Parser, Subcommand};
 
-// Training allocates and frees many large activation buffers per step; glibc hands
-// them back to the kernel (page faults and TLB shootdowns on every reuse), mimalloc
-// keeps them.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// Links the one shared library the binary and plugins share (std, candle, the
+// plugin API): without a use in code, rustc would link none of it dynamically.
+use vlmkit_api as _;
 
 /// Train, run and compare vision-language models whose connector you can swap.
 #[derive(Debug, Parser)]
@@ -17,6 +15,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Load a connector plugin (a shared library built against this vlmkit; see
+    /// docs/writing-a-connector.md). Loading a library runs its code. Repeatable.
+    #[arg(long = "plugin", value_name = "LIB", global = true)]
+    plugins: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,11 +47,22 @@ enum Command {
     Compare(commands::compare::CompareArgs),
     /// Train and evaluate one recipe over a grid of settings and seeds, and report.
     Sweep(commands::sweep::SweepArgs),
+    /// List the connectors this vlmkit knows, or inspect a plugin library.
+    Plugins(commands::plugins::PluginsArgs),
+    /// Start something new from a template (a connector plugin crate).
+    New(commands::new::NewArgs),
 }
 
 fn main() -> std::process::ExitCode {
+    // Training allocates and frees many large activation buffers per step; glibc
+    // hands them back to the kernel (page faults and TLB shootdowns on every
+    // reuse), mimalloc keeps them. It replaces malloc itself (`override`): with std
+    // linked dynamically, a `#[global_allocator]` would be bypassed. This call
+    // keeps its object in the link.
+    common::link_allocator();
     let cli = Cli::parse();
     common::single_threaded_ops();
+    common::set_command_line_plugins(cli.plugins);
     let result = match cli.command {
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
@@ -63,6 +76,8 @@ fn main() -> std::process::ExitCode {
         Command::Model(args) => commands::model::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Sweep(args) => commands::sweep::run(args),
+        Command::Plugins(args) => commands::plugins::run(args),
+        Command::New(args) => commands::new::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -28,6 +28,12 @@ pub use vlmkit_recipe::{Settings, SettingsError};
 use candle_nn::VarBuilder;
 use vlmkit_core::{Connector, ConnectorNeeds, VisionInfo};
 
+pub mod decl;
+pub mod loader;
+
+pub use decl::{Fingerprint, PluginDecl};
+pub use loader::Registrar;
+
 /// Everything a connector author usually needs, in one import.
 pub mod prelude {
     pub use super::{ConnectorEnv, ConnectorFactory, ParamGroup, Settings, SettingsError};
@@ -240,6 +246,8 @@ pub struct Registered {
 #[derive(Clone, Default)]
 pub struct Registry {
     entries: BTreeMap<String, Registered>,
+    /// Set by a host that can load plugins (it links the shared API library).
+    host: Option<loader::Host>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -280,6 +288,72 @@ impl Registry {
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Registered)> {
         self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Lets this registry load plugins for `host`.
+    pub fn with_host(mut self, host: loader::Host) -> Self {
+        self.host = Some(host);
+        self
+    }
+
+    /// The host plugins are checked against, when this process can load them.
+    pub fn host(&self) -> Option<&loader::Host> {
+        self.host.as_ref()
+    }
+
+    /// Loads the plugin at `path` (checked against the host, `pin` its expected
+    /// sha256) and registers its connectors.
+    pub fn load_plugin(
+        &mut self,
+        path: &std::path::Path,
+        pins: &BTreeMap<String, String>,
+    ) -> Result<std::sync::Arc<loader::LoadedPlugin>, loader::LoadError> {
+        let host = self.host.ok_or_else(|| loader::LoadError::Host {
+            reason: "it was built without the shared API library (libvlmkit_api.so)".to_string(),
+        })?;
+        let plugin = loader::load(path, &host, pins)?;
+        if !self.already_has(&plugin) {
+            plugin.register_into(self)?;
+        }
+        Ok(plugin)
+    }
+
+    /// This registry plus the plugins a recipe names (`[plugins] paths`, each
+    /// pinned by `sha256` when the recipe says so). An error names the recipe key
+    /// it comes from.
+    pub fn with_plugins(
+        &self,
+        paths: &[PathBuf],
+        pins: &BTreeMap<String, String>,
+    ) -> Result<Registry, (String, loader::LoadError)> {
+        let mut registry = self.clone();
+        let mut names = Vec::new();
+        for (i, path) in paths.iter().enumerate() {
+            let plugin = registry
+                .load_plugin(path, pins)
+                .map_err(|e| (format!("plugins.paths.{i}"), e))?;
+            names.push(plugin.decl.name());
+        }
+        if let Some(name) = pins.keys().find(|name| !names.contains(name)) {
+            return Err((
+                format!("plugins.sha256.\"{name}\""),
+                loader::LoadError::UnusedPin {
+                    name: name.clone(),
+                    loaded: names,
+                },
+            ));
+        }
+        Ok(registry)
+    }
+
+    /// Whether every connector of `plugin` is already registered from it (a
+    /// plugin named both on the command line and in the recipe).
+    fn already_has(&self, plugin: &loader::LoadedPlugin) -> bool {
+        plugin.factories.iter().all(|f| {
+            self.entries
+                .get(f.kind())
+                .is_some_and(|r| r.origin == Origin::Plugin(plugin.path.clone()))
+        })
     }
 }
 

@@ -90,6 +90,10 @@ impl Plan {
         tokenizer: Option<TextTokenizer>,
         purpose: Purpose,
     ) -> Result<Self, RecipeError> {
+        // The recipe's own plugins come first: its connector may be one of them.
+        let registry = &registry
+            .with_plugins(&recipe.plugins.paths, &recipe.plugins.sha256)
+            .map_err(|(key, err)| recipe.error_at(&key, err.to_string()))?;
         let vision = VisionSpec::from_settings(&recipe.section("vision"), &recipe)
             .map_err(|e| recipe.error_for(e))?;
         let llm_settings = recipe.section("llm");
@@ -298,6 +302,7 @@ impl Plan {
         if let TokenizerSource::File(_) = &self.llm.tokenizer {
             keys.push("llm.tokenizer".to_string());
         }
+        keys.extend((0..self.recipe.plugins.paths.len()).map(|i| format!("plugins.paths.{i}")));
         keys.extend(
             connector_weight_dirs(&self.recipe, &self.needs)
                 .into_iter()

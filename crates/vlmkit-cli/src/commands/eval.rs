@@ -37,7 +37,7 @@ pub struct EvalArgs {
 pub fn run(args: EvalArgs) -> Result<()> {
     let model = load_model(
         &args.model,
-        &common::registry(),
+        &common::registry()?,
         args.device.as_deref(),
         &args.overrides,
     )?;

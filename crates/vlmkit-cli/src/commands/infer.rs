@@ -54,7 +54,7 @@ pub fn run(args: InferArgs) -> Result<()> {
     };
     let model = load_model(
         &args.model,
-        &common::registry(),
+        &common::registry()?,
         args.device.as_deref(),
         &[],
     )?;

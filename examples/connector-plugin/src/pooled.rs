@@ -1,0 +1,243 @@
+//! Average-pools the patch grid of one vision hidden state in `pool × pool`
+//! windows, then projects with LLaVA's two-layer GELU MLP: `pool²` times fewer
+//! visual tokens (the token-reduction idea of LLaVA-style "avgpool" projectors).
+//! Weights: `proj.0.*`, `proj.2.*`.
+//!
+//! The pooling matrix is made inside `forward`, on the input's device, and
+//! `probe = true` also creates a `Var` there: tensors born in the plugin's own
+//! code, which the soundness test trains through (with a second copy of candle
+//! their ids would collide with the host's and backprop would mix gradients).
+
+use vlmkit_api::candle_core::{Result as TensorResult, Var};
+use vlmkit_api::prelude::*;
+use vlmkit_api::serde::{Deserialize, Serialize};
+use vlmkit_api::BuildError;
+
+/// `[connector]` settings of `kind = "pooled-mlp"`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(crate = "vlmkit_api::serde", deny_unknown_fields, default)]
+pub struct PooledMlpConfig {
+    /// The hidden state pooled and projected (HF index, negative from the end).
+    pub base_layer: i64,
+    /// Window and stride over the patch grid; must divide both grid sides.
+    pub pool: usize,
+    /// Multiply the pooled tokens by a unit `Var` created inside `forward` (a
+    /// soundness probe: it changes no value).
+    pub probe: bool,
+}
+
+impl Default for PooledMlpConfig {
+    fn default() -> Self {
+        Self {
+            base_layer: -2,
+            pool: 2,
+            probe: false,
+        }
+    }
+}
+
+pub struct PooledMlpFactory;
+
+impl PooledMlpFactory {
+    fn grid(
+        cfg: &PooledMlpConfig,
+        env: &ConnectorEnv,
+        settings: &Settings,
+    ) -> Result<(usize, (usize, usize)), SettingsError> {
+        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+        let (rows, cols) = env.vision.grids[base];
+        if cfg.pool == 0 || rows % cfg.pool != 0 || cols % cfg.pool != 0 {
+            return Err(settings.error(
+                "pool",
+                format!(
+                    "pool = {} must divide the {rows}×{cols} patch grid of hs[{base}]",
+                    cfg.pool
+                ),
+            ));
+        }
+        Ok((base, (rows, cols)))
+    }
+}
+
+impl ConnectorFactory for PooledMlpFactory {
+    fn kind(&self) -> &'static str {
+        "pooled-mlp"
+    }
+
+    fn summary(&self) -> &'static str {
+        "average-pools one vision layer's patch grid (pool × pool), then LLaVA's MLP (example plugin)"
+    }
+
+    fn defaults(&self) -> vlmkit_api::toml::Table {
+        vlmkit_api::settings_table(&PooledMlpConfig::default())
+    }
+
+    fn needs(
+        &self,
+        settings: &Settings,
+        vision: &VisionInfo,
+    ) -> Result<ConnectorNeeds, SettingsError> {
+        let cfg: PooledMlpConfig = settings.parse()?;
+        vision
+            .resolve(cfg.base_layer)
+            .map_err(|e| settings.error("base_layer", e.to_string()))?;
+        Ok(ConnectorNeeds::prefix(vec![cfg.base_layer]))
+    }
+
+    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
+        let cfg: PooledMlpConfig = settings.parse()?;
+        Self::grid(&cfg, env, settings).map(|_| ())
+    }
+
+    fn visual_tokens(
+        &self,
+        settings: &Settings,
+        env: &ConnectorEnv,
+    ) -> Result<usize, SettingsError> {
+        let cfg: PooledMlpConfig = settings.parse()?;
+        let (_, (rows, cols)) = Self::grid(&cfg, env, settings)?;
+        Ok((rows / cfg.pool) * (cols / cfg.pool))
+    }
+
+    fn build(
+        &self,
+        settings: &Settings,
+        env: &ConnectorEnv,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Connector>, BuildError> {
+        let cfg: PooledMlpConfig = settings.parse()?;
+        let (base, grid) = Self::grid(&cfg, env, settings)?;
+        Ok(Box::new(PooledMlp::new(
+            &cfg,
+            grid,
+            env.width(base),
+            env.llm_hidden,
+            vb,
+        )?))
+    }
+}
+
+/// The connector itself.
+pub struct PooledMlp {
+    cfg: PooledMlpConfig,
+    grid: (usize, usize),
+    proj: nn::FeedForward,
+}
+
+impl PooledMlp {
+    pub fn new(
+        cfg: &PooledMlpConfig,
+        grid: (usize, usize),
+        vision_width: usize,
+        llm_width: usize,
+        vb: VarBuilder,
+    ) -> TensorResult<Self> {
+        Ok(Self {
+            cfg: cfg.clone(),
+            grid,
+            proj: nn::mlp_projector(vision_width, llm_width, vb.pp("proj"))?,
+        })
+    }
+
+    /// `P` with `P[o, i] = 1/pool²` when raster patch `i` lies in window `o`.
+    fn pooling_matrix(&self, dtype: DType, device: &Device) -> TensorResult<Tensor> {
+        let (rows, cols) = self.grid;
+        let pool = self.cfg.pool;
+        let (out_rows, out_cols) = (rows / pool, cols / pool);
+        let mut weights = vec![0f32; out_rows * out_cols * rows * cols];
+        let share = 1.0 / (pool * pool) as f32;
+        for r in 0..rows {
+            for c in 0..cols {
+                let window = (r / pool) * out_cols + c / pool;
+                weights[window * rows * cols + r * cols + c] = share;
+            }
+        }
+        Tensor::from_vec(weights, (out_rows * out_cols, rows * cols), device)?.to_dtype(dtype)
+    }
+}
+
+impl Connector for PooledMlp {
+    fn forward(
+        &self,
+        vision: &VisualFeatures,
+        _text: Option<&TextContext>,
+    ) -> TensorResult<ConnectorOutput> {
+        let x = vision
+            .layer(self.cfg.base_layer)
+            .map_err(vlmkit_api::candle_core::Error::from)?;
+        let pool = self.pooling_matrix(x.dtype(), x.device())?;
+        let mut pooled = pool.broadcast_matmul(x)?;
+        if self.cfg.probe {
+            let unit = Var::ones(pooled.dim(D::Minus1)?, x.dtype(), x.device())?;
+            pooled = pooled.broadcast_mul(unit.as_tensor())?;
+        }
+        Ok(ConnectorOutput {
+            tokens: Some(self.proj.forward(&pooled)?),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vlmkit_api::vlmkit_core::gradcheck::{check_store_gradients, random_projection, GradCheck};
+    use vlmkit_api::vlmkit_core::params::ParamStore;
+
+    fn features(x: Tensor) -> VisualFeatures {
+        VisualFeatures {
+            layers: vec![x],
+            layer_ids: vec![1],
+            cls: None,
+            depth: 1,
+            grid: (2, 4),
+        }
+    }
+
+    #[test]
+    fn pooling_averages_each_window() {
+        let store = ParamStore::new(Device::Cpu, DType::F64);
+        let cfg = PooledMlpConfig {
+            base_layer: -1,
+            ..Default::default()
+        };
+        let connector = PooledMlp::new(&cfg, (2, 4), 1, 3, store.init_builder(0)).unwrap();
+        let pool = connector.pooling_matrix(DType::F64, &Device::Cpu).unwrap();
+        let x = Tensor::arange(0f64, 8.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 8, 1))
+            .unwrap();
+        let pooled: Vec<f64> = pool
+            .broadcast_matmul(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // Windows {0,1,4,5} and {2,3,6,7} of the 2×4 grid.
+        assert_eq!(pooled, [2.5, 4.5]);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        for probe in [false, true] {
+            let store = ParamStore::new(Device::Cpu, DType::F64);
+            let cfg = PooledMlpConfig {
+                base_layer: -1,
+                probe,
+                ..Default::default()
+            };
+            let connector = PooledMlp::new(&cfg, (2, 4), 3, 5, store.init_builder(1)).unwrap();
+            let input = features(Tensor::randn(0f64, 1.0, (2, 8, 3), &Device::Cpu).unwrap());
+            check_store_gradients(
+                &store,
+                || {
+                    let out = connector.forward(&input, None)?;
+                    random_projection(out.tokens.as_ref().expect("prefix tokens"), 7)
+                },
+                &GradCheck::default(),
+            )
+            .unwrap();
+        }
+    }
+}
