@@ -4,8 +4,9 @@ parity tests (`crates/vlmkit-models/tests/hf_parity.rs`).
 
 Each directory under tests/fixtures/hf/ is a checkpoint as transformers writes it
 (config.json, model.safetensors with bf16 weights) plus expected.safetensors: the
-inputs, every hidden state (`hidden_states.{i}`, transformers' indexing) and the
-logits, computed in f32 from the same bf16-representable weights.
+inputs (`input_ids` and `attention_mask`, or `pixel_values`), every hidden state
+(`hidden_states.{i}`, transformers' indexing) and the logits or
+`last_hidden_state`, computed in f32 from the same bf16-representable weights.
 
 The settings are deliberately not the defaults: grouped-query attention, tied
 embeddings, Qwen2's q/k/v biases, an explicit head_dim, non-default rope_theta.
@@ -48,17 +49,18 @@ def scramble(model, seed):
             p.copy_(v.to(torch.bfloat16).to(torch.float32))
 
 
-def save(name, model, inputs, out):
+def save(name, model, inputs, hidden_states, **outputs):
     d = os.path.join(ROOT, name)
     os.makedirs(d, exist_ok=True)
     model.to(torch.bfloat16).save_pretrained(d, safe_serialization=True)
     tensors = {k: v.contiguous() for k, v in inputs.items()}
-    for i, h in enumerate(out.hidden_states):
+    for i, h in enumerate(hidden_states):
         tensors[f"hidden_states.{i}"] = h.detach().float().contiguous()
-    tensors["logits"] = out.logits.detach().float().contiguous()
+    for key, value in outputs.items():
+        tensors[key] = value.detach().float().contiguous().clone()
     save_file(tensors, os.path.join(d, "expected.safetensors"))
     size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
-    print(f"{name}: {len(out.hidden_states)} hidden states, {size} bytes")
+    print(f"{name}: {len(hidden_states)} hidden states, {size} bytes")
 
 
 def main():
@@ -110,7 +112,93 @@ def main():
         scramble(model, seed)
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        save(name, model, {"input_ids": ids, "attention_mask": mask}, out)
+        save(name, model, {"input_ids": ids, "attention_mask": mask}, out.hidden_states, logits=out.logits)
+
+    vision_models()
+
+
+def vision_models():
+    """CLIP (the vision model alone, and the vision half of a CLIPModel), SigLIP
+    (no class token, a patch bias, no pre-norm, an image side the patch does not
+    divide) and ConvNeXt, on random pixels: every hidden state in transformers'
+    indexing (ConvNeXt's in NCHW), and `last_hidden_state`."""
+    g = torch.Generator().manual_seed(100)
+    clip = dict(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+    )
+    pixels = torch.randn((2, 3, 32, 32), generator=g)
+    models = {
+        "clip-vision": (T.CLIPVisionModel(T.CLIPVisionConfig(**clip)), pixels, lambda m: m),
+        "clip-full": (
+            T.CLIPModel(
+                T.CLIPConfig(
+                    text_config=dict(
+                        vocab_size=64,
+                        hidden_size=16,
+                        intermediate_size=24,
+                        num_hidden_layers=1,
+                        num_attention_heads=2,
+                        max_position_embeddings=16,
+                    ),
+                    vision_config=clip,
+                    projection_dim=8,
+                )
+            ),
+            pixels,
+            lambda m: m.vision_model,
+        ),
+        "siglip-vision": (
+            T.SiglipVisionModel(
+                T.SiglipVisionConfig(
+                    hidden_size=32,
+                    intermediate_size=48,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    image_size=30,
+                    patch_size=8,
+                    hidden_act="gelu_pytorch_tanh",
+                    layer_norm_eps=1e-6,
+                )
+            ),
+            torch.randn((2, 3, 30, 30), generator=g),
+            lambda m: m,
+        ),
+        "convnext": (
+            T.ConvNextModel(
+                T.ConvNextConfig(
+                    num_channels=3,
+                    patch_size=4,
+                    num_stages=2,
+                    hidden_sizes=[8, 16],
+                    depths=[1, 2],
+                    hidden_act="gelu",
+                    layer_norm_eps=1e-6,
+                    image_size=32,
+                )
+            ),
+            pixels,
+            lambda m: m,
+        ),
+    }
+    for seed, (name, (model, pixel_values, vision)) in enumerate(models.items(), start=10):
+        model = model.eval()
+        scramble(model, seed)
+        with torch.no_grad():
+            out = vision(model)(pixel_values=pixel_values, output_hidden_states=True)
+        save(
+            name,
+            model,
+            {"pixel_values": pixel_values},
+            out.hidden_states,
+            last_hidden_state=out.last_hidden_state,
+        )
 
 
 if __name__ == "__main__":

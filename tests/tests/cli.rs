@@ -90,7 +90,7 @@ fn recipe_errors_name_file_line_and_key() {
     );
     insta::assert_snapshot!(
         "error_vision_config",
-        recipe_error("[vision]\npatch_size = 5\n")
+        recipe_error("[vision]\npatch_size = 40\n")
     );
     // Connector settings written for a 24-block encoder, on the 4-block one.
     insta::assert_snapshot!(
@@ -1289,6 +1289,28 @@ fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
         assert!(d < 1e-4, "{key} differs by {d}");
     }
 
+    // A vision encoder: SigLIP (no class token, a grid the image side does not
+    // divide), every hidden state as transformers lays it out.
+    let (ok, out, err) =
+        run(vlmkit().args(["model", "inspect", &format!("{fixtures}/siglip-vision")]));
+    assert!(ok, "{err}");
+    insta::assert_snapshot!("model_inspect_siglip", out);
+    let vision = format!("{fixtures}/convnext");
+    let (ok, _, err) = run(vlmkit()
+        .args(["model", "forward", &vision, "--inputs"])
+        .arg(format!("{vision}/expected.safetensors"))
+        .arg("--out")
+        .arg(&written));
+    assert!(ok, "{err}");
+    let ours = read_tensors(&written);
+    let theirs = read_tensors(&repo().join(&vision).join("expected.safetensors"));
+    for key in ["hidden_states.0", "hidden_states.1", "hidden_states.2"] {
+        assert_eq!(ours[key].dims(), theirs[key].dims(), "{key}");
+        let d = vlmkit_core::gradcheck::max_abs_diff(&ours[key], &theirs[key]).unwrap();
+        assert!(d < 1e-4, "{key} differs by {d}");
+    }
+    assert!(!ours.contains_key("logits"));
+
     let (ok, _, err) = run(vlmkit().args(["model", "inspect", &format!("{fixtures}/absent")]));
     assert!(!ok);
     assert!(err.contains("absent/config.json: missing"), "{err}");
@@ -1299,4 +1321,42 @@ fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
         .arg(&written));
     assert!(!ok);
     assert!(err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn siglip_swaps_in_for_clip_with_one_line() {
+    // The built-in ViT as SigLIP: no class token (64), no class position row (64),
+    // no pre-norm (128), a patch bias (+64) — 192 parameters fewer.
+    let total = |kind: &str| -> u64 {
+        let (ok, out, err) = run(vlmkit().args([
+            "params",
+            "recipes/mlp.toml",
+            "--json",
+            "--set",
+            &format!("vision.kind=\"{kind}\""),
+        ]));
+        assert!(ok, "{err}");
+        let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let vision = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r[0] == "vision")
+            .unwrap_or_else(|| panic!("no vision row in {out}"));
+        ["trainable", "frozen", "unused"]
+            .iter()
+            .map(|k| vision[1][k].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total("clip") - total("siglip"), 192);
+    // IGVA reads a class token per group; without one it takes the mean patch
+    // token (the spec's rule), so it runs on SigLIP too.
+    let (ok, _, err) = run(vlmkit().args([
+        "recipe",
+        "check",
+        "recipes/igva.toml",
+        "--set",
+        "vision.kind=\"siglip\"",
+    ]));
+    assert!(ok, "{err}");
 }

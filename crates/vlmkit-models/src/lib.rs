@@ -13,7 +13,7 @@ use vlmkit_recipe::{Recipe, Settings, SettingsError};
 
 pub use convnext::{ConvNext, ConvNextConfig};
 pub use llama::{Llama, LlamaConfig};
-pub use vit::{PositionInit, VisionTransformer, VitConfig};
+pub use vit::{PositionInit, VisionTransformer, VitConfig, VitFamily};
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -65,12 +65,13 @@ pub struct VisionSpec {
 }
 
 /// Vision encoder kinds this build knows.
-pub const VISION_KINDS: &[&str] = &["vit", "clip", "convnext"];
+pub const VISION_KINDS: &[&str] = &["vit", "clip", "siglip", "convnext"];
 
 /// The encoder's configuration, by kind.
 #[derive(Debug, Clone, PartialEq)]
 pub enum VisionConfig {
-    /// `vit` / `clip`: `CLIPVisionConfig`.
+    /// `vit` / `clip`: `CLIPVisionConfig`; `siglip`: `SiglipVisionConfig` (the same
+    /// fields, SigLIP's defaults, [`vit::VitFamily::Siglip`]).
     Vit(VitConfig),
     /// `convnext`: `ConvNextConfig`.
     ConvNext(ConvNextConfig),
@@ -83,6 +84,16 @@ impl VisionConfig {
                 let cfg: ConvNextConfig = settings.parse()?;
                 let checked = cfg.validate();
                 (Self::ConvNext(cfg), checked)
+            }
+            "siglip" => {
+                // SigLIP's defaults under the recipe's keys.
+                let mut table = toml::Table::try_from(VitConfig::siglip())
+                    .expect("the vision config serialises as a table");
+                table.extend(settings.table().clone());
+                let mut cfg: VitConfig = Settings::new(settings.path(), table).parse()?;
+                cfg.family = vit::VitFamily::Siglip;
+                let checked = cfg.validate();
+                (Self::Vit(cfg), checked)
             }
             _ => {
                 let cfg: VitConfig = settings.parse()?;

@@ -1,7 +1,14 @@
-//! A vision transformer with CLIP's structure and Hugging Face `CLIPVisionModel`
-//! weight names: patch convolution (no bias), class token, learned position
-//! embeddings, `pre_layrnorm`, pre-LN blocks, and a `post_layernorm` that only the
-//! pooled output uses (no connector reads it, so it is reported as unused).
+//! A vision transformer with Hugging Face `CLIPVisionModel` weight names, in two
+//! families:
+//! - CLIP: patch convolution (no bias), class token, learned position
+//!   embeddings, `pre_layrnorm`, pre-LN blocks;
+//! - SigLIP (`SiglipVisionModel`): a patch convolution with a bias, no class token,
+//!   no pre-norm; the same blocks.
+//!
+//! Both keep a `post_layernorm` that only the pooled output uses (no connector
+//! reads it, so it is reported as unused). As in transformers, the patch grid is
+//! `image_size / patch_size` rounded down: the convolution ignores the pixels past
+//! the last whole patch (SigLIP-so400m's 384-pixel images with 14-pixel patches).
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -32,6 +39,20 @@ pub struct VitConfig {
     /// vlmkit's addition (not a `CLIPVisionConfig` field): how freshly created
     /// position embeddings start. Loaded weights are never touched.
     pub position_embedding_init: PositionInit,
+    /// CLIP or SigLIP: set by the recipe's `kind` (or the checkpoint's
+    /// `model_type`), not a key of its own.
+    #[serde(skip)]
+    pub family: VitFamily,
+}
+
+/// Which of the two vision transformers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VitFamily {
+    /// A class token and a pre-norm; the patch convolution has no bias.
+    #[default]
+    Clip,
+    /// No class token, no pre-norm; the patch convolution has a bias.
+    Siglip,
 }
 
 /// The initial value of the learned position embeddings.
@@ -64,13 +85,33 @@ impl Default for VitConfig {
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
             image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
             position_embedding_init: PositionInit::Normal,
+            family: VitFamily::Clip,
         }
     }
 }
 
 impl VitConfig {
+    /// `SiglipVisionConfig`'s defaults (and `SiglipImageProcessor`'s normalisation).
+    pub fn siglip() -> Self {
+        Self {
+            patch_size: 16,
+            hidden_act: Activation::GeluPytorchTanh,
+            layer_norm_eps: 1e-6,
+            image_mean: [0.5; 3],
+            image_std: [0.5; 3],
+            family: VitFamily::Siglip,
+            ..Self::default()
+        }
+    }
+
+    /// Patches per side: `image_size / patch_size`, rounded down as transformers does.
     pub fn grid(&self) -> usize {
         self.image_size / self.patch_size
+    }
+
+    /// Whether the encoder has a class token.
+    pub fn has_cls(&self) -> bool {
+        self.family == VitFamily::Clip
     }
 
     pub fn num_patches(&self) -> usize {
@@ -79,12 +120,12 @@ impl VitConfig {
 
     /// Problems with the configuration, as (key, message).
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || self.patch_size > self.image_size {
             return Err((
                 "patch_size",
                 format!(
-                    "image_size {} is not a multiple of patch_size {}",
-                    self.image_size, self.patch_size
+                    "patch_size {} must be between 1 and image_size {}",
+                    self.patch_size, self.image_size
                 ),
             ));
         }
@@ -118,10 +159,19 @@ impl VitConfig {
     pub fn initial_values(&self) -> Result<Vec<(String, Tensor)>> {
         Ok(match self.position_embedding_init {
             PositionInit::Normal => Vec::new(),
-            PositionInit::Sincos2d => vec![(
-                "vision_model.embeddings.position_embedding.weight".to_owned(),
-                sincos_2d_table(self.grid(), self.hidden_size)?,
-            )],
+            PositionInit::Sincos2d => {
+                let table = sincos_2d_table(self.grid(), self.hidden_size)?;
+                // SigLIP has no class-token row.
+                let table = if self.has_cls() {
+                    table
+                } else {
+                    table.narrow(0, 1, self.num_patches())?
+                };
+                vec![(
+                    "vision_model.embeddings.position_embedding.weight".to_owned(),
+                    table,
+                )]
+            }
         })
     }
 
@@ -131,7 +181,7 @@ impl VitConfig {
             depth: self.num_hidden_layers,
             widths: vec![self.hidden_size; self.num_hidden_layers + 1],
             grids: vec![(g, g); self.num_hidden_layers + 1],
-            has_cls: true,
+            has_cls: self.has_cls(),
             image_size: self.image_size,
             image_mean: self.image_mean,
             image_std: self.image_std,
@@ -205,15 +255,19 @@ impl EncoderLayer {
     }
 }
 
-/// CLIP-style vision transformer (`vision_model.*` weights).
+/// CLIP- or SigLIP-style vision transformer (`vision_model.*` weights).
 #[derive(Debug, Clone)]
 pub struct VisionTransformer {
     cfg: VitConfig,
     info: VisionInfo,
     patch_embedding: Tensor,
-    class_embedding: Tensor,
+    /// SigLIP only.
+    patch_bias: Option<Tensor>,
+    /// CLIP only.
+    class_embedding: Option<Tensor>,
     position_embedding: Tensor,
-    pre_layrnorm: LayerNorm,
+    /// CLIP only.
+    pre_layrnorm: Option<LayerNorm>,
     layers: Vec<EncoderLayer>,
     // Kept so that the weights exist under their Hugging Face names (for loading and
     // exporting checkpoints); no connector reads the pooled output.
@@ -239,16 +293,24 @@ impl VisionTransformer {
                 stdev: cfg.initializer_range * f,
             },
         )?;
-        let class_embedding = emb.get_with_hints(
-            d,
-            "class_embedding",
-            Init::Randn {
-                mean: 0.0,
-                stdev: (d as f64).powf(-0.5) * f,
-            },
-        )?;
+        let clip = cfg.has_cls();
+        let patch_bias = (!clip)
+            .then(|| emb.get_with_hints(d, "patch_embedding.bias", Init::Const(0.0)))
+            .transpose()?;
+        let class_embedding = clip
+            .then(|| {
+                emb.get_with_hints(
+                    d,
+                    "class_embedding",
+                    Init::Randn {
+                        mean: 0.0,
+                        stdev: (d as f64).powf(-0.5) * f,
+                    },
+                )
+            })
+            .transpose()?;
         let position_embedding = emb.get_with_hints(
-            (cfg.num_patches() + 1, d),
+            (cfg.num_patches() + usize::from(clip), d),
             "position_embedding.weight",
             Init::Randn {
                 mean: 0.0,
@@ -262,9 +324,12 @@ impl VisionTransformer {
             info: cfg.info(),
             cfg: cfg.clone(),
             patch_embedding,
+            patch_bias,
             class_embedding,
             position_embedding,
-            pre_layrnorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm"))?,
+            pre_layrnorm: clip
+                .then(|| LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("pre_layrnorm")))
+                .transpose()?,
             layers,
             _post_layernorm: LayerNorm::new(d, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
         })
@@ -274,7 +339,8 @@ impl VisionTransformer {
         &self.cfg
     }
 
-    /// `hs[0]`: patch embeddings with the class token, plus positions, pre-normed.
+    /// `hs[0]`: patch embeddings (after the class token, for CLIP), plus
+    /// positions, pre-normed (CLIP).
     fn embed(&self, pixels: &Tensor) -> Result<Tensor> {
         let (b, c, h, w) = pixels.dims4()?;
         let p = self.cfg.patch_size;
@@ -288,20 +354,34 @@ impl VisionTransformer {
                 pixels.dims()
             );
         }
-        let (gh, gw) = (h / p, w / p);
+        let g = self.cfg.grid();
+        // The convolution's stride leaves the pixels past the last whole patch out.
+        let pixels = if g * p == h {
+            pixels.clone()
+        } else {
+            pixels.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?
+        };
         let patch_tokens = vlmkit_core::nn::patch_conv(
             &pixels.permute((0, 2, 3, 1))?,
             &self.patch_embedding,
-            None,
+            self.patch_bias.as_ref(),
             p,
         )?
-        .reshape((b, gh * gw, d))?;
-        let cls = cast_like(&self.class_embedding, &patch_tokens)?
-            .reshape((1, 1, d))?
-            .broadcast_as((b, 1, d))?;
-        let x = Tensor::cat(&[&cls, &patch_tokens], 1)?;
+        .reshape((b, g * g, d))?;
+        let x = match &self.class_embedding {
+            Some(class_embedding) => {
+                let cls = cast_like(class_embedding, &patch_tokens)?
+                    .reshape((1, 1, d))?
+                    .broadcast_as((b, 1, d))?;
+                Tensor::cat(&[&cls, &patch_tokens], 1)?
+            }
+            None => patch_tokens,
+        };
         let x = x.broadcast_add(&cast_like(&self.position_embedding, &x)?.unsqueeze(0)?)?;
-        self.pre_layrnorm.forward(&x)
+        match &self.pre_layrnorm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
     }
 }
 
@@ -354,14 +434,18 @@ impl VisionEncoder for VisionTransformer {
         let mut patch_layers = Vec::with_capacity(layers.len());
         let mut cls = Vec::with_capacity(layers.len());
         for &l in layers {
-            patch_layers.push(states[l].narrow(1, 1, n)?);
-            cls.push(states[l].get_on_dim(1, 0)?);
+            if self.cfg.has_cls() {
+                patch_layers.push(states[l].narrow(1, 1, n)?);
+                cls.push(states[l].get_on_dim(1, 0)?);
+            } else {
+                patch_layers.push(states[l].clone());
+            }
         }
         let g = self.cfg.grid();
         Ok(VisualFeatures {
             layers: patch_layers,
             layer_ids: layers.to_vec(),
-            cls: Some(cls),
+            cls: self.cfg.has_cls().then_some(cls),
             depth,
             grid: (g, g),
         })

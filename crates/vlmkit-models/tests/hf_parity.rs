@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use vlmkit_core::gradcheck::max_abs_diff;
+use vlmkit_models::hf::vision::{load_vision_model, read_vision_config, vision_hidden_states};
 use vlmkit_models::hf::{hidden_states, load_language_model, read_language_config, HfError};
+use vlmkit_models::VisionConfig;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -72,6 +74,66 @@ fn language_models_match_transformers_hidden_state_by_hidden_state() {
     assert!(top.to_scalar::<f32>().unwrap() > 1.0);
 }
 
+#[test]
+fn vision_encoders_match_transformers_hidden_state_by_hidden_state() {
+    // (fixture, model_type, kind, hidden-state shape of the first sample)
+    let cases = [
+        ("clip-vision", "clip_vision_model", "clip", vec![17, 32]),
+        ("clip-full", "clip", "clip", vec![17, 32]),
+        (
+            "siglip-vision",
+            "siglip_vision_model",
+            "siglip",
+            vec![9, 32],
+        ),
+        ("convnext", "convnext", "convnext", vec![8, 8, 8]),
+    ];
+    for (name, model_type, kind, shape) in cases {
+        let dir = fixture(name);
+        let (checkpoint, encoder) = load_vision_model(&dir, &Device::Cpu).unwrap();
+        assert_eq!(checkpoint.model_type, model_type, "{name}");
+        assert_eq!(checkpoint.kind, kind, "{name}");
+        let expected =
+            candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+        let states =
+            vision_hidden_states(encoder.as_ref(), kind, &expected["pixel_values"]).unwrap();
+        let stored = expected
+            .keys()
+            .filter(|k| k.starts_with("hidden_states."))
+            .count();
+        assert_eq!(states.len(), stored, "{name}: number of hidden states");
+        assert_eq!(&states[0].dims()[1..], shape.as_slice(), "{name}");
+        // States of visible size (2.8–5.3 here): 1e-4 is a real bound.
+        let top = expected["hidden_states.1"]
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        assert!(top.to_scalar::<f32>().unwrap() > 1.0, "{name}");
+        for (i, h) in states.iter().enumerate() {
+            let want = &expected[&format!("hidden_states.{i}")];
+            assert_eq!(h.dims(), want.dims(), "{name}: hidden_states.{i}");
+            let d = max_abs_diff(h, want).unwrap();
+            assert!(d < 1e-4, "{name}: hidden_states.{i} differs by {d}");
+        }
+    }
+}
+
+#[test]
+fn siglip_reads_without_a_class_token_and_floors_its_patch_grid() {
+    let checkpoint = read_vision_config(&fixture("siglip-vision")).unwrap();
+    let VisionConfig::Vit(cfg) = &checkpoint.config else {
+        panic!("SigLIP reads as a vision transformer");
+    };
+    // 30-pixel images, 8-pixel patches: a 3×3 grid, the last 6 pixels unused.
+    assert_eq!((cfg.image_size, cfg.patch_size, cfg.grid()), (30, 8, 3));
+    let info = checkpoint.config.info();
+    assert!(!info.has_cls);
+    assert_eq!(cfg.image_mean, [0.5; 3]);
+}
+
 /// A copy of fixture `name` in a temporary directory, with its weights and its
 /// config changed by `edit`.
 fn altered(
@@ -95,6 +157,61 @@ fn refusal(dir: &Path) -> String {
         Ok(_) => panic!("{} loaded", dir.display()),
         Err(e) => e.to_string(),
     }
+}
+
+fn vision_refusal(dir: &Path) -> String {
+    match load_vision_model(dir, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn an_inexact_vision_checkpoint_is_refused_with_what_is_wrong() {
+    let missing = altered("siglip-vision", |w, _| {
+        w.remove("vision_model.embeddings.patch_embedding.bias");
+    });
+    let msg = vision_refusal(missing.path());
+    assert!(
+        msg.contains("vision_model.embeddings.patch_embedding.bias") && msg.contains("missing"),
+        "{msg}"
+    );
+    // A CLIP class token in a SigLIP checkpoint is a weight the model lacks.
+    let extra = altered("siglip-vision", |w, _| {
+        w.insert(
+            "vision_model.embeddings.class_embedding".into(),
+            Tensor::zeros(32, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let msg = vision_refusal(extra.path());
+    assert!(
+        msg.contains("1 weight the model does not have: `vision_model.embeddings.class_embedding`"),
+        "{msg}"
+    );
+    let dropout = altered("clip-vision", |_, c| {
+        c["attention_dropout"] = serde_json::json!(0.1);
+    });
+    let msg = vision_refusal(dropout.path());
+    assert!(
+        msg.contains("`attention_dropout`") && msg.contains("without dropout"),
+        "{msg}"
+    );
+    let nested = altered("clip-full", |_, c| {
+        c["vision_config"]["hidden_act"] = serde_json::json!("swish_gate");
+    });
+    let msg = vision_refusal(nested.path());
+    assert!(msg.contains("`vision_config.hidden_act`"), "{msg}");
+    let language = altered("llama-gqa-rope", |_, _| {});
+    let msg = vision_refusal(language.path());
+    assert!(msg.contains("`llama` is not a vision encoder"), "{msg}");
+    // transformers 5 saves vision models without the `vision_model.` prefix.
+    let unprefixed = altered("clip-vision", |w, _| {
+        *w = w
+            .drain()
+            .map(|(k, v)| (k.trim_start_matches("vision_model.").to_string(), v))
+            .collect();
+    });
+    load_vision_model(unprefixed.path(), &Device::Cpu).unwrap();
 }
 
 #[test]

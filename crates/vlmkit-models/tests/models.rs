@@ -66,6 +66,34 @@ fn vit_gradients_match_finite_differences() {
 }
 
 #[test]
+fn siglip_gradients_match_finite_differences() {
+    // SigLIP's layout (patch bias, no class token, no pre-norm) on an image side the
+    // patch does not divide: the last pixels get no gradient, every weight does.
+    let cfg = VitConfig {
+        image_size: 10,
+        ..VitConfig {
+            family: vlmkit_models::VitFamily::Siglip,
+            ..tiny_vit()
+        }
+    };
+    let store = ParamStore::new(Device::Cpu, DType::F64);
+    let vit = VisionTransformer::new(&cfg, store.init_builder(1)).unwrap();
+    assert!(vit.info().grids.iter().all(|&g| g == (2, 2)));
+    let pixels = Tensor::randn(0f64, 1.0, (2, 3, 10, 10), &Device::Cpu).unwrap();
+    let names: Vec<String> = store.vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names.contains(&"vision_model.embeddings.patch_embedding.bias".to_string()));
+    assert!(!names
+        .iter()
+        .any(|n| n.contains("class_embedding") || n.contains("pre_layrnorm")));
+    gradcheck_all(&store, || {
+        let f = vit.forward(&pixels, &[0, 1, 2])?;
+        assert!(f.cls.is_none());
+        assert_eq!(f.layers[0].dims(), [2, 4, 8]);
+        random_projection(&f.layers[2], 1)? + random_projection(&f.layers[1], 2)?
+    });
+}
+
+#[test]
 fn vit_hidden_states_follow_hf_indexing() {
     let store = ParamStore::new(Device::Cpu, DType::F32);
     let cfg = tiny_vit();

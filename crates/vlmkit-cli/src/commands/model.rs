@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use vlmkit_core::hub;
 use vlmkit_models::hf;
+use vlmkit_models::VisionConfig;
 use vlmkit_train::counts::thousands;
 use vlmkit_train::trainer::select_device;
 
@@ -29,7 +30,8 @@ pub enum ModelCommand {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A Hugging Face model directory (config.json and safetensors).
+    /// A Hugging Face model directory (config.json and safetensors): a language
+    /// model (LLaMA, Mistral, Qwen2) or a vision encoder (CLIP, SigLIP, ConvNeXt).
     pub dir: PathBuf,
 }
 
@@ -37,12 +39,14 @@ pub struct InspectArgs {
 pub struct ForwardArgs {
     /// A Hugging Face model directory (config.json and safetensors).
     pub dir: PathBuf,
-    /// Inputs (safetensors): `input_ids` B×T (any integer dtype) and optionally
-    /// `attention_mask` B×T (1 keeps, 0 pads).
+    /// Inputs (safetensors): for a language model `input_ids` B×T (any integer
+    /// dtype) and optionally `attention_mask` B×T (1 keeps, 0 pads); for a vision
+    /// encoder `pixel_values` B×C×H×W (already normalised).
     #[arg(long)]
     pub inputs: PathBuf,
-    /// Where to write `hidden_states.{i}` (transformers' indexing: 0 is the
-    /// embeddings, the last is after the final norm) and `logits` (f32).
+    /// Where to write `hidden_states.{i}` in transformers' indexing and layout (for a
+    /// language model 0 is the embeddings and the last is after the final norm,
+    /// plus `logits`; for a vision encoder 0 is the embeddings), all f32.
     #[arg(long)]
     pub out: PathBuf,
     /// `cpu` (default), `auto`, `cuda`, `cuda:N`.
@@ -57,13 +61,133 @@ pub fn run(args: ModelArgs) -> Result<()> {
     }
 }
 
+/// Whether `dir` holds a vision encoder (else it is read as a language model).
+fn is_vision(dir: &std::path::Path) -> Result<bool> {
+    let config = hub::read_config(dir)?;
+    Ok(config
+        .get("model_type")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(hf::vision::is_vision_model_type))
+}
+
 fn inspect(args: InspectArgs) -> Result<()> {
+    let rows = if is_vision(&args.dir)? {
+        inspect_vision(&args.dir)?
+    } else {
+        inspect_language(&args.dir)?
+    };
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in rows {
+        println!("{key:<width$}  {value}");
+    }
+    Ok(())
+}
+
+fn stored_rows(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
+    let stored = hub::stored_weights(dir)?;
+    Ok(vec![
+        ("stored dtype", stored.dtypes.join(", ")),
+        (
+            "parameters",
+            format!(
+                "{} in {} tensors",
+                thousands(stored.elements),
+                stored.tensors
+            ),
+        ),
+    ])
+}
+
+fn inspect_vision(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
     // Loaded in full: inspecting a checkpoint includes knowing that it loads exactly.
-    let (checkpoint, _model) = hf::load_language_model(&args.dir, &candle_core::Device::Cpu)?;
+    let (checkpoint, encoder) = hf::vision::load_vision_model(dir, &candle_core::Device::Cpu)?;
+    let info = encoder.info();
+    let mut rows: Vec<(&str, String)> = vec![
+        ("directory", dir.display().to_string()),
+        ("model_type", checkpoint.model_type.clone()),
+        ("architectures", checkpoint.architectures.join(", ")),
+    ];
+    let list = |v: &[usize]| {
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match &checkpoint.config {
+        VisionConfig::Vit(cfg) => rows.extend([
+            (
+                "read as",
+                format!(
+                    "vlmkit VisionTransformer, {} layout (vision kind `{}`)",
+                    if cfg.has_cls() { "CLIP" } else { "SigLIP" },
+                    checkpoint.kind
+                ),
+            ),
+            (
+                "image",
+                format!(
+                    "{0}×{0} pixels, {1}-pixel patches: {2}×{2} grid",
+                    cfg.image_size,
+                    cfg.patch_size,
+                    cfg.grid()
+                ),
+            ),
+            (
+                "class token",
+                if cfg.has_cls() { "yes" } else { "no" }.to_string(),
+            ),
+            ("hidden_size", cfg.hidden_size.to_string()),
+            ("intermediate_size", cfg.intermediate_size.to_string()),
+            ("num_hidden_layers", cfg.num_hidden_layers.to_string()),
+            ("num_attention_heads", cfg.num_attention_heads.to_string()),
+            ("hidden_act", activation_name(cfg.hidden_act)),
+            ("layer_norm_eps", cfg.layer_norm_eps.to_string()),
+        ]),
+        VisionConfig::ConvNext(cfg) => rows.extend([
+            (
+                "read as",
+                "vlmkit ConvNext (vision kind `convnext`)".to_string(),
+            ),
+            (
+                "image",
+                format!(
+                    "{0}×{0} pixels, stem patch {1}",
+                    cfg.image_size, cfg.patch_size
+                ),
+            ),
+            ("hidden_sizes", list(&cfg.hidden_sizes)),
+            ("depths", list(&cfg.depths)),
+            ("hidden_act", activation_name(cfg.hidden_act)),
+        ]),
+    }
+    rows.extend([
+        (
+            "hidden states",
+            format!("{} (hs[0] is the embeddings)", info.depth + 1),
+        ),
+        (
+            "normalisation",
+            format!("mean {:?}, std {:?}", info.image_mean, info.image_std),
+        ),
+    ]);
+    rows.extend(stored_rows(dir)?);
+    Ok(rows)
+}
+
+/// An activation as config.json spells it (`gelu_pytorch_tanh`).
+fn activation_name(act: vlmkit_core::ops::Activation) -> String {
+    serde_json::to_value(act)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_else(|| format!("{act:?}"))
+}
+
+fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
+    // Loaded in full: inspecting a checkpoint includes knowing that it loads exactly.
+    let (checkpoint, _model) = hf::load_language_model(dir, &candle_core::Device::Cpu)?;
     let cfg = &checkpoint.config;
-    let stored = hub::stored_weights(&args.dir)?;
-    let rows: Vec<(&str, String)> = vec![
-        ("directory", args.dir.display().to_string()),
+    let mut rows: Vec<(&str, String)> = vec![
+        ("directory", dir.display().to_string()),
         ("model_type", checkpoint.model_type.clone()),
         ("architectures", checkpoint.architectures.join(", ")),
         ("read as", "vlmkit Llama (language model)".to_string()),
@@ -100,28 +224,33 @@ fn inspect(args: InspectArgs) -> Result<()> {
             cfg.sliding_window
                 .map_or("none".to_string(), |w| w.to_string()),
         ),
-        ("stored dtype", stored.dtypes.join(", ")),
-        (
-            "parameters",
-            format!(
-                "{} in {} tensors",
-                thousands(stored.elements),
-                stored.tensors
-            ),
-        ),
     ];
-    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    for (key, value) in rows {
-        println!("{key:<width$}  {value}");
-    }
-    Ok(())
+    rows.extend(stored_rows(dir)?);
+    Ok(rows)
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
     let device = select_device(&args.device)?;
-    let (_, model) = hf::load_language_model(&args.dir, &device)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
+    let mut written = BTreeMap::new();
+    if is_vision(&args.dir)? {
+        let (checkpoint, encoder) = hf::vision::load_vision_model(&args.dir, &device)?;
+        let Some(pixels) = inputs.get("pixel_values") else {
+            bail!(
+                "{}: no `pixel_values` tensor (found: {})",
+                args.inputs.display(),
+                inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        };
+        let pixels = pixels.to_dtype(candle_core::DType::F32)?;
+        let states = hf::vision::vision_hidden_states(encoder.as_ref(), checkpoint.kind, &pixels)?;
+        for (i, h) in states.into_iter().enumerate() {
+            written.insert(format!("hidden_states.{i}"), h);
+        }
+        return write_outputs(&written, &args.out);
+    }
+    let (_, model) = hf::load_language_model(&args.dir, &device)?;
     let Some(ids) = inputs.get("input_ids") else {
         bail!(
             "{}: no `input_ids` tensor (found: {})",
@@ -137,7 +266,6 @@ fn forward(args: ForwardArgs) -> Result<()> {
         );
     }
     let out = hf::hidden_states(&model, ids, inputs.get("attention_mask"))?;
-    let mut written = BTreeMap::new();
     for (i, h) in out.hidden_states.iter().enumerate() {
         written.insert(
             format!("hidden_states.{i}"),
@@ -148,10 +276,17 @@ fn forward(args: ForwardArgs) -> Result<()> {
         "logits".to_string(),
         out.logits.to_dtype(candle_core::DType::F32)?,
     );
-    vlmkit_core::params::save_safetensors_atomic(&written, None, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
-    println!("wrote {}:", args.out.display());
-    for (name, tensor) in &written {
+    write_outputs(&written, &args.out)
+}
+
+fn write_outputs(
+    written: &BTreeMap<String, candle_core::Tensor>,
+    out: &std::path::Path,
+) -> Result<()> {
+    vlmkit_core::params::save_safetensors_atomic(written, None, out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}:", out.display());
+    for (name, tensor) in written {
         println!("  {name} {:?}", tensor.dims());
     }
     Ok(())

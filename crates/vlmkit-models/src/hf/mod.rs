@@ -1,5 +1,6 @@
-//! Hugging Face language-model checkpoints (LLaMA, Vicuna, SmolLM, Mistral, Qwen2)
-//! read into vlmkit's [`Llama`], exactly or not at all.
+//! Hugging Face checkpoints read into vlmkit's models, exactly or not at all:
+//! language models (LLaMA, Vicuna, SmolLM, Mistral, Qwen2) into [`Llama`] here,
+//! vision encoders (CLIP, SigLIP, ConvNeXt) in [`vision`].
 //!
 //! `config.json` is read per `model_type`: the keys that set the architecture are
 //! mapped onto [`LlamaConfig`]; keys that change nothing vlmkit computes are listed
@@ -19,6 +20,8 @@ use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{DecoderHooks, DecoderInput, LanguageModel};
 
 use crate::llama::{Llama, LlamaConfig};
+
+pub mod vision;
 
 /// Why a checkpoint could not be read exactly.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +75,9 @@ const LANGUAGE_MODEL_TYPES: &[(&str, bool)] =
 
 /// Reads `dir/config.json` as a LLaMA-family language model.
 pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
-    let path = dir.join("config.json");
+    let json = ConfigJson::new(dir);
     let raw = hub::read_config(dir)?;
-    let err = |key: &str, message: String| HfError::Config {
-        path: path.clone(),
-        key: key.to_string(),
-        message,
-    };
+    let err = |key: &str, message: String| json.err(key, message);
     let obj = raw
         .as_object()
         .ok_or_else(|| err("", "not a JSON object".into()))?;
@@ -118,19 +117,9 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
         qkv_bias,
         ..LlamaConfig::default()
     };
-    let usize_of = |key: &str, v: &Value| {
-        v.as_u64()
-            .map(|n| n as usize)
-            .ok_or_else(|| err(key, format!("expected a whole number, got {v}")))
-    };
-    let f64_of = |key: &str, v: &Value| {
-        v.as_f64()
-            .ok_or_else(|| err(key, format!("expected a number, got {v}")))
-    };
-    let bool_of = |key: &str, v: &Value| {
-        v.as_bool()
-            .ok_or_else(|| err(key, format!("expected true or false, got {v}")))
-    };
+    let usize_of = |key: &str, v: &Value| json.usize(key, v);
+    let f64_of = |key: &str, v: &Value| json.f64(key, v);
+    let bool_of = |key: &str, v: &Value| json.bool(key, v);
     let mut sliding = None;
     let mut use_sliding = None;
     let mut unknown = Vec::new();
@@ -182,13 +171,7 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
                         .into(),
                 ))
             }
-            "attention_dropout" if v.as_f64() == Some(0.0) => {}
-            "attention_dropout" => {
-                return Err(err(
-                    k,
-                    format!("{v}: vlmkit trains without dropout; set it to 0.0"),
-                ))
-            }
+            "attention_dropout" => json.zero(k, v)?,
             "sliding_window" if !v.is_null() => sliding = Some(usize_of(k, v)?),
             "sliding_window" => {}
             "use_sliding_window" => use_sliding = Some(bool_of(k, v)?),
@@ -207,20 +190,7 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
             _ => unknown.push(k.to_string()),
         }
     }
-    if !unknown.is_empty() {
-        return Err(err(
-            &unknown[0],
-            format!(
-                "unknown key{} {}: vlmkit refuses what it cannot tell is harmless",
-                if unknown.len() > 1 { "s" } else { "" },
-                unknown
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-    }
+    json.refuse_unknown(&unknown)?;
     // Qwen2 writes a window but turns it off; Mistral turns it on by setting one.
     cfg.sliding_window = match (model_type.as_str(), use_sliding) {
         ("qwen2", Some(false) | None) => None,
@@ -235,6 +205,85 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
         architectures,
         config: cfg,
     })
+}
+
+/// Typed reads of one `config.json`, every error naming the file and the key.
+pub(crate) struct ConfigJson {
+    path: PathBuf,
+    /// Prepended to key names in messages (`vision_config.` for a nested config).
+    key_prefix: String,
+}
+
+impl ConfigJson {
+    pub(crate) fn new(dir: &Path) -> Self {
+        Self {
+            path: dir.join("config.json"),
+            key_prefix: String::new(),
+        }
+    }
+
+    /// The same file, reading the table under `key`.
+    pub(crate) fn nested(&self, key: &str) -> Self {
+        Self {
+            path: self.path.clone(),
+            key_prefix: format!("{}{key}.", self.key_prefix),
+        }
+    }
+
+    pub(crate) fn err(&self, key: &str, message: impl Into<String>) -> HfError {
+        HfError::Config {
+            path: self.path.clone(),
+            key: format!("{}{key}", self.key_prefix),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn usize(&self, key: &str, v: &Value) -> Result<usize, HfError> {
+        v.as_u64()
+            .map(|n| n as usize)
+            .ok_or_else(|| self.err(key, format!("expected a whole number, got {v}")))
+    }
+
+    pub(crate) fn f64(&self, key: &str, v: &Value) -> Result<f64, HfError> {
+        v.as_f64()
+            .ok_or_else(|| self.err(key, format!("expected a number, got {v}")))
+    }
+
+    pub(crate) fn bool(&self, key: &str, v: &Value) -> Result<bool, HfError> {
+        v.as_bool()
+            .ok_or_else(|| self.err(key, format!("expected true or false, got {v}")))
+    }
+
+    /// A setting vlmkit does not train with (dropout) must be zero.
+    pub(crate) fn zero(&self, key: &str, v: &Value) -> Result<(), HfError> {
+        if v.as_f64() == Some(0.0) {
+            Ok(())
+        } else {
+            Err(self.err(
+                key,
+                format!("{v}: vlmkit trains without dropout; set it to 0.0"),
+            ))
+        }
+    }
+
+    /// Refuses the keys this reader does not know, by name.
+    pub(crate) fn refuse_unknown(&self, unknown: &[String]) -> Result<(), HfError> {
+        let Some(first) = unknown.first() else {
+            return Ok(());
+        };
+        Err(self.err(
+            first,
+            format!(
+                "unknown key{} {}: vlmkit refuses what it cannot tell is harmless",
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    }
 }
 
 fn unsupported_rope(v: &Value) -> String {
