@@ -103,15 +103,7 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
                 ),
             )
         })?;
-    let architectures = obj
-        .get("architectures")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let architectures = architectures(&raw);
 
     let mut cfg = LlamaConfig {
         qkv_bias,
@@ -205,6 +197,19 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
         architectures,
         config: cfg,
     })
+}
+
+/// A config's `architectures` (the transformers classes that saved it).
+pub(crate) fn architectures(config: &Value) -> Vec<String> {
+    config
+        .get("architectures")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Typed reads of one `config.json`, every error naming the file and the key.

@@ -20,7 +20,7 @@ use vlmkit_core::ops::Activation;
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::VisionEncoder;
 
-use super::{check_unexpected, ConfigJson, HfError};
+use super::{architectures, check_unexpected, ConfigJson, HfError};
 use crate::convnext::{ConvNext, ConvNextConfig};
 use crate::vit::{VisionTransformer, VitConfig, VitFamily};
 use crate::VisionConfig;
@@ -99,15 +99,7 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
                 ),
             )
         })?;
-    let architectures = raw
-        .get("architectures")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let architectures = architectures(&raw);
     let (json, settings) = if nested {
         let json = json.nested("vision_config");
         let settings = raw
