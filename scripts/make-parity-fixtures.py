@@ -18,7 +18,12 @@ Environment (not needed by CI, which only reads the committed files):
     python3 -m pip install --target ~/.cache/vlmkit/hfenv torch safetensors numpy
     python3 -m pip install --no-deps --target ~/.cache/vlmkit/tf457-overlay \\
         transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.2 requests
-    PYTHONPATH=~/.cache/vlmkit/tf457-overlay:~/.cache/vlmkit/hfenv python3 scripts/make-parity-fixtures.py
+    python3 -m pip install --no-deps --target ~/.cache/vlmkit/pillow12-overlay pillow==12.1.0
+    PYTHONPATH=~/.cache/vlmkit/pillow12-overlay:~/.cache/vlmkit/tf457-overlay:~/.cache/vlmkit/hfenv \\
+        python3 scripts/make-parity-fixtures.py
+
+Pillow 12 is the reference for the image processors: Pillow 13 sometimes resizes
+vertically first (python-pillow PR 9549), which LLaVA-1.5 and CLIP never saw.
 
 transformers 4.57.6 writes the hub layout (`rope_theta`, `vision_model.` prefixes)
 that released checkpoints use; vlmkit reads 5.x's `rope_parameters` too.
@@ -115,6 +120,67 @@ def main():
         save(name, model, {"input_ids": ids, "attention_mask": mask}, out.hidden_states, logits=out.logits)
 
     vision_models()
+    image_processors()
+
+
+def image_processors():
+    """Pixel values from transformers' (PIL) CLIP and SigLIP processors, LLaVA-1.5's
+    pad-to-square in front of CLIP's, and Pillow's bicubic resize alone, on small
+    PNGs: a smooth gradient plus noise (so every resampling weight shows), one
+    image smaller than the crop (the zero-padding path)."""
+    import numpy as np
+    import PIL
+    from PIL import Image
+
+    assert PIL.__version__.startswith("12."), f"Pillow 12 is the reference (found {PIL.__version__}; 13 may resize vertically first)"
+    d = os.path.join(ROOT, "..", "preprocess")
+    os.makedirs(d, exist_ok=True)
+    rng = np.random.default_rng(7)
+
+    def picture(width, height):
+        y, x = np.mgrid[0:height, 0:width]
+        smooth = np.stack(
+            [128 + 100 * np.sin(x / 7.0), 128 + 100 * np.cos(y / 5.0), (x * 3 + y * 2) % 256], axis=-1
+        )
+        noisy = smooth + rng.normal(0, 25, smooth.shape)
+        return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8), "RGB")
+
+    images = {"wide": picture(157, 109), "tall": picture(61, 143), "small": picture(23, 17)}
+    for name, image in images.items():
+        image.save(os.path.join(d, f"{name}.png"))
+
+    def expand2square(image, background):
+        # LLaVA-1.5 (llava/train/train.py): the image centred on a square of the mean colour.
+        width, height = image.size
+        if width == height:
+            return image
+        side = max(width, height)
+        result = Image.new(image.mode, (side, side), background)
+        result.paste(image, ((side - width) // 2, (side - height) // 2))
+        return result
+
+    clip = T.CLIPImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 40, "width": 40})
+    siglip = T.SiglipImageProcessor(size={"height": 36, "width": 36})
+    clip.save_pretrained(os.path.join(d, "clip"))
+    siglip.save_pretrained(os.path.join(d, "siglip"))
+    background = tuple(int(x * 255) for x in clip.image_mean)
+    tensors = {}
+    for name, image in images.items():
+        for processor_name, processor, prepare in [
+            ("clip", clip, lambda i: i),
+            ("clip-pad", clip, lambda i: expand2square(i, background)),
+            ("siglip", siglip, lambda i: i),
+        ]:
+            pixels = processor(prepare(image), return_tensors="pt")["pixel_values"][0]
+            tensors[f"{processor_name}.{name}"] = pixels.float().contiguous()
+    for (w, h), (nw, nh) in [((37, 53), (24, 24)), ((13, 7), (40, 23)), ((157, 109), (48, 33)), ((100, 60), (61, 97))]:
+        source = picture(w, h)
+        source.save(os.path.join(d, f"resize-{w}x{h}.png"))
+        resized = np.asarray(source.resize((nw, nh), Image.BICUBIC))
+        tensors[f"resize.{w}x{h}.{nw}x{nh}"] = torch.from_numpy(resized.copy())
+    save_file(tensors, os.path.join(d, "expected.safetensors"))
+    size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
+    print(f"preprocess: {len(tensors)} expected tensors, {size} bytes")
 
 
 def vision_models():

@@ -25,6 +25,7 @@ fn help_texts() {
     insta::assert_snapshot!("help_connector_run", help(&["connector", "run"]));
     insta::assert_snapshot!("help_model_inspect", help(&["model", "inspect"]));
     insta::assert_snapshot!("help_model_forward", help(&["model", "forward"]));
+    insta::assert_snapshot!("help_model_preprocess", help(&["model", "preprocess"]));
     insta::assert_snapshot!("help_plugins_list", help(&["plugins", "list"]));
     insta::assert_snapshot!("help_plugins_inspect", help(&["plugins", "inspect"]));
     insta::assert_snapshot!("help_new_connector", help(&["new", "connector"]));
@@ -1310,6 +1311,32 @@ fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
         assert!(d < 1e-4, "{key} differs by {d}");
     }
     assert!(!ours.contains_key("logits"));
+
+    // Pixels as transformers' processors make them, ready for `model forward`.
+    let preprocess = "tests/fixtures/preprocess";
+    let (ok, _, err) = run(vlmkit()
+        .args([
+            "model",
+            "preprocess",
+            &format!("{preprocess}/clip"),
+            "--pad-to-square",
+        ])
+        .args(["--image", &format!("{preprocess}/tall.png")])
+        .args(["--image", &format!("{preprocess}/wide.png")])
+        .arg("--out")
+        .arg(&written));
+    assert!(ok, "{err}");
+    let ours = read_tensors(&written);
+    let theirs = read_tensors(&repo().join(preprocess).join("expected.safetensors"));
+    assert_eq!(ours["pixel_values"].dims(), [2, 3, 40, 40]);
+    for (row, image) in ["tall", "wide"].iter().enumerate() {
+        let d = vlmkit_core::gradcheck::max_abs_diff(
+            &ours["pixel_values"].get(row).unwrap(),
+            &theirs[&format!("clip-pad.{image}")],
+        )
+        .unwrap();
+        assert_eq!(d, 0.0, "{image}");
+    }
 
     let (ok, _, err) = run(vlmkit().args(["model", "inspect", &format!("{fixtures}/absent")]));
     assert!(!ok);

@@ -7,6 +7,8 @@
 //! - [`example`]: the common in-memory training example both produce.
 //! - [`mask`]: region-mask helpers for grounding losses.
 //! - [`export`]: writes a shapes split to disk in the LLaVA format.
+//! - [`processor`], [`resample`]: transformers' CLIP and SigLIP image processors and
+//!   LLaVA's pad-to-square, with Pillow's bicubic resize, bit for bit.
 
 pub mod collate;
 pub mod error;
@@ -14,6 +16,8 @@ pub mod example;
 pub mod export;
 pub mod llava;
 pub mod mask;
+pub mod processor;
+pub mod resample;
 pub mod rle;
 pub mod shapes;
 pub mod template;

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use vlmkit_core::hub;
+use vlmkit_data::processor::ImageProcessor;
 use vlmkit_models::hf;
 use vlmkit_models::VisionConfig;
 use vlmkit_train::counts::thousands;
@@ -26,6 +27,25 @@ pub enum ModelCommand {
     Inspect(InspectArgs),
     /// Run a checkpoint on inputs from a file and write every hidden state.
     Forward(ForwardArgs),
+    /// Turn images into `pixel_values` as the directory's
+    /// `preprocessor_config.json` says (CLIP or SigLIP, Pillow's bicubic resize).
+    Preprocess(PreprocessArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreprocessArgs {
+    /// A Hugging Face directory with a `preprocessor_config.json`.
+    pub dir: PathBuf,
+    /// Images (PNG), one batch row each, in order; all must come out the same size.
+    #[arg(long = "image", required = true)]
+    pub images: Vec<PathBuf>,
+    /// Pad each image to a square with the mean colour first, as LLaVA-1.5
+    /// fine-tuning does (`image_aspect_ratio = "pad"`).
+    #[arg(long)]
+    pub pad_to_square: bool,
+    /// Where to write `pixel_values` (B×3×H×W, f32), ready for `vlmkit model forward`.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +78,7 @@ pub fn run(args: ModelArgs) -> Result<()> {
     match args.command {
         ModelCommand::Inspect(args) => inspect(args),
         ModelCommand::Forward(args) => forward(args),
+        ModelCommand::Preprocess(args) => preprocess(args),
     }
 }
 
@@ -276,6 +297,41 @@ fn forward(args: ForwardArgs) -> Result<()> {
         "logits".to_string(),
         out.logits.to_dtype(candle_core::DType::F32)?,
     );
+    write_outputs(&written, &args.out)
+}
+
+fn preprocess(args: PreprocessArgs) -> Result<()> {
+    let mut processor = ImageProcessor::from_preprocessor_config(&args.dir)?;
+    if args.pad_to_square {
+        processor = processor.with_pad_to_square();
+    }
+    let mut values = Vec::new();
+    let mut size: Option<(usize, usize)> = None;
+    for path in &args.images {
+        let image = image::open(path)
+            .with_context(|| format!("cannot read the image {}", path.display()))?
+            .to_rgb8();
+        let (pixels, hw) = processor.pixel_values(&image);
+        match size {
+            Some(first) if first != hw => bail!(
+                "{} gives {}×{} pixels, the first image {}×{}: the processor does not crop to one size",
+                path.display(),
+                hw.0,
+                hw.1,
+                first.0,
+                first.1
+            ),
+            _ => size = Some(hw),
+        }
+        values.extend(pixels);
+    }
+    let (h, w) = size.expect("at least one image");
+    let tensor = candle_core::Tensor::from_vec(
+        values,
+        (args.images.len(), 3, h, w),
+        &candle_core::Device::Cpu,
+    )?;
+    let written = BTreeMap::from([("pixel_values".to_string(), tensor)]);
     write_outputs(&written, &args.out)
 }
 

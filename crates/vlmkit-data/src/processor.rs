@@ -1,0 +1,395 @@
+//! Image processors as transformers runs them (`CLIPImageProcessor`,
+//! `SiglipImageProcessor`, the PIL path), plus LLaVA-1.5's pad-to-square, so a
+//! pretrained encoder sees the pixel values it was trained on, to the bit.
+//!
+//! The steps, in transformers' order: (LLaVA) pad to a square with the mean
+//! colour; resize on 8-bit pixels through Pillow's bicubic filter
+//! ([`resample::resize_bicubic`](crate::resample::resize_bicubic)) — the shortest
+//! edge to `S` with the long edge truncated (`int(S · long / short)`), or straight
+//! to `height × width`; centre crop at `(H − h) // 2`, zero-padding first when the
+//! image is smaller; rescale in f64 then f32 (`x · 1/255`); normalise in f32.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use serde_json::Value;
+
+use crate::resample::resize_bicubic;
+
+/// CLIP's normalisation (OpenAI's `OPENAI_CLIP_MEAN` / `_STD`).
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_6, 0.275_777_1];
+
+/// How an image is resized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resize {
+    /// The shorter side to this many pixels, keeping the aspect ratio (CLIP).
+    ShortestEdge(u32),
+    /// Straight to `height × width` (SigLIP).
+    Exact { height: u32, width: u32 },
+}
+
+/// An image processor: 8-bit RGB in, normalised channel-major floats out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageProcessor {
+    /// LLaVA-1.5's `expand2square` with the mean colour (`int(mean · 255)`)
+    /// before everything else (`image_aspect_ratio = "pad"`).
+    pub pad_to_square: bool,
+    pub resize: Option<Resize>,
+    /// `(height, width)` of the centre crop.
+    pub crop: Option<(u32, u32)>,
+    /// `None` leaves pixels at 0–255.
+    pub rescale_factor: Option<f64>,
+    /// `None` skips normalisation.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+/// Why a `preprocessor_config.json` cannot be followed exactly.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: `{key}`: {message}", path.display())]
+pub struct ProcessorError {
+    pub path: PathBuf,
+    pub key: String,
+    pub message: String,
+}
+
+impl ImageProcessor {
+    /// `CLIPImageProcessor`: shortest edge to `shortest_edge`, centre crop to
+    /// `crop × crop`, CLIP's normalisation (openai/clip-vit-large-patch14-336:
+    /// 336 and 336).
+    pub fn clip(shortest_edge: u32, crop: u32) -> Self {
+        Self {
+            pad_to_square: false,
+            resize: Some(Resize::ShortestEdge(shortest_edge)),
+            crop: Some((crop, crop)),
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: Some((CLIP_MEAN, CLIP_STD)),
+        }
+    }
+
+    /// `SiglipImageProcessor`: straight to `size × size`, mean and std 0.5.
+    pub fn siglip(size: u32) -> Self {
+        Self {
+            pad_to_square: false,
+            resize: Some(Resize::Exact {
+                height: size,
+                width: size,
+            }),
+            crop: None,
+            rescale_factor: Some(1.0 / 255.0),
+            normalize: Some(([0.5; 3], [0.5; 3])),
+        }
+    }
+
+    /// The same processor after LLaVA-1.5's pad-to-square.
+    pub fn with_pad_to_square(self) -> Self {
+        Self {
+            pad_to_square: true,
+            ..self
+        }
+    }
+
+    /// The 8-bit image the encoder's pixels come from: padded, resized, cropped.
+    pub fn transform(&self, image: &RgbImage) -> RgbImage {
+        let mut image = if self.pad_to_square {
+            let mean = self.normalize.map_or([0.0; 3], |(mean, _)| mean);
+            // `tuple(int(x * 255) for x in image_mean)`, in Python floats.
+            let background = mean.map(|m| (f64::from(m) * 255.0) as u8);
+            expand_to_square(image, Rgb(background))
+        } else {
+            image.clone()
+        };
+        if let Some(resize) = self.resize {
+            let (height, width) = resize.output_size(image.height(), image.width());
+            image = resize_bicubic(&image, width, height);
+        }
+        if let Some((height, width)) = self.crop {
+            image = center_crop(&image, height, width);
+        }
+        image
+    }
+
+    /// Pixel values `3 × H × W`, channel-major, with transformers' arithmetic:
+    /// `(x · rescale)` in f64 rounded to f32, then `(x − mean) / std` in f32.
+    pub fn pixel_values(&self, image: &RgbImage) -> (Vec<f32>, (usize, usize)) {
+        let image = self.transform(image);
+        let (width, height) = image.dimensions();
+        let n = (width * height) as usize;
+        let mut out = vec![0f32; 3 * n];
+        for (i, px) in image.pixels().enumerate() {
+            for c in 0..3 {
+                let mut x = match self.rescale_factor {
+                    Some(factor) => (f64::from(px[c]) * factor) as f32,
+                    None => f32::from(px[c]),
+                };
+                if let Some((mean, std)) = self.normalize {
+                    x = (x - mean[c]) / std[c];
+                }
+                out[c * n + i] = x;
+            }
+        }
+        (out, (height as usize, width as usize))
+    }
+
+    /// The processor a Hugging Face directory's `preprocessor_config.json`
+    /// describes (`CLIPImageProcessor` or `SiglipImageProcessor`); a setting it
+    /// cannot follow exactly is refused by name.
+    pub fn from_preprocessor_config(dir: &Path) -> Result<Self, ProcessorError> {
+        let path = dir.join("preprocessor_config.json");
+        let err = |key: &str, message: String| ProcessorError {
+            path: path.clone(),
+            key: key.to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| err("", e.to_string()))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| err("", e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| err("", "not a JSON object".into()))?;
+        let flag = |key: &str, default: bool| -> Result<bool, ProcessorError> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v
+                    .as_bool()
+                    .ok_or_else(|| err(key, format!("expected true or false, got {v}"))),
+            }
+        };
+        let size = |key: &str, v: &Value| -> Result<u32, ProcessorError> {
+            v.as_u64()
+                .filter(|&n| n > 0 && n <= u64::from(u32::MAX))
+                .map(|n| n as u32)
+                .ok_or_else(|| err(key, format!("expected a positive whole number, got {v}")))
+        };
+        let triple = |key: &str| -> Result<Option<[f32; 3]>, ProcessorError> {
+            let Some(v) = obj.get(key) else {
+                return Ok(None);
+            };
+            let numbers: Vec<f32> = v
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_f64().map(|n| n as f32))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match numbers[..] {
+                [a, b, c] => Ok(Some([a, b, c])),
+                _ => Err(err(key, format!("expected three numbers, got {v}"))),
+            }
+        };
+        let kind = obj
+            .get("image_processor_type")
+            .or_else(|| obj.get("feature_extractor_type"))
+            .and_then(Value::as_str)
+            .unwrap_or("CLIPImageProcessor");
+        let siglip = kind.starts_with("Siglip");
+        if !siglip && !kind.starts_with("CLIP") {
+            return Err(err(
+                "image_processor_type",
+                format!("`{kind}`: vlmkit follows CLIPImageProcessor and SiglipImageProcessor"),
+            ));
+        }
+        let mut processor = if siglip {
+            Self::siglip(224)
+        } else {
+            Self::clip(224, 224)
+        };
+        const IGNORED: &[&str] = &[
+            "image_processor_type",
+            "feature_extractor_type",
+            "processor_class",
+            "do_convert_rgb",
+            "_processor_class",
+        ];
+        for (key, v) in obj {
+            let k = key.as_str();
+            match k {
+                "do_resize" | "do_center_crop" | "do_rescale" | "do_normalize" => {}
+                "resample" if v.as_u64() == Some(3) => {}
+                "resample" => {
+                    return Err(err(
+                        k,
+                        format!("{v}: only bicubic (3) resampling is implemented"),
+                    ))
+                }
+                "size" => {
+                    processor.resize = Some(match (v.get("shortest_edge"), v.as_u64()) {
+                        (Some(edge), _) => Resize::ShortestEdge(size("size.shortest_edge", edge)?),
+                        (None, Some(_)) if siglip => Resize::Exact {
+                            height: size(k, v)?,
+                            width: size(k, v)?,
+                        },
+                        (None, Some(_)) => Resize::ShortestEdge(size(k, v)?),
+                        (None, None) => Resize::Exact {
+                            height: size("size.height", v.get("height").unwrap_or(&Value::Null))?,
+                            width: size("size.width", v.get("width").unwrap_or(&Value::Null))?,
+                        },
+                    })
+                }
+                "crop_size" => {
+                    processor.crop = Some(match v.as_u64() {
+                        Some(_) => (size(k, v)?, size(k, v)?),
+                        None => (
+                            size("crop_size.height", v.get("height").unwrap_or(&Value::Null))?,
+                            size("crop_size.width", v.get("width").unwrap_or(&Value::Null))?,
+                        ),
+                    })
+                }
+                "rescale_factor" => {
+                    processor.rescale_factor = Some(
+                        v.as_f64()
+                            .ok_or_else(|| err(k, format!("expected a number, got {v}")))?,
+                    )
+                }
+                "image_mean" | "image_std" => {}
+                _ if IGNORED.contains(&k) => {}
+                _ => {
+                    return Err(err(
+                        k,
+                        "unknown key: vlmkit refuses what it cannot tell is harmless".into(),
+                    ))
+                }
+            }
+        }
+        let (mut mean, mut std) = processor.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        mean = triple("image_mean")?.unwrap_or(mean);
+        std = triple("image_std")?.unwrap_or(std);
+        processor.normalize = flag("do_normalize", true)?.then_some((mean, std));
+        if !flag("do_resize", true)? {
+            processor.resize = None;
+        }
+        if !flag("do_center_crop", !siglip)? {
+            processor.crop = None;
+        }
+        if !flag("do_rescale", true)? {
+            processor.rescale_factor = None;
+        }
+        Ok(processor)
+    }
+}
+
+impl Resize {
+    /// `(height, width)` after resizing an image of `height × width`.
+    pub fn output_size(self, height: u32, width: u32) -> (u32, u32) {
+        match self {
+            Resize::Exact { height, width } => (height, width),
+            Resize::ShortestEdge(edge) => {
+                let (short, long) = if width <= height {
+                    (width, height)
+                } else {
+                    (height, width)
+                };
+                // `int(S * long / short)` in Python floats: truncation.
+                let new_long = (f64::from(edge) * f64::from(long) / f64::from(short)) as u32;
+                if width <= height {
+                    (new_long, edge)
+                } else {
+                    (edge, new_long)
+                }
+            }
+        }
+    }
+}
+
+/// LLaVA-1.5's `expand2square`: the image pasted at the centre of a square of
+/// `background` (offsets `(long − short) // 2`).
+pub fn expand_to_square(image: &RgbImage, background: Rgb<u8>) -> RgbImage {
+    let (width, height) = image.dimensions();
+    if width == height {
+        return image.clone();
+    }
+    let side = width.max(height);
+    let mut out = RgbImage::from_pixel(side, side, background);
+    let (x0, y0) = if width > height {
+        (0, (width - height) / 2)
+    } else {
+        ((height - width) / 2, 0)
+    };
+    image::imageops::replace(&mut out, image, i64::from(x0), i64::from(y0));
+    out
+}
+
+/// transformers' `center_crop`: `(H − h) // 2` from the top, `(W − w) // 2`
+/// from the left; an image smaller than the crop is first centred on zeros
+/// (`ceil((new − old) / 2)` before it).
+pub fn center_crop(image: &RgbImage, height: u32, width: u32) -> RgbImage {
+    let (in_width, in_height) = image.dimensions();
+    let (in_width, in_height, height, width) = (
+        i64::from(in_width),
+        i64::from(in_height),
+        i64::from(height),
+        i64::from(width),
+    );
+    let mut top = (in_height - height).div_euclid(2);
+    let mut left = (in_width - width).div_euclid(2);
+    if top >= 0 && left >= 0 && top + height <= in_height && left + width <= in_width {
+        return image::imageops::crop_imm(
+            image,
+            left as u32,
+            top as u32,
+            width as u32,
+            height as u32,
+        )
+        .to_image();
+    }
+    let (new_height, new_width) = (height.max(in_height), width.max(in_width));
+    let top_pad = (new_height - in_height + 1) / 2;
+    let left_pad = (new_width - in_width + 1) / 2;
+    let mut padded = RgbImage::new(new_width as u32, new_height as u32);
+    image::imageops::replace(&mut padded, image, left_pad, top_pad);
+    top += top_pad;
+    left += left_pad;
+    let (bottom, right) = (
+        (top + height).min(new_height),
+        (left + width).min(new_width),
+    );
+    let (top, left) = (top.max(0), left.max(0));
+    image::imageops::crop_imm(
+        &padded,
+        left as u32,
+        top as u32,
+        (right - left) as u32,
+        (bottom - top) as u32,
+    )
+    .to_image()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shortest_edge_is_resized_and_the_long_one_truncated() {
+        let clip = Resize::ShortestEdge(336);
+        assert_eq!(clip.output_size(480, 640), (336, 448));
+        assert_eq!(clip.output_size(500, 333), (504, 336)); // 336·500/333 = 504.5…
+        assert_eq!(clip.output_size(336, 336), (336, 336));
+    }
+
+    #[test]
+    fn pad_to_square_centres_on_the_mean_colour() {
+        let image = RgbImage::from_pixel(4, 2, Rgb([255, 255, 255]));
+        let square = expand_to_square(&image, Rgb([122, 116, 104]));
+        assert_eq!(square.dimensions(), (4, 4));
+        assert_eq!(square.get_pixel(0, 0).0, [122, 116, 104]);
+        assert_eq!(square.get_pixel(0, 1).0, [255, 255, 255]);
+        assert_eq!(square.get_pixel(3, 3).0, [122, 116, 104]);
+        // CLIP's mean as LLaVA writes it.
+        let processor = ImageProcessor::clip(336, 336).with_pad_to_square();
+        let tall = RgbImage::from_pixel(2, 6, Rgb([0, 0, 0]));
+        let out = processor.transform(&tall);
+        assert_eq!(out.get_pixel(0, 0).0, [122, 116, 104]);
+    }
+
+    #[test]
+    fn a_crop_larger_than_the_image_pads_with_zeros() {
+        let image = RgbImage::from_pixel(3, 2, Rgb([9, 9, 9]));
+        let out = center_crop(&image, 4, 5);
+        assert_eq!(out.dimensions(), (5, 4));
+        // ceil((4 − 2) / 2) = 1 row and ceil((5 − 3) / 2) = 1 column before it.
+        assert_eq!(out.get_pixel(0, 0).0, [0, 0, 0]);
+        assert_eq!(out.get_pixel(1, 1).0, [9, 9, 9]);
+        assert_eq!(out.get_pixel(3, 2).0, [9, 9, 9]);
+        assert_eq!(out.get_pixel(4, 3).0, [0, 0, 0]);
+    }
+}
