@@ -327,6 +327,111 @@ fn non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
 }
 
 #[test]
+fn llava_data_with_bad_images_multi_turn_and_text_only_records_trains_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (ok, _, err) = run(vlmkit()
+        .args([
+            "data", "export", "--split", "train", "--count", "40", "--out",
+        ])
+        .arg(&data));
+    assert!(ok, "{err}");
+    let json = data.join("train.json");
+    let mut records: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let first = records[0].clone();
+    let image = first["image"].as_str().unwrap().to_string();
+    let turns = first["conversations"].as_array().unwrap().clone();
+    // A PNG cut in half, and a text file posing as one.
+    let png = std::fs::read(data.join(&image)).unwrap();
+    std::fs::write(data.join("cut.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(data.join("notes.png"), "not an image").unwrap();
+    let with = |id: &str, image: Option<&str>, conversations: Vec<serde_json::Value>| {
+        let mut record = serde_json::json!({"id": id, "conversations": conversations});
+        if let Some(image) = image {
+            record["image"] = serde_json::json!(image);
+        }
+        record
+    };
+    let text_only: Vec<serde_json::Value> = turns
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["value"] = serde_json::json!(t["value"].as_str().unwrap().replace("<image>\n", ""));
+            t
+        })
+        .collect();
+    let multi_turn: Vec<serde_json::Value> = turns.iter().chain(&text_only).cloned().collect();
+    records.extend([
+        with("missing", Some("nowhere.png"), turns.clone()),
+        with("cut", Some("cut.png"), turns.clone()),
+        with("notes", Some("notes.png"), turns.clone()),
+        with("multi-turn", Some(&image), multi_turn),
+        with("text-only", None, text_only),
+    ]);
+    std::fs::write(&json, serde_json::to_string(&records).unwrap()).unwrap();
+    let recipe = dir.path().join("llava.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = {:?}\n[data.train]\nkind = \"llava\"\njson = \"data/train.json\"\nmax_skipped = 0.2\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    // 12 steps of 8 read the 45 records twice over.
+    let run_dir = dir.path().join("run");
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "llava.toml", "--out"])
+        .arg(&run_dir)
+        .args(set_args(&tiny(12))));
+    assert!(ok, "{err}");
+    assert!(run_dir.join("final/model.safetensors").exists());
+    assert!(err.contains("nowhere.png does not exist"), "{err}");
+    assert!(err.contains("cut.png: corrupt image"), "{err}");
+    assert!(err.contains("notes.png: corrupt image"), "{err}");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("final/state.json")).unwrap())
+            .unwrap();
+    let skipped = state["skipped_images"].as_u64().unwrap();
+    assert!(
+        (4..=9).contains(&skipped),
+        "three bad records read two or three times: {skipped}"
+    );
+    assert!(
+        err.contains(&format!(
+            "skipped {skipped} examples whose image was missing or corrupt"
+        )),
+        "{err}"
+    );
+
+    // Mostly broken data stops with the count and the limit, not a crash.
+    let broken: Vec<serde_json::Value> = (0..30)
+        .map(|i| with(&format!("gone-{i}"), Some("nowhere.png"), turns.clone()))
+        .chain(records.iter().take(4).cloned())
+        .collect();
+    std::fs::write(
+        data.join("broken.json"),
+        serde_json::to_string(&broken).unwrap(),
+    )
+    .unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "llava.toml", "--out"])
+        .arg(dir.path().join("broken-run"))
+        .args(["--set", "data.train.json=\"data/broken.json\""])
+        .args(set_args(&tiny(4))));
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "were skipped for a missing or corrupt image (the data's `max_skipped` allows 20.0%)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn trains_on_exported_llava_json() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

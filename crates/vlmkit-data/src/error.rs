@@ -108,3 +108,14 @@ pub enum DataError {
     #[error(transparent)]
     Plot(#[from] vlmkit_plot::PlotError),
 }
+
+impl DataError {
+    /// Whether this is one record's image that cannot be used (missing or
+    /// undecodable): training skips such a record and counts it.
+    pub fn is_bad_image(&self) -> bool {
+        matches!(
+            self,
+            DataError::ImageNotFound { .. } | DataError::CorruptImage { .. }
+        )
+    }
+}

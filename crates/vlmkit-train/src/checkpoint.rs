@@ -41,6 +41,10 @@ pub struct TrainState {
     pub rng: [u64; 4],
     /// Lines of `metrics.jsonl` that belong to the run up to here.
     pub metrics_lines: u64,
+    /// Examples skipped over the whole run because their image was missing or
+    /// corrupt (LLaVA data).
+    #[serde(default)]
+    pub skipped_images: u64,
     pub vlmkit_version: String,
 }
 

@@ -357,7 +357,7 @@ impl Plan {
             .collect();
         data.extend(self.eval_data().ok().map(|d| ("eval data".to_string(), d)));
         for (label, spec) in data {
-            if let DataSpec::Llava { json, images } = spec {
+            if let DataSpec::Llava { json, images, .. } = spec {
                 for path in std::iter::once(json).chain(images) {
                     if !paths.iter().any(|(_, p)| *p == path) {
                         paths.push((label.clone(), path));

@@ -114,4 +114,15 @@ impl Observer for Progress {
             None => eprintln!("{text}"),
         }
     }
+
+    fn example_skipped(&mut self, error: &vlmkit_data::DataError, skipped: u64) {
+        // The first few in full; after that the count at the end says the rest.
+        const SHOWN: u64 = 5;
+        if skipped <= SHOWN {
+            self.message(&format!("skipped: {error}"));
+        }
+        if skipped == SHOWN {
+            self.message("further skipped examples are counted, not listed");
+        }
+    }
 }

@@ -67,6 +67,9 @@ pub enum DataSpec {
     Llava {
         json: PathBuf,
         images: Option<PathBuf>,
+        /// The share of examples read that may be skipped for a missing or
+        /// corrupt image before training stops.
+        max_skipped: f64,
     },
 }
 
@@ -79,6 +82,13 @@ struct LlavaSettings {
     json: String,
     #[serde(default)]
     images: Option<String>,
+    #[serde(default = "default_max_skipped")]
+    max_skipped: f64,
+}
+
+/// Up to 1% of a large dataset's images may be missing or broken.
+fn default_max_skipped() -> f64 {
+    0.01
 }
 
 impl DataSpec {
@@ -101,9 +111,19 @@ impl DataSpec {
             }
             "llava" => {
                 let cfg: LlavaSettings = settings.without(&["kind"]).parse()?;
+                if !(0.0..1.0).contains(&cfg.max_skipped) {
+                    return Err(settings.error(
+                        "max_skipped",
+                        format!(
+                            "{}: a share of the examples read, at least 0 and below 1",
+                            cfg.max_skipped
+                        ),
+                    ));
+                }
                 Ok(Self::Llava {
                     json: path_of("json", &cfg.json),
                     images: cfg.images.as_deref().map(|raw| path_of("images", raw)),
+                    max_skipped: cfg.max_skipped,
                 })
             }
             other => Err(settings.error(
@@ -116,11 +136,20 @@ impl DataSpec {
         }
     }
 
+    /// The share of examples read that may be skipped for a bad image (none for
+    /// generated data, which has no files to lose).
+    pub fn max_skipped(&self) -> f64 {
+        match self {
+            Self::Shapes { .. } => 0.0,
+            Self::Llava { max_skipped, .. } => *max_skipped,
+        }
+    }
+
     /// Opens the source. LLaVA files are read and checked here.
     pub fn open(&self) -> Result<Box<dyn ExampleSource>, DataError> {
         Ok(match self {
             Self::Shapes { config, split } => Box::new(ShapesDataset::new(config.clone(), *split)?),
-            Self::Llava { json, images } => Box::new(LlavaDataset::open(json, images.clone())?),
+            Self::Llava { json, images, .. } => Box::new(LlavaDataset::open(json, images.clone())?),
         })
     }
 
@@ -129,7 +158,7 @@ impl DataSpec {
     pub fn vocabulary(&self) -> Result<Vec<String>, DataError> {
         match self {
             Self::Shapes { config, .. } => Ok(vocabulary(config)),
-            Self::Llava { json, images } => {
+            Self::Llava { json, images, .. } => {
                 let ds = LlavaDataset::open(json, images.clone())?;
                 let mut words = BTreeSet::new();
                 for record in ds.records() {

@@ -19,7 +19,7 @@ use vlmkit_recipe::StageConfig;
 use crate::checkpoint::{load_checkpoint, CheckpointContents, RunDir, TrainState};
 use crate::optim::{global_grad_norm, learning_rate, AdamW, AdamWConfig};
 use crate::plan::{pattern_matches, Plan};
-use crate::source::Order;
+use crate::source::{ExampleSource, Order};
 use crate::step::{forward_backward, Parallelism};
 use crate::TrainError;
 
@@ -66,6 +66,11 @@ pub trait Observer {
     fn message(&mut self, text: &str) {
         let _ = text;
     }
+    /// An example was skipped because its image is missing or corrupt;
+    /// `skipped` counts them over the run so far.
+    fn example_skipped(&mut self, error: &vlmkit_data::DataError, skipped: u64) {
+        let _ = (error, skipped);
+    }
 }
 
 /// An observer that ignores everything.
@@ -84,6 +89,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// The run directory already held a finished run; nothing was trained.
     pub already_complete: bool,
+    /// Examples skipped over the run because their image was missing or corrupt.
+    pub skipped_images: u64,
 }
 
 /// One line of `metrics.jsonl`: means over a logging window.
@@ -393,6 +400,7 @@ pub fn train(
             last_loss: None,
             seconds: 0.0,
             already_complete: true,
+            skipped_images: 0,
         });
     }
     let device = select_device(&recipe.run.device)?;
@@ -432,6 +440,7 @@ pub fn train(
                 samples_seen: 0,
                 rng: Rng::new(seed).state(),
                 metrics_lines: 0,
+                skipped_images: 0,
                 vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
             };
             (state, None, None, None)
@@ -496,6 +505,7 @@ pub fn train(
             opt.load_state(&saved, state.stage_step)?;
         }
         let mut order = Order::new(source.len(), seed, &stage.name);
+        let max_skipped = plan.train_data(stage_index)?.max_skipped();
         observer.stage_started(
             stage_index,
             stage,
@@ -513,10 +523,14 @@ pub fn train(
             let mut term_sums: BTreeMap<String, f64> = BTreeMap::new();
             let mut tokens = 0usize;
             for _ in 0..stage.grad_accum {
-                let examples = (0..stage.batch_size as u64)
-                    .map(|k| source.get(order.index(state.samples_seen + k)))
-                    .collect::<Result<Vec<_>, _>>()?;
-                state.samples_seen += stage.batch_size as u64;
+                let examples = next_examples(
+                    source.as_ref(),
+                    &mut order,
+                    stage.batch_size,
+                    max_skipped,
+                    &mut state,
+                    observer,
+                )?;
                 let out = forward_backward(
                     &vlm,
                     &builder,
@@ -660,7 +674,50 @@ pub fn train(
         last_loss,
         seconds: started.elapsed().as_secs_f64(),
         already_complete: false,
+        skipped_images: state.skipped_images,
     })
+}
+
+/// The next `batch_size` examples in `order`, skipping (and counting) those whose
+/// image is missing or corrupt. Skips beyond `max_skipped` of the examples the
+/// stage has read, or a whole epoch without a usable example, end the run.
+fn next_examples(
+    source: &dyn ExampleSource,
+    order: &mut Order,
+    batch_size: usize,
+    max_skipped: f64,
+    state: &mut TrainState,
+    observer: &mut dyn Observer,
+) -> Result<Vec<vlmkit_data::Example>, TrainError> {
+    let mut examples = Vec::with_capacity(batch_size);
+    let mut skipped_in_a_row = 0u64;
+    while examples.len() < batch_size {
+        let index = order.index(state.samples_seen);
+        state.samples_seen += 1;
+        match source.get(index) {
+            Ok(example) => {
+                examples.push(example);
+                skipped_in_a_row = 0;
+            }
+            Err(error) if error.is_bad_image() => {
+                state.skipped_images += 1;
+                skipped_in_a_row += 1;
+                observer.example_skipped(&error, state.skipped_images);
+                let over_limit = state.skipped_images > 10
+                    && state.skipped_images as f64 > max_skipped * state.samples_seen as f64;
+                if over_limit || skipped_in_a_row >= source.len() {
+                    return Err(TrainError::Invalid(format!(
+                        "{} of the {} examples read so far were skipped for a missing or corrupt image (the data's `max_skipped` allows {:.1}%); the last: {error}",
+                        state.skipped_images,
+                        state.samples_seen,
+                        100.0 * max_skipped
+                    )));
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(examples)
 }
 
 #[cfg(test)]

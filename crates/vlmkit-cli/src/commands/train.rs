@@ -45,5 +45,12 @@ pub fn run(args: TrainArgs) -> Result<()> {
         summary.last_loss.unwrap_or(f64::NAN),
         summary.final_dir.display()
     );
+    if summary.skipped_images > 0 {
+        eprintln!(
+            "skipped {} example{} whose image was missing or corrupt",
+            summary.skipped_images,
+            if summary.skipped_images == 1 { "" } else { "s" }
+        );
+    }
     Ok(())
 }
