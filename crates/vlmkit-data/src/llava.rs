@@ -1,4 +1,11 @@
-//! LLaVA-1.5 conversation JSON: reading (with lazy image decoding) and writing.
+//! LLaVA-1.5 conversation JSON: reading (records parsed and images decoded on
+//! access) and writing.
+//!
+//! LLaVA-Instruct's mixture is 665K records, about 1 GB of JSON. Opening a file
+//! scans it once for where each record starts and ends (and parses each once, so
+//! a broken record is reported up front with its index and line); afterwards the
+//! dataset holds only those positions, and reads and parses a record when it is
+//! asked for — never the whole file, never decoded images.
 //!
 //! The file is a JSON array of records:
 //! `{"id": ..., "image": "relative/path.png", "conversations": [{"from": "human",
@@ -11,7 +18,10 @@
 //! often carry extra annotations.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use image::{DynamicImage, ImageReader};
 use serde::{Deserialize, Serialize};
@@ -103,49 +113,61 @@ fn record_id(value: &serde_json::Value) -> Option<String> {
     }
 }
 
-/// A LLaVA JSON dataset: records parsed up front, images decoded on access.
+/// Where a record sits in the file, and the line and column it starts at.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    offset: u64,
+    len: u32,
+    line: u32,
+    column: u32,
+}
+
+/// A LLaVA JSON dataset: the positions of its records, read and parsed on access;
+/// images decoded on access.
 #[derive(Clone, Debug)]
 pub struct LlavaDataset {
     json_path: PathBuf,
     image_root: PathBuf,
-    records: Vec<LlavaRecord>,
+    file: Arc<File>,
+    spans: Vec<Span>,
 }
 
 impl LlavaDataset {
-    /// Parses `json_path`. Image and mask paths are relative to `image_root`, which
-    /// defaults to the JSON file's directory. Records without an id get their index.
+    /// Indexes `json_path` and checks every record. Image and mask paths are
+    /// relative to `image_root`, which defaults to the JSON file's directory.
+    /// Records without an id get their index.
     pub fn open(
         json_path: impl AsRef<Path>,
         image_root: Option<PathBuf>,
     ) -> Result<Self, DataError> {
         let json_path = json_path.as_ref().to_path_buf();
-        let text = std::fs::read_to_string(&json_path).map_err(|source| DataError::Io {
+        let io = |source| DataError::Io {
             path: json_path.clone(),
             source,
-        })?;
-        let values: Vec<serde_json::Value> =
-            serde_json::from_str(&text).map_err(|error| DataError::Json {
-                path: json_path.clone(),
-                line: error.line(),
-                column: error.column(),
-                message: error.to_string(),
-            })?;
-        let records = values
-            .into_iter()
-            .enumerate()
-            .map(|(index, value)| parse_record(&json_path, index, value))
-            .collect::<Result<Vec<_>, _>>()?;
+        };
+        let file = File::open(&json_path).map_err(io)?;
+        let spans = index_records(
+            &json_path,
+            std::io::BufReader::with_capacity(1 << 20, &file),
+        )?;
         let image_root = image_root.unwrap_or_else(|| {
             json_path
                 .parent()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."))
         });
-        Ok(LlavaDataset {
+        let dataset = LlavaDataset {
             json_path,
             image_root,
-            records,
-        })
+            file: Arc::new(file),
+            spans,
+        };
+        // Every record parses and names its conversations: a broken one is found
+        // now, not hours into training.
+        for index in 0..dataset.len() {
+            dataset.record(index)?;
+        }
+        Ok(dataset)
     }
 
     pub fn json_path(&self) -> &Path {
@@ -157,29 +179,55 @@ impl LlavaDataset {
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.spans.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.spans.is_empty()
     }
 
-    pub fn records(&self) -> &[LlavaRecord] {
-        &self.records
+    /// Record `index`, read from the file and parsed.
+    pub fn record(&self, index: usize) -> Result<LlavaRecord, DataError> {
+        let span = *self.spans.get(index).ok_or(DataError::IndexOutOfRange {
+            index,
+            len: self.spans.len(),
+        })?;
+        let mut bytes = vec![0u8; span.len as usize];
+        read_at(&self.file, &mut bytes, span.offset).map_err(|source| DataError::Io {
+            path: self.json_path.clone(),
+            source,
+        })?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|error| DataError::Json {
+                path: self.json_path.clone(),
+                line: span.line as usize + error.line() - 1,
+                column: if error.line() == 1 {
+                    span.column as usize + error.column() - 1
+                } else {
+                    error.column()
+                },
+                message: error.to_string(),
+            })?;
+        parse_record(&self.json_path, index, value)
+    }
+
+    /// Every record in order, each read and parsed as the iterator reaches it.
+    pub fn records(&self) -> impl Iterator<Item = Result<LlavaRecord, DataError>> + '_ {
+        (0..self.len()).map(|index| self.record(index))
     }
 
     /// The image of record `index`, decoded (`None` for a text-only record).
     pub fn image(&self, index: usize) -> Result<Option<image::RgbImage>, DataError> {
-        let (record, record_ref) = self.record(index)?;
+        let (record, record_ref) = self.record_with_ref(index)?;
         Ok(self
-            .record_image(record, &record_ref)?
+            .record_image(&record, &record_ref)?
             .map(|(image, _)| image))
     }
 
     /// Example `index` with its image and mask decoded.
     pub fn get(&self, index: usize) -> Result<Example, DataError> {
-        let (record, record_ref) = self.record(index)?;
-        let image = self.record_image(record, &record_ref)?;
+        let (record, record_ref) = self.record_with_ref(index)?;
+        let image = self.record_image(&record, &record_ref)?;
         let mask = match (&record.mask, &image) {
             (None, _) => None,
             (Some(_), None) => {
@@ -228,11 +276,8 @@ impl LlavaDataset {
     }
 
     /// Record `index` and how errors name it.
-    fn record(&self, index: usize) -> Result<(&LlavaRecord, RecordRef), DataError> {
-        let record = self.records.get(index).ok_or(DataError::IndexOutOfRange {
-            index,
-            len: self.records.len(),
-        })?;
+    fn record_with_ref(&self, index: usize) -> Result<(LlavaRecord, RecordRef), DataError> {
+        let record = self.record(index)?;
         let record_ref = RecordRef {
             index,
             id: Some(record.id.clone()),
@@ -282,6 +327,151 @@ impl LlavaDataset {
             .map_err(|e| corrupt(e.to_string()))?;
         reader.decode().map_err(|e| corrupt(e.to_string()))
     }
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file.try_clone()?;
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
+/// Finds where each record of a JSON array of objects starts and ends, reading
+/// the file once in blocks; strings (and their escapes) are skipped, so braces
+/// inside them do not count. The records' own syntax is checked when they are
+/// parsed.
+fn index_records(path: &Path, mut reader: impl BufRead) -> Result<Vec<Span>, DataError> {
+    let json = |line: u32, column: u32, message: &str| DataError::Json {
+        path: path.to_path_buf(),
+        line: line as usize,
+        column: column as usize,
+        message: message.to_string(),
+    };
+    let mut spans = Vec::new();
+    let (mut offset, mut line, mut column) = (0u64, 1u32, 1u32);
+    let (mut in_string, mut escaped) = (false, false);
+    let (mut opened, mut closed) = (false, false);
+    // The closers owed inside the current record (empty between records).
+    let mut closers: Vec<u8> = Vec::new();
+    let mut start = (0u64, 0u32, 0u32);
+    loop {
+        let block = reader.fill_buf().map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if block.is_empty() {
+            break;
+        }
+        for &byte in block {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if byte == b'\\' {
+                    escaped = true;
+                } else if byte == b'"' {
+                    in_string = false;
+                }
+            } else if !byte.is_ascii_whitespace() {
+                if closed {
+                    return Err(json(
+                        line,
+                        column,
+                        "unexpected text after the array of records",
+                    ));
+                }
+                if !opened {
+                    if byte != b'[' {
+                        return Err(json(
+                            line,
+                            column,
+                            "a LLaVA file is a JSON array of records: expected `[`",
+                        ));
+                    }
+                    opened = true;
+                } else if closers.is_empty() {
+                    // Between records.
+                    match byte {
+                        b'{' => {
+                            start = (offset, line, column);
+                            closers.push(b'}');
+                        }
+                        b',' => {}
+                        b']' => closed = true,
+                        _ => {
+                            return Err(DataError::InvalidRecord {
+                                path: path.to_path_buf(),
+                                record: RecordRef {
+                                    index: spans.len(),
+                                    id: None,
+                                },
+                                reason: format!(
+                                    "expected a JSON object (line {line}, column {column})"
+                                ),
+                            })
+                        }
+                    }
+                } else {
+                    match byte {
+                        b'"' => in_string = true,
+                        b'{' => closers.push(b'}'),
+                        b'[' => closers.push(b']'),
+                        b'}' | b']' => {
+                            let owed = closers.pop().expect("inside a record");
+                            if byte != owed {
+                                return Err(json(
+                                    line,
+                                    column,
+                                    &format!(
+                                        "found `{}` where `{}` closes what is open",
+                                        byte as char, owed as char
+                                    ),
+                                ));
+                            }
+                            if closers.is_empty() {
+                                let len = u32::try_from(offset + 1 - start.0).map_err(|_| {
+                                    json(start.1, start.2, "a record longer than 4 GiB")
+                                })?;
+                                spans.push(Span {
+                                    offset: start.0,
+                                    len,
+                                    line: start.1,
+                                    column: start.2,
+                                });
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            offset += 1;
+            if byte == b'\n' {
+                line += 1;
+                column = 1;
+            } else {
+                column += 1;
+            }
+        }
+        let consumed = block.len();
+        reader.consume(consumed);
+    }
+    if !closed {
+        return Err(json(
+            line,
+            column,
+            if opened {
+                "the file ends inside the array of records (cut short?)"
+            } else {
+                "empty file: expected a JSON array of records"
+            },
+        ));
+    }
+    Ok(spans)
 }
 
 fn parse_record(
@@ -475,6 +665,82 @@ mod tests {
     }
 
     #[test]
+    fn records_are_found_by_their_braces_outside_strings() {
+        let fixture = Fixture::new();
+        // Braces, brackets, commas and escaped quotes inside strings; CRLF lines.
+        let tricky =
+            r#"{"from": "human", "value": "a \"}\" ]{[, \\"}, {"from": "gpt", "value": "}"}"#;
+        let path = fixture.write_json(&format!(
+            "[\r\n {{\"id\": \"x{{\", \"conversations\": [{tricky}]}},\r\n{{\"id\": 2, \"conversations\": {CONVERSATION}}}\r\n]\r\n"
+        ));
+        let dataset = LlavaDataset::open(&path, None).unwrap();
+        assert_eq!(dataset.len(), 2);
+        let first = dataset.record(0).unwrap();
+        assert_eq!(first.id, "x{");
+        assert_eq!(first.conversations[0].value, "a \"}\" ]{[, \\");
+        assert_eq!(dataset.record(1).unwrap().id, "2");
+        assert!(matches!(
+            dataset.record(2),
+            Err(DataError::IndexOutOfRange { index: 2, len: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_file_that_is_not_an_array_of_records_is_refused_where_it_goes_wrong() {
+        let fixture = Fixture::new();
+        let cut = fixture.open_error(&format!(
+            "[{{\"id\": 1, \"conversations\": {CONVERSATION}}},\n"
+        ));
+        assert!(cut.contains("line 2") && cut.contains("cut short"), "{cut}");
+        let object = fixture.open_error("{\"id\": 1}");
+        assert!(object.contains("expected `[`"), "{object}");
+        let after = fixture.open_error("[]\n[]");
+        assert!(
+            after.contains("line 2, column 1") && after.contains("after the array"),
+            "{after}"
+        );
+        let number = fixture.open_error(&format!(
+            "[{{\"id\": 1, \"conversations\": {CONVERSATION}}}, 7]"
+        ));
+        assert!(
+            number.contains("record 1") && number.contains("expected a JSON object"),
+            "{number}"
+        );
+        let empty = fixture.open_error("");
+        assert!(empty.contains("empty file"), "{empty}");
+        assert_eq!(
+            LlavaDataset::open(fixture.write_json(" [ ] "), None)
+                .unwrap()
+                .len(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_large_file_is_indexed_not_held() {
+        // 20,000 records: the dataset keeps one position per record and reads
+        // any of them back.
+        let fixture = Fixture::new();
+        let mut text = String::from("[");
+        for i in 0..20_000 {
+            if i > 0 {
+                text.push(',');
+            }
+            text.push_str(&format!(
+                "{{\"id\": \"r{i}\", \"conversations\": [{{\"from\": \"human\", \"value\": \"question {i}\"}}, {{\"from\": \"gpt\", \"value\": \"answer {i}\"}}]}}"
+            ));
+        }
+        text.push(']');
+        let dataset = LlavaDataset::open(fixture.write_json(&text), None).unwrap();
+        assert_eq!(dataset.len(), 20_000);
+        assert_eq!(std::mem::size_of::<Span>(), 24);
+        let last = dataset.get(19_999).unwrap();
+        assert_eq!(last.id, "r19999");
+        assert_eq!(last.turns[1].value, "answer 19999");
+        assert!(last.image.is_none());
+    }
+
+    #[test]
     fn missing_file_is_an_io_error_naming_it() {
         let error = LlavaDataset::open("/nonexistent/dir/data.json", None).unwrap_err();
         assert!(matches!(error, DataError::Io { .. }));
@@ -646,6 +912,7 @@ mod tests {
         );
         assert!(text.contains("\"from\": \"human\""));
         let dataset = LlavaDataset::open(&path, None).unwrap();
-        assert_eq!(dataset.records(), records.as_slice());
+        let read: Vec<LlavaRecord> = dataset.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(read, records);
     }
 }

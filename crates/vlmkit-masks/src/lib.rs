@@ -338,7 +338,7 @@ pub fn label_dataset(
     overwrite: bool,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LabelSummary, TeacherError> {
-    let mut records = dataset.records().to_vec();
+    let mut records = dataset.records().collect::<Result<Vec<_>, _>>()?;
     let mut summary = LabelSummary::default();
     let total = records.len();
     for (index, record) in records.iter_mut().enumerate() {

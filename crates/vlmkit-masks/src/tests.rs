@@ -85,14 +85,14 @@ fn a_dataset_gets_masks_for_its_prompted_records() {
     assert!(dir.path().join("masks/pointed_1.png").is_file());
     let labelled = LlavaDataset::open(&out, None).unwrap();
     assert_eq!(
-        labelled.records()[0].mask,
+        labelled.record(0).unwrap().mask,
         Some(MaskRef::Path("masks/boxed.png".into()))
     );
     assert_eq!(
         labelled.get(1).unwrap().mask.unwrap().dimensions(),
         (24, 16)
     );
-    assert!(labelled.records()[2].mask.is_none());
+    assert!(labelled.record(2).unwrap().mask.is_none());
     // Running again keeps the masks unless asked to replace them.
     let again = label_dataset(&labelled, &teacher, "masks", &out, false, |_, _| {}).unwrap();
     assert_eq!((again.labelled, again.kept), (0, 2));

@@ -162,7 +162,7 @@ impl DataSpec {
                 let ds = LlavaDataset::open(json, images.clone())?;
                 let mut words = BTreeSet::new();
                 for record in ds.records() {
-                    for turn in &record.conversations {
+                    for turn in &record?.conversations {
                         words.extend(vlmkit_data::shapes::split_words(&turn.value));
                     }
                 }
