@@ -4,10 +4,11 @@
 use crate::error::DataError;
 use crate::example::{Role, Turn};
 
-/// LLaVA-1.5's system prompt (`conv_vicuna_v1`).
+/// LLaVA-1.5's system prompt: `conv_vicuna_v1`, which its fine-tuning uses
+/// (`--version v1`), says "user" (`conv_vicuna_v0` says "human").
 pub const LLAVA_SYSTEM: &str =
-    "A chat between a curious human and an artificial intelligence assistant. \
-The assistant gives helpful, detailed, and polite answers to the human's questions.";
+    "A chat between a curious user and an artificial intelligence assistant. \
+The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
 /// A piece of rendered text and whether its tokens are supervised.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +128,12 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_system_prompt_is_conv_vicuna_v1s() {
+        assert!(LLAVA_SYSTEM.starts_with("A chat between a curious user and"));
+        assert!(LLAVA_SYSTEM.ends_with("polite answers to the user's questions."));
+    }
 
     fn turns() -> Vec<Turn> {
         vec![
