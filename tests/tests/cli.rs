@@ -1492,3 +1492,101 @@ fn siglip_swaps_in_for_clip_with_one_line() {
     ]));
     assert!(ok, "{err}");
 }
+
+#[test]
+fn trains_from_a_hugging_face_vision_encoder() {
+    // transformers' CLIPVisionModel fixture (32-pixel images, 8-pixel patches: the
+    // built-in data's grid) under the built-in recipe; the encoder stays frozen.
+    let checkpoint = repo().join("tests/fixtures/hf/clip-vision");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, vision: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "extends = {:?}\n[vision]\n{vision}\n",
+                repo().join("recipes/mlp.toml").display().to_string()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let from = format!(
+        "kind = \"clip\"\nfrom = {:?}",
+        checkpoint.display().to_string()
+    );
+    let recipe = write("clip.toml", &from);
+    let run_dir = dir.path().join("run");
+    let mut overrides = tiny(6);
+    overrides.retain(|o| !o.starts_with("vision."));
+    overrides.push("stage.0.trainable=[\"connector\", \"llm\"]".into());
+    let (ok, out, err) = run(vlmkit()
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run_dir)
+        .args(set_args(&overrides)));
+    assert!(ok, "{out}{err}");
+    // The trained model's encoder is the checkpoint's, weight for weight.
+    let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    let original = read_tensors(&checkpoint.join("model.safetensors"));
+    let mut compared = 0;
+    for (name, tensor) in &original {
+        let ours = &trained[&format!("vision.{name}")];
+        let theirs = tensor.to_dtype(candle_core::DType::F32).unwrap();
+        assert_eq!(
+            vlmkit_core::gradcheck::max_abs_diff(ours, &theirs).unwrap(),
+            0.0,
+            "{name}"
+        );
+        compared += 1;
+    }
+    assert_eq!(compared, original.len());
+    assert!(compared > 20);
+
+    // What is written beside `from` must agree with the checkpoint.
+    let conflicting = write("wide.toml", &format!("{from}\nhidden_size = 64"));
+    let (ok, _, err) = run(vlmkit().args(["recipe", "check"]).arg(&conflicting));
+    assert!(!ok);
+    assert!(
+        err.contains("64 here, but the checkpoint in") && err.contains("has 32"),
+        "{err}"
+    );
+    let wrong_kind = write(
+        "siglip.toml",
+        &format!(
+            "kind = \"siglip\"\nfrom = {:?}",
+            checkpoint.display().to_string()
+        ),
+    );
+    let (ok, _, err) = run(vlmkit().args(["recipe", "check"]).arg(&wrong_kind));
+    assert!(!ok);
+    assert!(err.contains("holds a clip encoder"), "{err}");
+
+    // A checkpoint without one of the encoder's weights is refused, not patched
+    // with a random one.
+    let partial = dir.path().join("partial");
+    std::fs::create_dir(&partial).unwrap();
+    std::fs::copy(checkpoint.join("config.json"), partial.join("config.json")).unwrap();
+    let mut weights = original.clone();
+    weights.remove("vision_model.encoder.layers.1.mlp.fc2.bias");
+    candle_core::safetensors::save(&weights, partial.join("model.safetensors")).unwrap();
+    let recipe = write(
+        "partial.toml",
+        &format!(
+            "kind = \"clip\"\nfrom = {:?}",
+            partial.display().to_string()
+        ),
+    );
+    let (ok, _, err) = run(vlmkit()
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(dir.path().join("partial-run"))
+        .args(set_args(&overrides)));
+    assert!(!ok);
+    assert!(
+        err.contains("1 weight(s) of the vision encoder are missing, e.g. `vision_model.encoder.layers.1.mlp.fc2.bias`"),
+        "{err}"
+    );
+}

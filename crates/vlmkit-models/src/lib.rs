@@ -142,7 +142,12 @@ impl VisionSpec {
         if layers.as_ref().is_some_and(|l| l.is_empty()) {
             return Err(settings.error("layers", "select at least one hidden state"));
         }
-        let config = VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?;
+        let config = match &source {
+            Source::Local(dir) if dir.join("config.json").is_file() => {
+                pretrained_vision_config(settings, recipe, &kind, dir)?
+            }
+            _ => VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?,
+        };
         let spec = Self {
             kind,
             source,
@@ -178,6 +183,101 @@ impl VisionSpec {
             VisionConfig::Vit(cfg) => Box::new(VisionTransformer::new(cfg, vb)?),
             VisionConfig::ConvNext(cfg) => Box::new(ConvNext::new(cfg, vb)?),
         })
+    }
+}
+
+/// The architecture of the checkpoint a `[vision]` section names with `from`.
+/// Settings written beside `from` (in the same file, or with `--set`) must agree
+/// with the checkpoint; those inherited from a base recipe give way to it, so a
+/// recipe can extend a from-scratch one and name a checkpoint.
+fn pretrained_vision_config(
+    settings: &Settings,
+    recipe: &Recipe,
+    kind: &str,
+    dir: &std::path::Path,
+) -> Result<VisionConfig, SettingsError> {
+    let checkpoint =
+        hf::vision::read_vision_config(dir).map_err(|e| settings.error("from", e.to_string()))?;
+    let family = match kind {
+        "vit" | "clip" => "clip",
+        other => other,
+    };
+    if family != checkpoint.kind {
+        return Err(settings.error(
+            "kind",
+            format!(
+                "`{kind}`, but {} holds a {} encoder (`model_type` `{}`): set kind = \"{}\"",
+                dir.display(),
+                checkpoint.kind,
+                checkpoint.model_type,
+                checkpoint.kind
+            ),
+        ));
+    }
+    let theirs = match &checkpoint.config {
+        VisionConfig::Vit(cfg) => toml::Table::try_from(cfg),
+        VisionConfig::ConvNext(cfg) => toml::Table::try_from(cfg),
+    }
+    .expect("vision configs serialise as tables");
+    let from_file = recipe
+        .locate(&settings.key("from"))
+        .and_then(vlmkit_recipe::Origin::file)
+        .map(std::path::Path::to_path_buf);
+    for key in settings.table().keys() {
+        // Not architecture, or only about fresh initialisation.
+        if ["kind", "from", "layers", "position_embedding_init"].contains(&key.as_str()) {
+            continue;
+        }
+        let beside_from = match recipe.locate(&settings.key(key)) {
+            Some(vlmkit_recipe::Origin::Override(_)) => true,
+            Some(origin) => origin.file() == from_file.as_deref(),
+            None => false,
+        };
+        if !beside_from {
+            continue;
+        }
+        let written = &settings.table()[key];
+        let Some(held) = theirs.get(key) else {
+            return Err(settings.error(
+                key,
+                format!(
+                    "unknown key for a {} encoder (known: {})",
+                    checkpoint.kind,
+                    theirs.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        };
+        if !same_setting(written, held) {
+            return Err(settings.error(
+                key,
+                format!(
+                    "{written} here, but the checkpoint in {} has {held}; leave the key out to take the checkpoint's",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    Ok(checkpoint.config)
+}
+
+/// Whether a value written in a recipe means the checkpoint's: numbers compare as
+/// the f32 the models hold them in (image means and stds are f32).
+fn same_setting(written: &toml::Value, held: &toml::Value) -> bool {
+    use toml::Value;
+    let number = |v: &Value| match v {
+        Value::Integer(i) => Some(*i as f64),
+        Value::Float(f) => Some(*f),
+        _ => None,
+    };
+    match (written, held) {
+        (Value::Array(a), Value::Array(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_setting(x, y))
+        }
+        (Value::Integer(a), Value::Integer(b)) => a == b,
+        _ => match (number(written), number(held)) {
+            (Some(a), Some(b)) => a as f32 == b as f32,
+            _ => written == held,
+        },
     }
 }
 

@@ -100,10 +100,13 @@ impl Plan {
         let mut llm =
             LlmSpec::from_settings(&llm_settings, &recipe).map_err(|e| recipe.error_for(e))?;
         if purpose == Purpose::Run {
-            for (key, source) in [("vision.from", &vision.source), ("llm.from", &llm.source)] {
-                if let Some(dir) = source.local_dir() {
-                    return Err(recipe.error_at(key, pretrained_unavailable(dir)));
+            if let Some(dir) = vision.source.local_dir() {
+                if !dir.join("config.json").is_file() {
+                    return Err(recipe.error_at("vision.from", checkpoint_missing(dir)));
                 }
+            }
+            if let Some(dir) = llm.source.local_dir() {
+                return Err(recipe.error_at("llm.from", language_model_unavailable(dir)));
             }
         }
 
@@ -530,6 +533,83 @@ impl Plan {
     /// Creates every parameter of the model in `store` (`missing` says whether
     /// absent ones are initialised or refused) and returns the prefixes of those
     /// that can receive no gradient with this layer selection.
+    /// Puts the weights of the checkpoints the recipe names with `from` into
+    /// `store` (the vision encoder's under `vision.`), before a fresh run creates
+    /// the rest; returns their names for [`Plan::check_pretrained`].
+    pub fn insert_pretrained(
+        &self,
+        store: &ParamStore,
+    ) -> Result<std::collections::BTreeSet<String>, vlmkit_models::hf::HfError> {
+        let before: std::collections::BTreeSet<String> =
+            store.vars().into_iter().map(|(n, _)| n).collect();
+        if let Source::Local(dir) = &self.vision.source {
+            let kind = match self.vision.config {
+                vlmkit_models::VisionConfig::ConvNext(_) => "convnext",
+                _ => "clip",
+            };
+            vlmkit_models::hf::vision::insert_vision_weights(dir, store, "vision.", kind)?;
+        }
+        Ok(store
+            .vars()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| !before.contains(n))
+            .collect())
+    }
+
+    /// After the parameters are created: every parameter of a pretrained part came
+    /// from its checkpoint (none was initialised in its place), and the checkpoint
+    /// held nothing the model does not have.
+    pub fn check_pretrained(
+        &self,
+        store: &ParamStore,
+        loaded: &std::collections::BTreeSet<String>,
+    ) -> Result<(), String> {
+        let Source::Local(dir) = &self.vision.source else {
+            return Ok(());
+        };
+        let created: Vec<String> = store
+            .vars()
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| n.starts_with("vision.") && !loaded.contains(n))
+            .collect();
+        let unexpected: Vec<String> = store
+            .unrequested()
+            .into_iter()
+            .filter(|n| loaded.contains(n))
+            .collect();
+        let list = |names: &[String]| {
+            let shown: Vec<String> = names
+                .iter()
+                .take(5)
+                .map(|n| format!("`{}`", n.trim_start_matches("vision.")))
+                .collect();
+            format!(
+                "{}{}",
+                shown.join(", "),
+                if names.len() > 5 { ", …" } else { "" }
+            )
+        };
+        if !created.is_empty() {
+            return Err(format!(
+                "{}: {} weight(s) of the vision encoder are missing, e.g. {}",
+                dir.display(),
+                created.len(),
+                list(&created)
+            ));
+        }
+        if !unexpected.is_empty() {
+            return Err(format!(
+                "{}: {} weight(s) the vision encoder does not have: {}",
+                dir.display(),
+                unexpected.len(),
+                list(&unexpected)
+            ));
+        }
+        Ok(())
+    }
+
     pub fn create_params(&self, store: &ParamStore, missing: Missing) -> TensorResult<Vec<String>> {
         let probe = self.build(store, missing, Arc::new(|_| true), BTreeMap::new())?;
         Ok(self.unused_params(&probe))
@@ -589,15 +669,28 @@ fn connector_weight_dirs(
         .collect()
 }
 
-/// Why a recipe with pretrained weights cannot run in this version.
-fn pretrained_unavailable(dir: &std::path::Path) -> String {
+/// Why a vision checkpoint cannot be read.
+fn checkpoint_missing(dir: &std::path::Path) -> String {
+    let state = if dir.is_dir() {
+        "exists, but has no config.json"
+    } else {
+        "does not exist on this machine"
+    };
+    format!(
+        "`{}` ({state}): a Hugging Face vision encoder directory holds config.json and safetensors weights; this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) without it, but not run",
+        dir.display()
+    )
+}
+
+/// Why a recipe with a pretrained language model cannot run in this version.
+fn language_model_unavailable(dir: &std::path::Path) -> String {
     let state = if dir.is_dir() {
         "exists"
     } else {
         "does not exist on this machine"
     };
     format!(
-        "`{}` ({state}): reading Hugging Face checkpoints is not implemented in this version, so this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) but not run; use `from = \"scratch\"` to train from a fresh initialisation",
+        "`{}` ({state}): training from a Hugging Face language model is not implemented in this version (vision encoders are; `vlmkit model inspect` and `model forward` read language models), so this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) but not run; use `from = \"scratch\"` to train from a fresh initialisation",
         dir.display()
     )
 }

@@ -456,7 +456,18 @@ pub fn train(
     } else {
         Missing::Initialize { seed }
     };
+    // A fresh run starts the parts the recipe names with `from` from their
+    // checkpoints (a resumed one has them in its own).
+    let pretrained = if latest.is_none() {
+        plan.insert_pretrained(&store)
+            .map_err(|e| TrainError::Invalid(e.to_string()))?
+    } else {
+        Default::default()
+    };
+    store.begin_build();
     let unused = plan.create_params(&store, missing)?;
+    plan.check_pretrained(&store, &pretrained)
+        .map_err(TrainError::Invalid)?;
     let builder = plan.batch_builder(device.clone())?;
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
