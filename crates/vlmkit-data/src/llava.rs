@@ -741,6 +741,32 @@ mod tests {
     }
 
     #[test]
+    fn jpeg_images_and_misnamed_files_are_read_by_their_contents() {
+        // LLaVA's images are JPEG; some datasets name PNGs `.jpg` and back.
+        let fixture = Fixture::new();
+        let image = RgbImage::from_fn(16, 8, |x, y| Rgb([x as u8 * 15, y as u8 * 30, 90]));
+        image.save(fixture.path("img/photo.jpg")).unwrap();
+        image.save_with_format(fixture.path("img/png.jpg"), image::ImageFormat::Png).unwrap();
+        let path = fixture.write_json(&format!(
+            r#"[{{"id": "jpeg", "image": "img/photo.jpg", "conversations": {CONVERSATION}}},
+                {{"id": "png", "image": "img/png.jpg", "conversations": {CONVERSATION}}}]"#
+        ));
+        let dataset = LlavaDataset::open(&path, None).unwrap();
+        let jpeg = dataset.get(0).unwrap().image.unwrap();
+        assert_eq!(jpeg.dimensions(), (16, 8));
+        // Lossy, but the same picture.
+        let worst = jpeg
+            .as_raw()
+            .iter()
+            .zip(image.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst < 40, "{worst}");
+        assert_eq!(dataset.get(1).unwrap().image.unwrap(), image);
+    }
+
+    #[test]
     fn missing_file_is_an_io_error_naming_it() {
         let error = LlavaDataset::open("/nonexistent/dir/data.json", None).unwrap_err();
         assert!(matches!(error, DataError::Io { .. }));

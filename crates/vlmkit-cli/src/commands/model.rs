@@ -36,7 +36,7 @@ pub enum ModelCommand {
 pub struct PreprocessArgs {
     /// A Hugging Face directory with a `preprocessor_config.json`.
     pub dir: PathBuf,
-    /// Images (PNG), one batch row each, in order; all must come out the same size.
+    /// Images (PNG or JPEG), one batch row each, in order; all must come out the same size.
     #[arg(long = "image", required = true)]
     pub images: Vec<PathBuf>,
     /// Pad each image to a square with the mean colour first, as LLaVA-1.5
