@@ -1590,3 +1590,40 @@ fn trains_from_a_hugging_face_vision_encoder() {
         "{err}"
     );
 }
+
+#[test]
+fn a_stage_can_train_with_its_own_chat_template() {
+    // LLaVA's two stages: captions with `plain`, then the chat template.
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("two-stage.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = {:?}\n[[stage]]\nname = \"align\"\ntrainable = [\"connector\"]\nchat_template = \"plain\"\nsteps = 3\nbatch_size = 8\nlr = 1e-3\n[[stage]]\nname = \"tune\"\ntrainable = [\"connector\", \"llm\"]\nsteps = 3\nbatch_size = 8\nlr = 1e-3\n",
+            repo().join("recipes/base-shapes.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut overrides = tiny(3);
+    overrides.retain(|o| !o.starts_with("stage."));
+    let (ok, out, err) = run(vlmkit()
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(dir.path().join("run"))
+        .args(["--set", "connector.kind=\"mlp\""])
+        .args(set_args(&overrides)));
+    assert!(ok, "{out}{err}");
+    assert!(err.contains("stage 2 `tune`"), "{err}");
+    let (ok, _, err) = run(vlmkit().args(["recipe", "check"]).arg(&recipe).args([
+        "--set",
+        "connector.kind=\"mlp\"",
+        "--set",
+        "stage.0.chat_template=\"plane\"",
+    ]));
+    assert!(!ok);
+    assert!(
+        err.contains("unknown chat template `plane` (known: vicuna_v1, chatml, plain)"),
+        "{err}"
+    );
+}

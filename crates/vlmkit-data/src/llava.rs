@@ -746,7 +746,9 @@ mod tests {
         let fixture = Fixture::new();
         let image = RgbImage::from_fn(16, 8, |x, y| Rgb([x as u8 * 15, y as u8 * 30, 90]));
         image.save(fixture.path("img/photo.jpg")).unwrap();
-        image.save_with_format(fixture.path("img/png.jpg"), image::ImageFormat::Png).unwrap();
+        image
+            .save_with_format(fixture.path("img/png.jpg"), image::ImageFormat::Png)
+            .unwrap();
         let path = fixture.write_json(&format!(
             r#"[{{"id": "jpeg", "image": "img/photo.jpg", "conversations": {CONVERSATION}}},
                 {{"id": "png", "image": "img/png.jpg", "conversations": {CONVERSATION}}}]"#

@@ -40,10 +40,14 @@ pub enum ChatTemplate {
     VicunaV1 { system: String },
     /// ChatML (Qwen2, SmolLM): `<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n{a}<|im_end|>\n`.
     ChatMl { system: String },
+    /// LLaVA's pretraining (`conv_llava_plain`, `preprocess_plain`): the image,
+    /// then the caption and `\n`; the question's text is dropped and only the
+    /// caption is supervised. One question and one answer per example.
+    Plain,
 }
 
 /// Template names accepted in recipes.
-pub const TEMPLATE_NAMES: &[&str] = &["vicuna_v1", "chatml"];
+pub const TEMPLATE_NAMES: &[&str] = &["vicuna_v1", "chatml", "plain"];
 
 impl ChatTemplate {
     /// The template called `name`, with `system` replacing its default system prompt.
@@ -55,6 +59,7 @@ impl ChatTemplate {
             "chatml" => Ok(Self::ChatMl {
                 system: system.unwrap_or("").to_string(),
             }),
+            "plain" => Ok(Self::Plain),
             other => Err(DataError::Template(format!(
                 "unknown chat template `{other}` (known: {})",
                 TEMPLATE_NAMES.join(", ")
@@ -73,6 +78,9 @@ impl ChatTemplate {
     }
 
     fn render_inner(&self, turns: &[Turn], prompt_only: bool) -> Result<Vec<Segment>, DataError> {
+        if let Self::Plain = self {
+            return render_plain(turns, prompt_only);
+        }
         let mut out = Vec::new();
         match self {
             Self::VicunaV1 { system } if !system.is_empty() => {
@@ -107,6 +115,7 @@ impl ChatTemplate {
                     out.push(Segment::answer(format!("{}<|im_end|>", turn.value)));
                     out.push(Segment::context("\n"));
                 }
+                (Self::Plain, _) => unreachable!("rendered by render_plain"),
             }
             if prompt_only && turn.from == Role::Human {
                 return Ok(out);
@@ -125,9 +134,59 @@ impl ChatTemplate {
     }
 }
 
+/// LLaVA's `preprocess_plain`: `<image>` (the question's words dropped), then the
+/// answer and the separator `\n`, supervised.
+fn render_plain(turns: &[Turn], prompt_only: bool) -> Result<Vec<Segment>, DataError> {
+    let [question, answer] = turns else {
+        return Err(DataError::Template(format!(
+            "the plain template takes one question and one answer (LLaVA's pretraining captions), got {} turns",
+            turns.len()
+        )));
+    };
+    if question.from != Role::Human || answer.from != Role::Gpt {
+        return Err(DataError::Template(
+            "the plain template takes a human question, then the answer".into(),
+        ));
+    }
+    let image = if question.value.contains(crate::IMAGE_TOKEN) {
+        crate::IMAGE_TOKEN
+    } else {
+        ""
+    };
+    let mut out = vec![Segment::context(image)];
+    if !prompt_only {
+        out.push(Segment::answer(format!("{}\n", answer.value)));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_keeps_the_image_and_the_caption_only() {
+        let plain = ChatTemplate::from_name("plain", None).unwrap();
+        let turns = [
+            Turn::human("Describe the image briefly.\n<image>"),
+            Turn::gpt("a red circle"),
+        ];
+        assert_eq!(
+            plain.render(&turns).unwrap(),
+            [
+                Segment::context("<image>"),
+                Segment::answer("a red circle\n")
+            ]
+        );
+        assert_eq!(plain.prompt(&turns).unwrap(), [Segment::context("<image>")]);
+        let two = [
+            Turn::human("<image>\nq"),
+            Turn::gpt("a"),
+            Turn::human("q"),
+            Turn::gpt("a"),
+        ];
+        assert!(plain.render(&two).is_err());
+    }
 
     #[test]
     fn the_default_system_prompt_is_conv_vicuna_v1s() {

@@ -129,6 +129,10 @@ pub struct StageConfig {
     /// Per-stage keys merged over `[data.train]` (see `Recipe::stage_data`).
     #[serde(default)]
     pub data: Option<toml::Table>,
+    /// The chat template this stage trains with, instead of `llm.chat_template`
+    /// (LLaVA pretrains with `plain` and fine-tunes with `vicuna_v1`).
+    #[serde(default)]
+    pub chat_template: Option<String>,
 }
 
 fn one() -> usize {

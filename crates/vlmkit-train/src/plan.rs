@@ -34,7 +34,10 @@ pub struct Plan {
     pub visual_tokens: usize,
     /// Always present in plans made to run; an inspected plan may lack it.
     tokenizer: Option<Arc<TextTokenizer>>,
+    /// `llm.chat_template`: what evaluation and inference prompt with.
     pub template: ChatTemplate,
+    /// Each stage's template (its own `chat_template`, else `template`).
+    pub stage_templates: Vec<ChatTemplate>,
 }
 
 /// A plan's parameters by name, without their values.
@@ -204,6 +207,19 @@ impl Plan {
         }
         let template = ChatTemplate::from_name(&llm.chat_template, llm.system_prompt.as_deref())
             .map_err(|e| recipe.error_at("llm.chat_template", e.to_string()))?;
+        let stage_templates = recipe
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| match &stage.chat_template {
+                None => Ok(template.clone()),
+                Some(name) => {
+                    ChatTemplate::from_name(name, llm.system_prompt.as_deref()).map_err(|e| {
+                        recipe.error_at(&format!("stage.{i}.chat_template"), e.to_string())
+                    })
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
 
         let env = ConnectorEnv {
             vision: info,
@@ -272,6 +288,7 @@ impl Plan {
             visual_tokens,
             tokenizer: tokenizer.map(Arc::new),
             template,
+            stage_templates,
         };
         plan.check_trainable_patterns()?;
         Ok(plan)
@@ -631,6 +648,17 @@ impl Plan {
             template: self.template.clone(),
             max_text_len: self.text_budget(visual_tokens),
         })
+    }
+
+    /// As [`Plan::batch_builder`], with stage `stage`'s chat template.
+    pub fn stage_batch_builder(
+        &self,
+        stage: usize,
+        device: candle_core::Device,
+    ) -> Result<BatchBuilder, RecipeError> {
+        let mut builder = self.batch_builder(device)?;
+        builder.collator.template = self.stage_templates[stage].clone();
+        Ok(builder)
     }
 
     /// Prefixes (relative to the whole model) of parameters that can receive no

@@ -468,7 +468,6 @@ pub fn train(
     let unused = plan.create_params(&store, missing)?;
     plan.check_pretrained(&store, &pretrained)
         .map_err(TrainError::Invalid)?;
-    let builder = plan.batch_builder(device.clone())?;
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
@@ -509,6 +508,7 @@ pub fn train(
             state.samples_seen = 0;
         }
         let model = StageModel::build(plan, &store, stage, &unused)?;
+        let builder = plan.stage_batch_builder(stage_index, device.clone())?;
         let mut opt = model.optimizer(stage)?;
         let StageModel { vlm, params } = model;
         if resuming_here {
