@@ -104,6 +104,11 @@ pub enum LoadError {
     },
     #[error("this vlmkit cannot load plugins: {reason}")]
     Host { reason: String },
+    #[error(
+        "plugins cannot be built against this vlmkit: {} has no `deps` directory beside it; plugins compile against the build directory of the vlmkit they load into (target/<profile>/ of its checkout), not against a copy of the binary",
+        library.display()
+    )]
+    NoBuildDir { library: PathBuf },
     #[error("a sha256 is pinned for plugin `{name}`, but no plugin of that name was loaded (loaded: {})", if loaded.is_empty() { "none".to_string() } else { loaded.join(", ") })]
     UnusedPin { name: String, loaded: Vec<String> },
 }
@@ -392,10 +397,15 @@ pub fn plugin_build(toolchain_libdir: &Path) -> Result<PluginBuild, LoadError> {
 fn plugin_rustflags(toolchain_libdir: &Path) -> Result<Vec<String>, LoadError> {
     let api = api_library_path()?;
     let dir = api.parent().unwrap_or(Path::new("."));
+    // The crates inside the library are compiled against through their
+    // metadata in cargo's `deps` directory (loaded from `target/<profile>/` or
+    // from `deps/` itself under `cargo test`).
     let deps = if dir.join("deps").is_dir() {
         dir.join("deps")
-    } else {
+    } else if dir.file_name() == Some(std::ffi::OsStr::new("deps")) {
         dir.to_path_buf()
+    } else {
+        return Err(LoadError::NoBuildDir { library: api });
     };
     Ok(vec![
         "--extern".to_string(),
