@@ -62,9 +62,8 @@ fn build_plugin(manifest_dir: &Path, features: &str, target: &Path) -> PathBuf {
     let libdir = String::from_utf8(libdir.stdout).unwrap();
     let build = loader::plugin_build(Path::new(libdir.trim())).unwrap();
     let flags: Vec<String> = build.rustflags.iter().map(|f| format!("{f:?}")).collect();
-    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cargo = cargo_in(manifest_dir);
     cargo
-        .current_dir(manifest_dir)
         .args(["build", "--release", "--offline", "--target-dir"])
         .arg(target)
         .arg("--config")
@@ -76,15 +75,6 @@ fn build_plugin(manifest_dir: &Path, features: &str, target: &Path) -> PathBuf {
         ));
     if !features.is_empty() {
         cargo.args(["--features", features]);
-    }
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET_DIR",
-        "CARGO_BUILD_RUSTFLAGS",
-    ] {
-        cargo.env_remove(var);
     }
     let (ok, out, err) = run(&mut cargo);
     assert!(
@@ -114,6 +104,23 @@ fn build_plugin(manifest_dir: &Path, features: &str, target: &Path) -> PathBuf {
     };
     builds.insert(key, lib.clone());
     lib
+}
+
+/// `cargo` in `dir`, as a plugin author runs it: none of this test run's
+/// compiler flags or target directory leak in.
+fn cargo_in(dir: &Path) -> Command {
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(dir);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET_DIR",
+        "CARGO_BUILD_RUSTFLAGS",
+    ] {
+        cargo.env_remove(var);
+    }
+    cargo
 }
 
 fn example_dir() -> PathBuf {
@@ -508,19 +515,7 @@ fn new_connector_scaffolds_a_crate_that_builds_tests_and_trains() {
             "src/lib.rs"
         ]
     );
-    let cargo = || {
-        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cargo.current_dir(&demo);
-        for var in [
-            "RUSTFLAGS",
-            "CARGO_ENCODED_RUSTFLAGS",
-            "CARGO_TARGET_DIR",
-            "CARGO_BUILD_TARGET_DIR",
-        ] {
-            cargo.env_remove(var);
-        }
-        cargo
-    };
+    let cargo = || cargo_in(&demo);
     let (ok, out, err) = run(cargo().args(["build", "--release", "--offline"]));
     assert!(ok, "{out}{err}");
     let (ok, out, err) = run(cargo().args(["test", "--release", "--offline"]));

@@ -140,6 +140,16 @@ impl LlavaDataset {
         json_path: impl AsRef<Path>,
         image_root: Option<PathBuf>,
     ) -> Result<Self, DataError> {
+        Self::open_visiting(json_path, image_root, |_| {})
+    }
+
+    /// As [`LlavaDataset::open`], handing every record to `visit` as the check at
+    /// open parses it (one pass over the file for, e.g., a vocabulary).
+    pub fn open_visiting(
+        json_path: impl AsRef<Path>,
+        image_root: Option<PathBuf>,
+        mut visit: impl FnMut(&LlavaRecord),
+    ) -> Result<Self, DataError> {
         let json_path = json_path.as_ref().to_path_buf();
         let io = |source| DataError::Io {
             path: json_path.clone(),
@@ -165,7 +175,7 @@ impl LlavaDataset {
         // Every record parses and names its conversations: a broken one is found
         // now, not hours into training.
         for index in 0..dataset.len() {
-            dataset.record(index)?;
+            visit(&dataset.record(index)?);
         }
         Ok(dataset)
     }

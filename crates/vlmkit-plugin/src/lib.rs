@@ -198,6 +198,12 @@ pub trait ConnectorFactory: Send + Sync {
     }
 }
 
+impl std::fmt::Debug for dyn ConnectorFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConnectorFactory({})", self.kind())
+    }
+}
+
 /// Why a connector could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {

@@ -179,12 +179,6 @@ impl LoadedPlugin {
     }
 }
 
-impl std::fmt::Debug for dyn ConnectorFactory {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ConnectorFactory({})", self.kind())
-    }
-}
-
 fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     move |error| LoadError::Io {
         path: path.to_path_buf(),
@@ -216,28 +210,18 @@ pub fn read_plugin_file(path: &Path) -> Result<PluginFile, LoadError> {
             path: path.to_path_buf(),
         });
     };
-    let decl_bytes = decl_symbol
+    let section = decl_symbol
         .section_index()
-        .and_then(|index| elf.section_by_index(index).ok())
-        .and_then(|section| {
-            section
-                .data_range(decl_symbol.address(), PluginDecl::SIZE as u64)
-                .ok()
-                .flatten()
-        })
-        .or_else(|| {
-            // A shorter declaration: read what the symbol says it has, so the size
-            // check can say so.
-            decl_symbol
-                .section_index()
-                .and_then(|index| elf.section_by_index(index).ok())
-                .and_then(|section| {
-                    section
-                        .data_range(decl_symbol.address(), decl_symbol.size())
-                        .ok()
-                        .flatten()
-                })
-        })
+        .and_then(|index| elf.section_by_index(index).ok());
+    // The layout this vlmkit reads, else (a shorter declaration) what the symbol
+    // says it has, so the size check can say so.
+    let bytes_of = |size: u64| {
+        section
+            .as_ref()
+            .and_then(|s| s.data_range(decl_symbol.address(), size).ok().flatten())
+    };
+    let decl_bytes = bytes_of(PluginDecl::SIZE as u64)
+        .or_else(|| bytes_of(decl_symbol.size()))
         .ok_or_else(|| LoadError::Decl {
             path: path.to_path_buf(),
             problem: DeclError::BadMagic,

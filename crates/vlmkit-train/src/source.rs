@@ -159,13 +159,12 @@ impl DataSpec {
         match self {
             Self::Shapes { config, .. } => Ok(vocabulary(config)),
             Self::Llava { json, images, .. } => {
-                let ds = LlavaDataset::open(json, images.clone())?;
                 let mut words = BTreeSet::new();
-                for record in ds.records() {
-                    for turn in &record?.conversations {
+                LlavaDataset::open_visiting(json, images.clone(), |record| {
+                    for turn in &record.conversations {
                         words.extend(vlmkit_data::shapes::split_words(&turn.value));
                     }
-                }
+                })?;
                 words.remove(vlmkit_data::IMAGE_TOKEN);
                 Ok(words.into_iter().collect())
             }

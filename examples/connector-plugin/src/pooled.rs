@@ -3,10 +3,10 @@
 //! visual tokens (the token-reduction idea of LLaVA-style "avgpool" projectors).
 //! Weights: `proj.0.*`, `proj.2.*`.
 //!
-//! The pooling matrix is made inside `forward`, on the input's device, and
-//! `probe = true` also creates a `Var` there: tensors born in the plugin's own
-//! code, which the soundness test trains through (with a second copy of candle
-//! their ids would collide with the host's and backprop would mix gradients).
+//! The pooling matrix is made once, by the plugin's own code, and
+//! `probe = true` creates a `Var` inside `forward`: tensors born in the plugin,
+//! which the soundness test trains through (with a second copy of candle their
+//! ids would collide with the host's and backprop would mix gradients).
 
 use vlmkit_api::candle_core::{Result as TensorResult, Var};
 use vlmkit_api::prelude::*;
@@ -120,7 +120,9 @@ impl ConnectorFactory for PooledMlpFactory {
 /// The connector itself.
 pub struct PooledMlp {
     cfg: PooledMlpConfig,
-    grid: (usize, usize),
+    /// `P` (windows × patches, f32) with `P[o, i] = 1/pool²` when raster patch
+    /// `i` lies in window `o`; a constant, so built once.
+    pool: Tensor,
     proj: nn::FeedForward,
 }
 
@@ -134,26 +136,25 @@ impl PooledMlp {
     ) -> TensorResult<Self> {
         Ok(Self {
             cfg: cfg.clone(),
-            grid,
+            pool: pooling_matrix(grid, cfg.pool, vb.device())?,
             proj: nn::mlp_projector(vision_width, llm_width, vb.pp("proj"))?,
         })
     }
+}
 
-    /// `P` with `P[o, i] = 1/pool²` when raster patch `i` lies in window `o`.
-    fn pooling_matrix(&self, dtype: DType, device: &Device) -> TensorResult<Tensor> {
-        let (rows, cols) = self.grid;
-        let pool = self.cfg.pool;
-        let (out_rows, out_cols) = (rows / pool, cols / pool);
-        let mut weights = vec![0f32; out_rows * out_cols * rows * cols];
-        let share = 1.0 / (pool * pool) as f32;
-        for r in 0..rows {
-            for c in 0..cols {
-                let window = (r / pool) * out_cols + c / pool;
-                weights[window * rows * cols + r * cols + c] = share;
-            }
+/// The averaging matrix of `pool × pool` windows over a `grid` of patches.
+fn pooling_matrix(grid: (usize, usize), pool: usize, device: &Device) -> TensorResult<Tensor> {
+    let (rows, cols) = grid;
+    let (out_rows, out_cols) = (rows / pool, cols / pool);
+    let mut weights = vec![0f32; out_rows * out_cols * rows * cols];
+    let share = 1.0 / (pool * pool) as f32;
+    for r in 0..rows {
+        for c in 0..cols {
+            let window = (r / pool) * out_cols + c / pool;
+            weights[window * rows * cols + r * cols + c] = share;
         }
-        Tensor::from_vec(weights, (out_rows * out_cols, rows * cols), device)?.to_dtype(dtype)
     }
+    Tensor::from_vec(weights, (out_rows * out_cols, rows * cols), device)
 }
 
 impl Connector for PooledMlp {
@@ -165,8 +166,7 @@ impl Connector for PooledMlp {
         let x = vision
             .layer(self.cfg.base_layer)
             .map_err(vlmkit_api::candle_core::Error::from)?;
-        let pool = self.pooling_matrix(x.dtype(), x.device())?;
-        let mut pooled = pool.broadcast_matmul(x)?;
+        let mut pooled = ops::cast_like(&self.pool, x)?.broadcast_matmul(x)?;
         if self.cfg.probe {
             let unit = Var::ones(pooled.dim(D::Minus1)?, x.dtype(), x.device())?;
             pooled = pooled.broadcast_mul(unit.as_tensor())?;
@@ -202,7 +202,7 @@ mod tests {
             ..Default::default()
         };
         let connector = PooledMlp::new(&cfg, (2, 4), 1, 3, store.init_builder(0)).unwrap();
-        let pool = connector.pooling_matrix(DType::F64, &Device::Cpu).unwrap();
+        let pool = connector.pool.to_dtype(DType::F64).unwrap();
         let x = Tensor::arange(0f64, 8.0, &Device::Cpu)
             .unwrap()
             .reshape((1, 8, 1))
