@@ -121,6 +121,7 @@ def main():
 
     vision_models()
     image_processors()
+    gguf_model()
 
 
 def image_processors():
@@ -265,6 +266,138 @@ def vision_models():
             out.hidden_states,
             last_hidden_state=out.last_hidden_state,
         )
+
+
+def gguf_model():
+    """A tiny LLaMA written as llama.cpp writes GGUF files: q/k rows permuted,
+    linear weights in Q4_1, the embedding in Q8_0, norms in F32, no output matrix
+    (tied), and a byte-level BPE vocabulary with SmolLM2's `smollm` pre-tokenizer.
+    The reference is transformers' own GGUF loader (dequantise, unpermute) and its
+    GGUF tokenizer conversion. Needs gguf-py (`pip install gguf`)."""
+    import gguf
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q
+
+    d = os.path.join(ROOT, "..", "gguf")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "tiny-llama.Q4_1.gguf")
+
+    def bytes_to_unicode():  # GPT-2's byte alphabet
+        bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+        cs = bs[:]
+        n = 0
+        for b in range(256):
+            if b not in bs:
+                bs.append(b)
+                cs.append(256 + n)
+                n += 1
+        return [chr(c) for c in cs]
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    # "1 2" would merge digits if they were not split one by one; "Ġ t" shows
+    # whether a prefix space is added.
+    merges = ["Ġ t", "h e", "t he", "1 2", "i s"]
+    tokens = specials + bytes_to_unicode() + ["Ġt", "he", "the", "12", "is"]
+    vocab = len(tokens)
+    heads, kv_heads, layers = 4, 2, 2
+    config = T.LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, rope_theta=100000.0,
+        rms_norm_eps=1e-5, tie_word_embeddings=True, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2,
+    )
+    torch.manual_seed(20)
+    model = T.LlamaForCausalLM(config).eval()
+    scramble(model, 20)
+
+    def permute(w, n_head):  # llama.cpp convert_hf_to_gguf.py, LlamaModel.permute
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(layers)
+    w.add_context_length(128)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(96)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv_heads)
+    w.add_rope_freq_base(100000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(64 // heads)
+    w.add_vocab_size(vocab)
+    w.add_file_type(3)  # MOSTLY_Q4_1
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    w.add_token_list(tokens)
+    w.add_token_merges(merges)
+    w.add_token_types([3] * len(specials) + [1] * (vocab - len(specials)))
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_add_bos_token(False)
+    names = {
+        "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+
+    def put(name, array, kind):
+        array = array.astype(np.float32)
+        if kind == Q.F32:
+            w.add_tensor(name, array)
+        else:
+            w.add_tensor(name, gguf.quants.quantize(array, kind), raw_dtype=kind)
+
+    put("token_embd.weight", sd["model.embed_tokens.weight"], Q.Q8_0)
+    put("output_norm.weight", sd["model.norm.weight"], Q.F32)
+    for i in range(layers):
+        for hf, g in names.items():
+            a = sd[f"model.layers.{i}.{hf}.weight"]
+            if hf == "self_attn.q_proj":
+                a = permute(a, heads)
+            if hf == "self_attn.k_proj":
+                a = permute(a, kv_heads)
+            put(f"blk.{i}.{g}.weight", a, Q.F32 if a.ndim == 1 else Q.Q4_1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+    reference = T.AutoModelForCausalLM.from_pretrained(d, gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+    tokenizer = T.AutoTokenizer.from_pretrained(d, gguf_file=os.path.basename(path))
+    texts = [
+        "the 123 tea is",
+        "Hello the12",
+        "<|im_start|>user\nis 2+2 the 4?<|im_end|>\n",
+        " the\t x",
+    ]
+    # transformers' conversion uses plain ByteLevel whatever `tokenizer.ggml.pre`
+    # says; llama.cpp (llama-vocab.cpp) splits `smollm` text on `\p{N}` first, as
+    # SmolLM2's own tokenizer does (digits one by one). The vocabulary, merges and
+    # special tokens come from transformers; the pre-tokenizer from llama.cpp.
+    plain = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    from tokenizers import Regex, pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+    encoded = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    differ = [t for t, a, b in zip(texts, plain, encoded) if a != b]
+    assert differ == texts[:2], f"only the digit runs should differ, got {differ}"
+    ids = torch.tensor([[1, 50, 60, 70, 80, 2, 260, 263], [3, 4, 5, 6, 7, 8, 9, 10]])
+    mask = torch.tensor([[1] * 8, [0, 0] + [1] * 6])
+    with torch.no_grad():
+        out = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    tensors = {"input_ids": ids, "attention_mask": mask, "logits": out.logits.float().contiguous()}
+    for i, h in enumerate(out.hidden_states):
+        tensors[f"hidden_states.{i}"] = h.float().contiguous()
+    save_file(tensors, os.path.join(d, "expected.safetensors"))
+    with open(os.path.join(d, "tokenizer-expected.json"), "w") as f:
+        json.dump({"texts": texts, "ids": encoded}, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    print(f"gguf: {len(out.hidden_states)} hidden states, {size} bytes")
 
 
 if __name__ == "__main__":

@@ -276,6 +276,11 @@ impl Vlm {
         let mut text_ids = vec![0u32; b * t_text];
         for (i, s) in sequences.iter().enumerate() {
             text_ids[i * t_text..i * t_text + s.ids.len()].copy_from_slice(&s.ids);
+            // The placeholder's row is never picked; a pretrained vocabulary may
+            // not even have one for it.
+            if let Some(at) = s.image_at {
+                text_ids[i * t_text + at] = 0;
+            }
         }
         let text_ids = Tensor::from_vec(text_ids, (b, t_text), device)?;
         let text = self.embed(&text_ids)?;

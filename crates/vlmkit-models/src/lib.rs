@@ -2,6 +2,7 @@
 //! fields, built from their recipe sections.
 
 pub mod convnext;
+pub mod gguf;
 pub mod hf;
 pub mod llama;
 pub mod vit;
@@ -62,6 +63,9 @@ pub struct VisionSpec {
     /// `None` lets the connector choose.
     pub layers: Option<Vec<i64>>,
     pub config: VisionConfig,
+    /// Settings (`vision.key`) inherited from a base recipe that gave way to the
+    /// checkpoint `from` names.
+    pub given_way: Vec<String>,
 }
 
 /// Vision encoder kinds this build knows.
@@ -142,17 +146,22 @@ impl VisionSpec {
         if layers.as_ref().is_some_and(|l| l.is_empty()) {
             return Err(settings.error("layers", "select at least one hidden state"));
         }
-        let config = match &source {
-            Source::Local(dir) if dir.join("config.json").is_file() => {
-                pretrained_vision_config(settings, recipe, &kind, dir)?
-            }
-            _ => VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?,
+        let (config, given_way) = match &source {
+            Source::Local(dir) if dir.join("config.json").is_file() => (
+                pretrained_vision_config(settings, recipe, &kind, dir)?,
+                inherited_keys(settings, recipe, &VISION_NOT_ARCHITECTURE),
+            ),
+            _ => (
+                VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?,
+                Vec::new(),
+            ),
         };
         let spec = Self {
             kind,
             source,
             layers,
             config,
+            given_way,
         };
         if let Some(layers) = &spec.layers {
             let info = spec.info();
@@ -219,21 +228,30 @@ fn pretrained_vision_config(
         VisionConfig::ConvNext(cfg) => toml::Table::try_from(cfg),
     }
     .expect("vision configs serialise as tables");
-    let from_file = recipe
-        .locate(&settings.key("from"))
-        .and_then(vlmkit_recipe::Origin::file)
-        .map(std::path::Path::to_path_buf);
+    agree_with_checkpoint(
+        settings,
+        recipe,
+        &theirs,
+        &VISION_NOT_ARCHITECTURE,
+        &format!("a {} encoder", checkpoint.kind),
+        dir,
+    )?;
+    Ok(checkpoint.config)
+}
+
+/// Settings written beside `from` (in the same file, or with `--set`) must agree
+/// with the checkpoint's `theirs`; those inherited from a base recipe give way to
+/// it. `skip` lists keys that are not architecture.
+fn agree_with_checkpoint(
+    settings: &Settings,
+    recipe: &Recipe,
+    theirs: &toml::Table,
+    skip: &[&str],
+    what: &str,
+    dir: &std::path::Path,
+) -> Result<(), SettingsError> {
     for key in settings.table().keys() {
-        // Not architecture, or only about fresh initialisation.
-        if ["kind", "from", "layers", "position_embedding_init"].contains(&key.as_str()) {
-            continue;
-        }
-        let beside_from = match recipe.locate(&settings.key(key)) {
-            Some(vlmkit_recipe::Origin::Override(_)) => true,
-            Some(origin) => origin.file() == from_file.as_deref(),
-            None => false,
-        };
-        if !beside_from {
+        if skip.contains(&key.as_str()) || !beside_from(settings, recipe, key) {
             continue;
         }
         let written = &settings.table()[key];
@@ -241,8 +259,7 @@ fn pretrained_vision_config(
             return Err(settings.error(
                 key,
                 format!(
-                    "unknown key for a {} encoder (known: {})",
-                    checkpoint.kind,
+                    "unknown key for {what} (known: {})",
                     theirs.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             ));
@@ -257,7 +274,45 @@ fn pretrained_vision_config(
             ));
         }
     }
-    Ok(checkpoint.config)
+    Ok(())
+}
+
+/// `[vision]` keys that are not the encoder's architecture (or only about a fresh
+/// initialisation).
+const VISION_NOT_ARCHITECTURE: [&str; 4] = ["kind", "from", "layers", "position_embedding_init"];
+
+/// `[llm]` keys that are not the decoder's architecture.
+const LLM_NOT_ARCHITECTURE: [&str; 5] = [
+    "kind",
+    "from",
+    "tokenizer",
+    "chat_template",
+    "system_prompt",
+];
+
+/// The keys of a section with a checkpoint that were inherited rather than
+/// written beside `from`, and so gave way to the checkpoint (full dotted names).
+/// `keep` lists the keys that stay the recipe's either way.
+fn inherited_keys(settings: &Settings, recipe: &Recipe, keep: &[&str]) -> Vec<String> {
+    settings
+        .table()
+        .keys()
+        .filter(|k| !keep.contains(&k.as_str()) && !beside_from(settings, recipe, k))
+        .map(|k| settings.key(k))
+        .collect()
+}
+
+/// Whether `key` was written beside `from`: in the file that sets `from`, or with
+/// `--set` (rather than inherited from a base recipe).
+fn beside_from(settings: &Settings, recipe: &Recipe, key: &str) -> bool {
+    let from_file = recipe
+        .locate(&settings.key("from"))
+        .and_then(vlmkit_recipe::Origin::file);
+    match recipe.locate(&settings.key(key)) {
+        Some(vlmkit_recipe::Origin::Override(_)) => true,
+        Some(origin) => origin.file() == from_file,
+        None => false,
+    }
 }
 
 /// Whether a value written in a recipe means the checkpoint's: numbers compare as
@@ -295,6 +350,12 @@ pub struct LlmSpec {
     pub config: LlamaConfig,
     /// Whether the recipe set `vocab_size` itself (else the tokenizer decides).
     pub vocab_size_set: bool,
+    /// Whether the architecture came from the checkpoint `from` names (which then
+    /// fixes the vocabulary).
+    pub pretrained: bool,
+    /// Settings (`llm.key`) inherited from a base recipe that gave way to the
+    /// checkpoint (the tokenizer included).
+    pub given_way: Vec<String>,
 }
 
 /// Where the language model's tokenizer comes from.
@@ -303,7 +364,9 @@ pub enum TokenizerSource {
     /// Word level over the vocabulary of the recipe's data (`tokenizer = "builtin"`,
     /// the default for a model trained from scratch).
     Builtin,
-    /// A Hugging Face `tokenizer.json` (by default the one in the `from` directory).
+    /// A Hugging Face `tokenizer.json` (by default the one in the `from`
+    /// directory), or a GGUF file whose metadata describes one (by default the
+    /// GGUF file `from` names).
     File(PathBuf),
 }
 
@@ -329,13 +392,22 @@ impl LlmSpec {
             ));
         }
         let source = parse_source(settings, recipe)?;
-        let tokenizer = match (settings.get_str("tokenizer")?, &source) {
+        // A tokenizer inherited from a from-scratch base recipe gives way to the
+        // checkpoint's, like its other inherited settings.
+        let written = match (settings.get_str("tokenizer")?, &source) {
+            (Some(_), Source::Local(_)) if !beside_from(settings, recipe, "tokenizer") => None,
+            (written, _) => written,
+        };
+        let tokenizer = match (written, &source) {
             (Some("builtin"), _) | (None, Source::Scratch) => TokenizerSource::Builtin,
             (Some(raw), _) => TokenizerSource::File(
                 recipe
                     .path_value(&settings.key("tokenizer"))
                     .unwrap_or_else(|| PathBuf::from(raw)),
             ),
+            (None, Source::Local(path)) if gguf::is_gguf(path) => {
+                TokenizerSource::File(path.clone())
+            }
             (None, Source::Local(dir)) => TokenizerSource::File(dir.join("tokenizer.json")),
         };
         let chat_template = settings
@@ -343,32 +415,89 @@ impl LlmSpec {
             .unwrap_or("vicuna_v1")
             .to_string();
         let system_prompt = settings.get_str("system_prompt")?.map(str::to_string);
-        let config: LlamaConfig = settings
-            .without(&[
-                "kind",
-                "from",
-                "tokenizer",
-                "chat_template",
-                "system_prompt",
-            ])
-            .parse()?;
-        config
-            .validate()
-            .map_err(|(key, msg)| settings.error(key, msg))?;
+        let checkpoint = match &source {
+            Source::Local(path) if gguf::is_gguf(path) || path.join("config.json").is_file() => {
+                Some(
+                    hf::read_language_config(path)
+                        .map_err(|e| settings.error("from", e.to_string()))?,
+                )
+            }
+            _ => None,
+        };
+        let pretrained = checkpoint.is_some();
+        let given_way = match &source {
+            Source::Local(_) => {
+                let keep: Vec<&str> = LLM_NOT_ARCHITECTURE
+                    .iter()
+                    .copied()
+                    .filter(|k| *k != "tokenizer")
+                    .collect();
+                inherited_keys(settings, recipe, &keep)
+            }
+            Source::Scratch => Vec::new(),
+        };
+        let config = match checkpoint {
+            Some(checkpoint) => {
+                let theirs = toml::Table::try_from(&checkpoint.config)
+                    .expect("the language model config serialises as a table");
+                agree_with_checkpoint(
+                    settings,
+                    recipe,
+                    &theirs,
+                    &LLM_NOT_ARCHITECTURE,
+                    &format!("a `{}` language model", checkpoint.model_type),
+                    &checkpoint.dir,
+                )?;
+                checkpoint.config
+            }
+            None => {
+                let config: LlamaConfig = settings.without(&LLM_NOT_ARCHITECTURE).parse()?;
+                config
+                    .validate()
+                    .map_err(|(key, msg)| settings.error(key, msg))?;
+                config
+            }
+        };
         Ok(Self {
             kind,
             source,
             tokenizer,
             chat_template,
             system_prompt,
-            vocab_size_set: settings.get("vocab_size").is_some(),
+            vocab_size_set: settings.get("vocab_size").is_some() || pretrained,
+            pretrained,
+            given_way,
             config,
         })
     }
 
     /// Fits the vocabulary to a tokenizer of `vocab` entries: taken as is unless the
     /// recipe set `vocab_size`, which must then be large enough.
-    pub fn fit_vocab(&mut self, vocab: usize, settings: &Settings) -> Result<(), SettingsError> {
+    ///
+    /// A pretrained model's vocabulary is the checkpoint's. `image` is the
+    /// tokenizer's `<image>` placeholder: when the tokenizer had none and appended
+    /// it after its vocabulary, the model never embeds or predicts it (the
+    /// placeholder's position takes the visual tokens), so it needs no row.
+    pub fn fit_vocab(
+        &mut self,
+        vocab: usize,
+        image: u32,
+        settings: &Settings,
+    ) -> Result<(), SettingsError> {
+        if self.pretrained {
+            let appended = image as usize + 1 == vocab && image as usize >= self.config.vocab_size;
+            let needed = vocab - usize::from(appended);
+            if self.config.vocab_size < needed {
+                return Err(settings.error(
+                    "tokenizer",
+                    format!(
+                        "the tokenizer has {needed} tokens, but the checkpoint's embedding has only {} rows",
+                        self.config.vocab_size
+                    ),
+                ));
+            }
+            return Ok(());
+        }
         if self.vocab_size_set {
             if self.config.vocab_size < vocab {
                 return Err(settings.error(

@@ -74,6 +74,75 @@ fn language_models_match_transformers_hidden_state_by_hidden_state() {
     assert!(top.to_scalar::<f32>().unwrap() > 1.0);
 }
 
+/// The tiny GGUF fixture: Q4_1 linear weights, a Q8_0 embedding, permuted q/k
+/// rows, tied embeddings, a byte-level BPE vocabulary with `smollm` pre-tokenizing.
+fn gguf_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/gguf")
+}
+
+#[test]
+fn gguf_language_model_matches_transformers_gguf_loader() {
+    let dir = gguf_fixture();
+    let path = dir.join("tiny-llama.Q4_1.gguf");
+    assert!(vlmkit_models::gguf::is_gguf(&path));
+    assert!(!vlmkit_models::gguf::is_gguf(
+        &dir.join("expected.safetensors")
+    ));
+    let (checkpoint, model) = load_language_model(&path, &Device::Cpu).unwrap();
+    let cfg = &checkpoint.config;
+    assert_eq!(checkpoint.model_type, "llama");
+    assert_eq!(
+        (cfg.vocab_size, cfg.hidden_size, cfg.num_hidden_layers),
+        (264, 64, 2)
+    );
+    assert_eq!((cfg.num_attention_heads, cfg.kv_heads()), (4, 2));
+    assert_eq!((cfg.rope_theta, cfg.rms_norm_eps), (100000.0, 1e-5));
+    assert!(cfg.tie_word_embeddings);
+    let expected =
+        candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
+    let mask = &expected["attention_mask"];
+    let out = hidden_states(&model, &expected["input_ids"], Some(mask)).unwrap();
+    assert_eq!(out.hidden_states.len(), 3);
+    for (i, h) in out.hidden_states.iter().enumerate() {
+        let d = max_diff_where_valid(h, &expected[&format!("hidden_states.{i}")], mask);
+        assert!(d < 1e-4, "gguf: hidden_states.{i} differs by {d}");
+    }
+    let d = max_diff_where_valid(&out.logits, &expected["logits"], mask);
+    assert!(d < 1e-4, "gguf: logits differ by {d}");
+}
+
+#[test]
+fn gguf_tokenizer_is_rebuilt_from_the_metadata() {
+    let dir = gguf_fixture();
+    let file = vlmkit_models::gguf::GgufFile::open(&dir.join("tiny-llama.Q4_1.gguf")).unwrap();
+    let tokenizer = vlmkit_data::TextTokenizer::from_json(&file.tokenizer_json().unwrap()).unwrap();
+    let expected: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("tokenizer-expected.json")).unwrap(),
+    )
+    .unwrap();
+    let texts = expected["texts"].as_array().unwrap();
+    let ids = expected["ids"].as_array().unwrap();
+    for (text, ids) in texts.iter().zip(ids) {
+        let text = text.as_str().unwrap();
+        let want: Vec<u32> = ids
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tokenizer.encode(text).unwrap(), want, "{text:?}");
+        assert_eq!(
+            tokenizer.decode(&want).unwrap(),
+            text.replace("<|im_start|>", "").replace("<|im_end|>", ""),
+            "decoding {text:?}"
+        );
+    }
+    // ChatML's end token ends sequences; `<image>` is appended after the vocabulary.
+    assert_eq!(tokenizer.eos, 2);
+    assert_eq!(tokenizer.bos, None);
+    assert_eq!(tokenizer.image, 264);
+}
+
 #[test]
 fn vision_encoders_match_transformers_hidden_state_by_hidden_state() {
     // (fixture, model_type, kind, hidden-state shape of the first sample)

@@ -236,12 +236,23 @@ impl Recipe {
     /// the current directory where the recipe file's own is relative). A copy
     /// kept elsewhere — a run directory's `recipe.toml` — then still names the
     /// same files. Keys that are unset or hold no string are left alone.
+    /// `dropped` keys (`section.key`) are left out: settings a checkpoint overrode.
     pub fn to_toml_string_anchored<'a>(
         &self,
         path_keys: impl IntoIterator<Item = &'a str>,
+        dropped: impl IntoIterator<Item = &'a str>,
     ) -> String {
-        let mut root = Value::Table(self.table.clone());
-        for key in path_keys {
+        let mut table = self.table.clone();
+        let dropped: Vec<&str> = dropped.into_iter().collect();
+        for key in &dropped {
+            if let Some((section, name)) = key.split_once('.') {
+                if let Some(Value::Table(t)) = table.get_mut(section) {
+                    t.remove(name);
+                }
+            }
+        }
+        let mut root = Value::Table(table);
+        for key in path_keys.into_iter().filter(|k| !dropped.contains(k)) {
             let (Some(path), Ok(segments)) = (self.path_value(key), keys::parse(key)) else {
                 continue;
             };

@@ -48,6 +48,27 @@ pub struct TrainState {
     pub vlmkit_version: String,
 }
 
+impl TrainState {
+    /// The state before the first step of a run of `recipe`.
+    pub fn fresh(recipe: &vlmkit_recipe::Recipe) -> Self {
+        Self {
+            global_step: 0,
+            stage: 0,
+            stage_name: recipe
+                .stages
+                .first()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            stage_step: 0,
+            samples_seen: 0,
+            rng: vlmkit_core::rng::Rng::new(recipe.run.seed).state(),
+            metrics_lines: 0,
+            skipped_images: 0,
+            vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
 /// The files a checkpoint holds.
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -415,6 +436,42 @@ pub fn load_model(
         vlm,
         dir,
         state: ck.state,
+    })
+}
+
+/// The model a recipe starts training from: the parts `from` names read from
+/// their checkpoints, the rest initialised from the recipe seed, exactly as step 0
+/// of `vlmkit train` builds it. For asking a pretrained language model something
+/// before any training.
+pub fn untrained_model(
+    plan: crate::Plan,
+    recipe_path: &Path,
+    device: Option<&str>,
+) -> Result<LoadedModel, TrainError> {
+    use std::sync::Arc;
+    use vlmkit_core::params::{Missing, ParamStore};
+
+    let mut plan = plan;
+    if let Some(d) = device {
+        plan.recipe.run.device = d.to_string();
+    }
+    let device = crate::trainer::select_device(&plan.recipe.run.device)?;
+    let store = ParamStore::new(device, candle_core::DType::F32);
+    let loaded = plan
+        .insert_pretrained(&store)
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+    store.begin_build();
+    let seed = plan.recipe.run.seed;
+    plan.create_params(&store, Missing::Initialize { seed })?;
+    plan.check_pretrained(&store, &loaded)
+        .map_err(TrainError::Invalid)?;
+    store.begin_build();
+    let vlm = plan.build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())?;
+    Ok(LoadedModel {
+        state: TrainState::fresh(&plan.recipe),
+        plan,
+        vlm,
+        dir: recipe_path.to_path_buf(),
     })
 }
 

@@ -108,8 +108,8 @@ impl Plan {
                     return Err(recipe.error_at("vision.from", checkpoint_missing(dir)));
                 }
             }
-            if let Some(dir) = llm.source.local_dir() {
-                return Err(recipe.error_at("llm.from", language_model_unavailable(dir)));
+            if let (Some(path), false) = (llm.source.local_dir(), llm.pretrained) {
+                return Err(recipe.error_at("llm.from", language_model_missing(path)));
             }
         }
 
@@ -202,7 +202,7 @@ impl Plan {
             None => build_tokenizer(&recipe, &llm, purpose)?,
         };
         if let Some(tokenizer) = &tokenizer {
-            llm.fit_vocab(tokenizer.vocab_size(), &llm_settings)
+            llm.fit_vocab(tokenizer.vocab_size(), tokenizer.image, &llm_settings)
                 .map_err(|e| recipe.error_for(e))?;
         }
         let template = ChatTemplate::from_name(&llm.chat_template, llm.system_prompt.as_deref())
@@ -342,8 +342,14 @@ impl Plan {
     /// same data and weights.
     pub fn run_recipe_toml(&self) -> String {
         let keys = self.path_keys();
-        self.recipe
-            .to_toml_string_anchored(keys.iter().map(String::as_str))
+        self.recipe.to_toml_string_anchored(
+            keys.iter().map(String::as_str),
+            self.vision
+                .given_way
+                .iter()
+                .chain(&self.llm.given_way)
+                .map(String::as_str),
+        )
     }
 
     /// Files and directories the recipe names outside itself, each with the key or
@@ -566,6 +572,9 @@ impl Plan {
             };
             vlmkit_models::hf::vision::insert_vision_weights(dir, store, "vision.", kind)?;
         }
+        if let Source::Local(path) = &self.llm.source {
+            vlmkit_models::hf::insert_weights(path, store, "llm.")?;
+        }
         Ok(store
             .vars()
             .into_iter()
@@ -582,47 +591,67 @@ impl Plan {
         store: &ParamStore,
         loaded: &std::collections::BTreeSet<String>,
     ) -> Result<(), String> {
-        let Source::Local(dir) = &self.vision.source else {
-            return Ok(());
-        };
-        let created: Vec<String> = store
-            .vars()
-            .into_iter()
-            .map(|(n, _)| n)
-            .filter(|n| n.starts_with("vision.") && !loaded.contains(n))
-            .collect();
-        let unexpected: Vec<String> = store
-            .unrequested()
-            .into_iter()
-            .filter(|n| loaded.contains(n))
-            .collect();
-        let list = |names: &[String]| {
-            let shown: Vec<String> = names
-                .iter()
-                .take(5)
-                .map(|n| format!("`{}`", n.trim_start_matches("vision.")))
+        let parts = [
+            ("vision.", &self.vision.source, "the vision encoder"),
+            ("llm.", &self.llm.source, "the language model"),
+        ];
+        let unrequested = store.unrequested();
+        for (prefix, source, what) in parts {
+            let Source::Local(path) = source else {
+                continue;
+            };
+            let created: Vec<String> = store
+                .vars()
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| n.starts_with(prefix) && !loaded.contains(n))
                 .collect();
-            format!(
-                "{}{}",
-                shown.join(", "),
-                if names.len() > 5 { ", …" } else { "" }
-            )
-        };
-        if !created.is_empty() {
-            return Err(format!(
-                "{}: {} weight(s) of the vision encoder are missing, e.g. {}",
-                dir.display(),
-                created.len(),
-                list(&created)
-            ));
-        }
-        if !unexpected.is_empty() {
-            return Err(format!(
-                "{}: {} weight(s) the vision encoder does not have: {}",
-                dir.display(),
-                unexpected.len(),
-                list(&unexpected)
-            ));
+            let mut unexpected: Vec<String> = unrequested
+                .iter()
+                .filter(|n| n.starts_with(prefix) && loaded.contains(*n))
+                .cloned()
+                .collect();
+            // A tied checkpoint may store its head as a copy of the embeddings.
+            let head = format!("{prefix}lm_head.weight");
+            if prefix == "llm." && self.llm.config.tie_word_embeddings {
+                if let Some(pos) = unexpected.iter().position(|n| *n == head) {
+                    if !same_tensor(store, &head, "llm.model.embed_tokens.weight") {
+                        return Err(format!(
+                            "{}: `lm_head.weight` differs from `model.embed_tokens.weight`, but the checkpoint ties them",
+                            path.display()
+                        ));
+                    }
+                    unexpected.remove(pos);
+                }
+            }
+            let list = |names: &[String]| {
+                let shown: Vec<String> = names
+                    .iter()
+                    .take(5)
+                    .map(|n| format!("`{}`", n.trim_start_matches(prefix)))
+                    .collect();
+                format!(
+                    "{}{}",
+                    shown.join(", "),
+                    if names.len() > 5 { ", …" } else { "" }
+                )
+            };
+            if !created.is_empty() {
+                return Err(format!(
+                    "{}: {} weight(s) of {what} are missing, e.g. {}",
+                    path.display(),
+                    created.len(),
+                    list(&created)
+                ));
+            }
+            if !unexpected.is_empty() {
+                return Err(format!(
+                    "{}: {} weight(s) {what} does not have: {}",
+                    path.display(),
+                    unexpected.len(),
+                    list(&unexpected)
+                ));
+            }
         }
         Ok(())
     }
@@ -680,6 +709,18 @@ impl Plan {
     }
 }
 
+/// Whether two stored tensors are equal, shape and values.
+fn same_tensor(store: &ParamStore, a: &str, b: &str) -> bool {
+    match (store.get(a), store.get(b)) {
+        (Some(a), Some(b)) => {
+            a.shape() == b.shape()
+                && vlmkit_core::gradcheck::max_abs_diff(a.as_tensor(), b.as_tensor())
+                    .is_ok_and(|d| d == 0.0)
+        }
+        _ => false,
+    }
+}
+
 /// The directories of pretrained weights the connector loads itself, resolved
 /// against the recipe file that named them, with their full keys.
 fn connector_weight_dirs(
@@ -710,16 +751,18 @@ fn checkpoint_missing(dir: &std::path::Path) -> String {
     )
 }
 
-/// Why a recipe with a pretrained language model cannot run in this version.
-fn language_model_unavailable(dir: &std::path::Path) -> String {
-    let state = if dir.is_dir() {
-        "exists"
+/// Why a language-model checkpoint cannot be read.
+fn language_model_missing(path: &std::path::Path) -> String {
+    let state = if path.is_dir() {
+        "exists, but has no config.json"
+    } else if path.is_file() {
+        "is a file, but not a GGUF file"
     } else {
         "does not exist on this machine"
     };
     format!(
-        "`{}` ({state}): training from a Hugging Face language model is not implemented in this version (vision encoders are; `vlmkit model inspect` and `model forward` read language models), so this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) but not run; use `from = \"scratch\"` to train from a fresh initialisation",
-        dir.display()
+        "`{}` ({state}): a language model is a Hugging Face directory (config.json, safetensors weights, tokenizer.json) or a GGUF file; this recipe can be inspected (`vlmkit params`, `vlmkit recipe check`) without it, but not run",
+        path.display()
     )
 }
 
@@ -748,9 +791,22 @@ fn build_tokenizer(
             ))
         };
     }
+    let key = if recipe.value("llm.tokenizer").is_some() {
+        "llm.tokenizer"
+    } else {
+        "llm.from"
+    };
+    if vlmkit_models::gguf::is_gguf(path) {
+        let json = vlmkit_models::gguf::GgufFile::open(path)
+            .and_then(|file| file.tokenizer_json())
+            .map_err(|e| recipe.error_at(key, e.to_string()))?;
+        return TextTokenizer::from_json(&json)
+            .map(Some)
+            .map_err(|e| recipe.error_at(key, format!("{}: {e}", path.display())));
+    }
     TextTokenizer::from_file(path)
         .map(Some)
-        .map_err(|e| recipe.error_at("llm.tokenizer", e.to_string()))
+        .map_err(|e| recipe.error_at(key, e.to_string()))
 }
 
 /// Word level over the vocabulary of every data source the recipe reads.

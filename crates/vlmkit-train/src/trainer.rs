@@ -432,18 +432,7 @@ pub fn train(
                     source,
                 },
             )?;
-            let state = TrainState {
-                global_step: 0,
-                stage: 0,
-                stage_name: recipe.stages[0].name.clone(),
-                stage_step: 0,
-                samples_seen: 0,
-                rng: Rng::new(seed).state(),
-                metrics_lines: 0,
-                skipped_images: 0,
-                vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
-            };
-            (state, None, None, None)
+            (TrainState::fresh(recipe), None, None, None)
         }
     };
     let mut metrics = MetricsLog::open(&run.metrics(), metrics_keep)?;

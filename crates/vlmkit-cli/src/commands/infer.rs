@@ -1,4 +1,5 @@
-//! `vlmkit infer RUN_OR_CHECKPOINT --image PATH "question"`.
+//! `vlmkit infer RUN_OR_CHECKPOINT --image PATH "question"`, or a recipe's model
+//! before training (`vlmkit infer RECIPE.toml "question"`).
 
 use std::path::PathBuf;
 
@@ -7,13 +8,16 @@ use clap::Args;
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
 use vlmkit_eval::generate_answers;
+use vlmkit_train::checkpoint::untrained_model;
 use vlmkit_train::load_model;
 
 use crate::common;
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
-    /// A run directory or a checkpoint directory.
+    /// A run directory or a checkpoint directory; or a recipe, whose model is built
+    /// as training would start it (pretrained parts from their checkpoints, the
+    /// rest from the seed), e.g. to ask its pretrained language model something.
     pub model: PathBuf,
     /// The question.
     pub question: String,
@@ -52,12 +56,17 @@ pub fn run(args: InferArgs) -> Result<()> {
         ),
         None => None,
     };
-    let model = load_model(
-        &args.model,
-        &common::registry()?,
-        args.device.as_deref(),
-        &[],
-    )?;
+    let model = if args.model.is_file() {
+        let plan = common::plan(&args.model, &[])?;
+        untrained_model(plan, &args.model, args.device.as_deref())?
+    } else {
+        load_model(
+            &args.model,
+            &common::registry()?,
+            args.device.as_deref(),
+            &[],
+        )?
+    };
     let example = Example::single_turn("infer", image, &args.question, "");
     let gen = GenerateOptions {
         max_new_tokens: args.max_new_tokens,

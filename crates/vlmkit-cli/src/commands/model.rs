@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use vlmkit_core::hub;
 use vlmkit_data::processor::ImageProcessor;
-use vlmkit_models::hf;
 use vlmkit_models::VisionConfig;
+use vlmkit_models::{gguf, hf};
 use vlmkit_train::counts::thousands;
 use vlmkit_train::trainer::select_device;
 
@@ -51,13 +51,14 @@ pub struct PreprocessArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// A Hugging Face model directory (config.json and safetensors): a language
-    /// model (LLaMA, Mistral, Qwen2) or a vision encoder (CLIP, SigLIP, ConvNeXt).
+    /// model (LLaMA, Mistral, Qwen2) or a vision encoder (CLIP, SigLIP, ConvNeXt);
+    /// or a LLaMA-family GGUF file.
     pub dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// A Hugging Face model directory (config.json and safetensors).
+    /// A Hugging Face model directory (config.json and safetensors) or a GGUF file.
     pub dir: PathBuf,
     /// Inputs (safetensors): for a language model `input_ids` B×T (any integer
     /// dtype) and optionally `attention_mask` B×T (1 keeps, 0 pads); for a vision
@@ -84,6 +85,9 @@ pub fn run(args: ModelArgs) -> Result<()> {
 
 /// Whether `dir` holds a vision encoder (else it is read as a language model).
 fn is_vision(dir: &std::path::Path) -> Result<bool> {
+    if gguf::is_gguf(dir) {
+        return Ok(false);
+    }
     let config = hub::read_config(dir)?;
     Ok(config
         .get("model_type")
@@ -105,16 +109,19 @@ fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn stored_rows(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
-    let stored = hub::stored_weights(dir)?;
+    let (dtypes, elements, tensors) = if gguf::is_gguf(dir) {
+        let file = gguf::GgufFile::open(dir)?;
+        let (elements, tensors) = file.stored();
+        (file.file_type(), elements, tensors)
+    } else {
+        let stored = hub::stored_weights(dir)?;
+        (stored.dtypes.join(", "), stored.elements, stored.tensors)
+    };
     Ok(vec![
-        ("stored dtype", stored.dtypes.join(", ")),
+        ("stored dtype", dtypes),
         (
             "parameters",
-            format!(
-                "{} in {} tensors",
-                thousands(stored.elements),
-                stored.tensors
-            ),
+            format!("{} in {tensors} tensors", thousands(elements)),
         ),
     ])
 }
@@ -208,10 +215,21 @@ fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>
     let (checkpoint, _model) = hf::load_language_model(dir, &candle_core::Device::Cpu)?;
     let cfg = &checkpoint.config;
     let mut rows: Vec<(&str, String)> = vec![
-        ("directory", dir.display().to_string()),
+        if gguf::is_gguf(dir) {
+            ("file", dir.display().to_string())
+        } else {
+            ("directory", dir.display().to_string())
+        },
         ("model_type", checkpoint.model_type.clone()),
         ("architectures", checkpoint.architectures.join(", ")),
-        ("read as", "vlmkit Llama (language model)".to_string()),
+        (
+            "read as",
+            if gguf::is_gguf(dir) {
+                "vlmkit Llama (language model), dequantised to f32".to_string()
+            } else {
+                "vlmkit Llama (language model)".to_string()
+            },
+        ),
         ("vocab_size", cfg.vocab_size.to_string()),
         ("hidden_size", cfg.hidden_size.to_string()),
         ("intermediate_size", cfg.intermediate_size.to_string()),

@@ -73,8 +73,12 @@ const IGNORED: &[&str] = &[
 const LANGUAGE_MODEL_TYPES: &[(&str, bool)] =
     &[("llama", false), ("mistral", false), ("qwen2", true)];
 
-/// Reads `dir/config.json` as a LLaMA-family language model.
+/// Reads `dir/config.json` as a LLaMA-family language model, or the metadata of
+/// a GGUF file.
 pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
+    if crate::gguf::is_gguf(dir) {
+        return crate::gguf::GgufFile::open(dir)?.language_checkpoint();
+    }
     let json = ConfigJson::new(dir);
     let raw = hub::read_config(dir)?;
     let err = |key: &str, message: String| json.err(key, message);
@@ -305,8 +309,12 @@ fn ignorable(name: &str) -> bool {
     name.ends_with(".rotary_emb.inv_freq")
 }
 
-/// Puts the weights of `dir` into `store` under `prefix` (e.g. `"llm."`).
+/// Puts the weights of `dir` (or of a GGUF file) into `store` under `prefix`
+/// (e.g. `"llm."`).
 pub fn insert_weights(dir: &Path, store: &ParamStore, prefix: &str) -> Result<(), HfError> {
+    if crate::gguf::is_gguf(dir) {
+        return crate::gguf::insert_gguf_weights(dir, store, prefix);
+    }
     let weights = hub::read_weights(dir)?
         .into_iter()
         .filter(|(name, _)| !ignorable(name))
@@ -366,7 +374,7 @@ pub fn check_unexpected(
     })
 }
 
-/// The language model in `dir`, its weights frozen, on `device`.
+/// The language model in `dir` (or a GGUF file), its weights frozen, on `device`.
 pub fn load_language_model(
     dir: &Path,
     device: &Device,
