@@ -1543,6 +1543,10 @@ fn trains_from_a_hugging_face_vision_encoder() {
     }
     assert_eq!(compared, original.len());
     assert!(compared > 20);
+    // The run's recipe leaves out the sizes that gave way to the checkpoint, so
+    // the run evaluates.
+    let (ok, out, err) = run(vlmkit().arg("eval").arg(&run_dir));
+    assert!(ok, "{out}{err}");
 
     // What is written beside `from` must agree with the checkpoint.
     let conflicting = write("wide.toml", &format!("{from}\nhidden_size = 64"));
@@ -1626,4 +1630,184 @@ fn a_stage_can_train_with_its_own_chat_template() {
         err.contains("unknown chat template `plane` (known: vicuna_v1, chatml, plain)"),
         "{err}"
     );
+}
+
+/// A recipe around the tiny GGUF fixture (64 wide, 2 layers, Q4_1 weights, a
+/// byte-level vocabulary of 264) as the language model.
+fn gguf_recipe(dir: &Path, name: &str, llm: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            "extends = {:?}\n[llm]\nchat_template = \"chatml\"\nsystem_prompt = \"\"\n{llm}\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
+    let gguf = repo().join("tests/fixtures/gguf/tiny-llama.Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let from = format!("from = {:?}", gguf.display().to_string());
+    let recipe = gguf_recipe(dir.path(), "gguf.toml", &from);
+    let run_dir = dir.path().join("run");
+    // The tiny overrides size a from-scratch decoder: the checkpoint's sizes win
+    // over those (inherited) and over the base recipe's word-level tokenizer.
+    let mut overrides = tiny(4);
+    overrides.retain(|o| !o.starts_with("llm."));
+    overrides.extend([
+        "data.train.families={ color = 1 }".to_string(),
+        "data.eval.families={ color = 1 }".to_string(),
+        "data.eval.samples=8".to_string(),
+        "stage.0.trainable=[\"vision\", \"connector\"]".to_string(),
+        "run.checkpoint_every=2".to_string(),
+    ]);
+    let (ok, out, err) = run(vlmkit()
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run_dir)
+        .args(set_args(&overrides)));
+    assert!(ok, "{out}{err}");
+
+    // The frozen decoder is the GGUF file's, dequantised: `model forward` on the
+    // file and the trained run's weights agree.
+    let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    assert_eq!(
+        trained["llm.model.embed_tokens.weight"].dims(),
+        [264, 64],
+        "the checkpoint's vocabulary, without a row for the appended <image>"
+    );
+    assert!(!trained.contains_key("llm.lm_head.weight"), "tied");
+    let tokenizer = std::fs::read_to_string(run_dir.join("final/tokenizer.json")).unwrap();
+    assert!(tokenizer.contains("\"<image>\"") && tokenizer.contains("<|im_end|>"));
+
+    // The run's recipe keeps what the run used: no word-level tokenizer and none
+    // of the from-scratch sizes that gave way, so eval and resume rebuild it.
+    let kept: toml::Table = std::fs::read_to_string(run_dir.join("recipe.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let llm = kept["llm"].as_table().unwrap();
+    let mut keys: Vec<&str> = llm.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["chat_template", "from", "kind", "system_prompt"]);
+    let (ok, out, err) = run(vlmkit().arg("eval").arg(&run_dir));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("color"), "{out}");
+    // As if stopped before writing its final model: it resumes from the last
+    // checkpoint (every weight from there, none from the GGUF file) to the same one.
+    let finished = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(run_dir.join("final")).unwrap();
+    let (ok, out, err) = run(vlmkit()
+        .arg("train")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&run_dir)
+        .args(set_args(&overrides)));
+    assert!(ok, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("resuming from"),
+        "{out}{err}"
+    );
+    assert!(std::fs::read(run_dir.join("final/model.safetensors")).unwrap() == finished);
+    // The recipe's model before training answers text-only prompts.
+    let (ok, out, err) = run(vlmkit()
+        .arg("infer")
+        .arg(&recipe)
+        .arg("the 12")
+        .args(["--max-new-tokens", "4"]));
+    assert!(ok, "{out}{err}");
+
+    // A size written beside `from` must agree with the file.
+    let wide = gguf_recipe(dir.path(), "wide.toml", &format!("{from}\nhidden_size = 32"));
+    let (ok, _, err) = run(vlmkit().args(["recipe", "check"]).arg(&wide));
+    assert!(!ok);
+    assert!(
+        err.contains("32 here, but the checkpoint in") && err.contains("has 64"),
+        "{err}"
+    );
+    // A missing file and a file that is not GGUF are refused at `llm.from`.
+    for (target, says) in [
+        (dir.path().join("absent.gguf"), "does not exist on this machine"),
+        (
+            repo().join("tests/fixtures/gguf/expected.safetensors"),
+            "is a file, but not a GGUF file",
+        ),
+    ] {
+        let recipe = gguf_recipe(
+            dir.path(),
+            "bad.toml",
+            &format!("from = {:?}\nvocab_size = 300", target.display().to_string()),
+        );
+        let (ok, _, err) = run(vlmkit()
+            .arg("train")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(dir.path().join("bad-run"))
+            .args(set_args(&overrides)));
+        assert!(!ok);
+        // The error points at the line that names the file.
+        assert!(err.contains("bad.toml:5:1") && err.contains(says), "{err}");
+    }
+}
+
+/// SmolLM2-135M-Instruct as `scripts/fetch-test-models.sh` fetches it, or `None`
+/// (with the reason printed).
+fn smollm2() -> Option<std::path::PathBuf> {
+    let root = std::env::var_os("VLMKIT_TEST_MODELS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-models"));
+    let path = root.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!(
+            "skipped: {} is absent; run scripts/fetch-test-models.sh",
+            path.display()
+        );
+        None
+    }
+}
+
+#[test]
+fn smollm2_answers_a_text_prompt_as_transformers_does() {
+    let Some(gguf) = smollm2() else {
+        return;
+    };
+    // The tokenizer rebuilt from the GGUF metadata gives the prompt ids that
+    // transformers' SmolLM2 tokenizer gives (docs/paper-scale.md).
+    let file = vlmkit_models::gguf::GgufFile::open(&gguf).unwrap();
+    let tokenizer = vlmkit_data::TextTokenizer::from_json(&file.tokenizer_json().unwrap()).unwrap();
+    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        tokenizer.encode(prompt).unwrap(),
+        [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+    );
+    // Digits one by one, as SmolLM2's own tokenizer splits them.
+    assert_eq!(tokenizer.encode("2024").unwrap().len(), 4);
+
+    // Greedy decoding of the model alone through `vlmkit infer` on the recipe
+    // gives transformers' answer word for word.
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("smol.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = {:?}\n[llm]\nfrom = {:?}\n",
+            repo().join("recipes/smollm2-shapes.toml").display().to_string(),
+            gguf.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = run(vlmkit()
+        .arg("infer")
+        .arg(&recipe)
+        .arg("What is the capital of France?")
+        .args(["--max-new-tokens", "16"]));
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.trim(), "The capital of France is Paris.");
 }

@@ -455,8 +455,10 @@ pub fn train(
     };
     store.begin_build();
     let unused = plan.create_params(&store, missing)?;
-    plan.check_pretrained(&store, &pretrained)
-        .map_err(TrainError::Invalid)?;
+    if latest.is_none() {
+        plan.check_pretrained(&store, &pretrained)
+            .map_err(TrainError::Invalid)?;
+    }
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
