@@ -1443,6 +1443,23 @@ fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
         assert_eq!(d, 0.0, "{image}");
     }
 
+    // A GGUF file: inspected and run as transformers' GGUF loader reads it.
+    let gguf = "tests/fixtures/gguf/tiny-llama.Q4_1.gguf";
+    let (ok, out, err) = run(vlmkit().args(["model", "inspect", gguf]));
+    assert!(ok, "{err}");
+    insta::assert_snapshot!("model_inspect_gguf", out);
+    let (ok, _, err) = run(vlmkit()
+        .args(["model", "forward", gguf, "--inputs"])
+        .arg("tests/fixtures/gguf/expected.safetensors")
+        .arg("--out")
+        .arg(&written));
+    assert!(ok, "{err}");
+    let ours = read_tensors(&written);
+    let theirs = read_tensors(&repo().join("tests/fixtures/gguf/expected.safetensors"));
+    let (a, b) = (ours["logits"].get(0).unwrap(), theirs["logits"].get(0).unwrap());
+    let d = vlmkit_core::gradcheck::max_abs_diff(&a, &b).unwrap();
+    assert!(d < 1e-4, "GGUF logits differ by {d}");
+
     let (ok, _, err) = run(vlmkit().args(["model", "inspect", &format!("{fixtures}/absent")]));
     assert!(!ok);
     assert!(err.contains("absent/config.json: missing"), "{err}");
