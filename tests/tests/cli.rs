@@ -1456,7 +1456,10 @@ fn model_inspect_and_forward_read_a_hugging_face_checkpoint() {
     assert!(ok, "{err}");
     let ours = read_tensors(&written);
     let theirs = read_tensors(&repo().join("tests/fixtures/gguf/expected.safetensors"));
-    let (a, b) = (ours["logits"].get(0).unwrap(), theirs["logits"].get(0).unwrap());
+    let (a, b) = (
+        ours["logits"].get(0).unwrap(),
+        theirs["logits"].get(0).unwrap(),
+    );
     let d = vlmkit_core::gradcheck::max_abs_diff(&a, &b).unwrap();
     assert!(d < 1e-4, "GGUF logits differ by {d}");
 
@@ -1537,12 +1540,7 @@ fn trains_from_a_hugging_face_vision_encoder() {
     let mut overrides = tiny(6);
     overrides.retain(|o| !o.starts_with("vision."));
     overrides.push("stage.0.trainable=[\"connector\", \"llm\"]".into());
-    let (ok, out, err) = run(vlmkit()
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run_dir)
-        .args(set_args(&overrides)));
+    let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
     assert!(ok, "{out}{err}");
     // The trained model's encoder is the checkpoint's, weight for weight.
     let trained = read_tensors(&run_dir.join("final/model.safetensors"));
@@ -1599,12 +1597,7 @@ fn trains_from_a_hugging_face_vision_encoder() {
             partial.display().to_string()
         ),
     );
-    let (ok, _, err) = run(vlmkit()
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(dir.path().join("partial-run"))
-        .args(set_args(&overrides)));
+    let (ok, _, err) = train_recipe(&recipe, &dir.path().join("partial-run"), &overrides);
     assert!(!ok);
     assert!(
         err.contains("1 weight(s) of the vision encoder are missing, e.g. `vision_model.encoder.layers.1.mlp.fc2.bias`"),
@@ -1649,6 +1642,16 @@ fn a_stage_can_train_with_its_own_chat_template() {
     );
 }
 
+/// `vlmkit train RECIPE --out OUT --set …`.
+fn train_recipe(recipe: &Path, out: &Path, overrides: &[String]) -> (bool, String, String) {
+    run(vlmkit()
+        .arg("train")
+        .arg(recipe)
+        .arg("--out")
+        .arg(out)
+        .args(set_args(overrides)))
+}
+
 /// A recipe around the tiny GGUF fixture (64 wide, 2 layers, Q4_1 weights, a
 /// byte-level vocabulary of 264) as the language model.
 fn gguf_recipe(dir: &Path, name: &str, llm: &str) -> std::path::PathBuf {
@@ -1682,17 +1685,19 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
         "stage.0.trainable=[\"vision\", \"connector\"]".to_string(),
         "run.checkpoint_every=2".to_string(),
     ]);
-    let (ok, out, err) = run(vlmkit()
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run_dir)
-        .args(set_args(&overrides)));
+    let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
     assert!(ok, "{out}{err}");
 
-    // The frozen decoder is the GGUF file's, dequantised: `model forward` on the
-    // file and the trained run's weights agree.
+    // The frozen decoder is the GGUF file's, dequantised, weight for weight.
     let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    let file = vlmkit_models::gguf::GgufFile::open(&gguf).unwrap();
+    let dequantised = file.hf_tensors().unwrap();
+    assert_eq!(dequantised.len(), 20);
+    for (name, tensor) in &dequantised {
+        let ours = &trained[&format!("llm.{name}")];
+        let d = vlmkit_core::gradcheck::max_abs_diff(ours, tensor).unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
     assert_eq!(
         trained["llm.model.embed_tokens.weight"].dims(),
         [264, 64],
@@ -1719,12 +1724,7 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     // checkpoint (every weight from there, none from the GGUF file) to the same one.
     let finished = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
     std::fs::remove_dir_all(run_dir.join("final")).unwrap();
-    let (ok, out, err) = run(vlmkit()
-        .arg("train")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&run_dir)
-        .args(set_args(&overrides)));
+    let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
     assert!(ok, "{out}{err}");
     assert!(
         format!("{out}{err}").contains("resuming from"),
@@ -1740,7 +1740,11 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     assert!(ok, "{out}{err}");
 
     // A size written beside `from` must agree with the file.
-    let wide = gguf_recipe(dir.path(), "wide.toml", &format!("{from}\nhidden_size = 32"));
+    let wide = gguf_recipe(
+        dir.path(),
+        "wide.toml",
+        &format!("{from}\nhidden_size = 32"),
+    );
     let (ok, _, err) = run(vlmkit().args(["recipe", "check"]).arg(&wide));
     assert!(!ok);
     assert!(
@@ -1749,7 +1753,10 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     );
     // A missing file and a file that is not GGUF are refused at `llm.from`.
     for (target, says) in [
-        (dir.path().join("absent.gguf"), "does not exist on this machine"),
+        (
+            dir.path().join("absent.gguf"),
+            "does not exist on this machine",
+        ),
         (
             repo().join("tests/fixtures/gguf/expected.safetensors"),
             "is a file, but not a GGUF file",
@@ -1758,14 +1765,12 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
         let recipe = gguf_recipe(
             dir.path(),
             "bad.toml",
-            &format!("from = {:?}\nvocab_size = 300", target.display().to_string()),
+            &format!(
+                "from = {:?}\nvocab_size = 300",
+                target.display().to_string()
+            ),
         );
-        let (ok, _, err) = run(vlmkit()
-            .arg("train")
-            .arg(&recipe)
-            .arg("--out")
-            .arg(dir.path().join("bad-run"))
-            .args(set_args(&overrides)));
+        let (ok, _, err) = train_recipe(&recipe, &dir.path().join("bad-run"), &overrides);
         assert!(!ok);
         // The error points at the line that names the file.
         assert!(err.contains("bad.toml:5:1") && err.contains(says), "{err}");
@@ -1799,7 +1804,8 @@ fn smollm2_answers_a_text_prompt_as_transformers_does() {
     // transformers' SmolLM2 tokenizer gives (docs/paper-scale.md).
     let file = vlmkit_models::gguf::GgufFile::open(&gguf).unwrap();
     let tokenizer = vlmkit_data::TextTokenizer::from_json(&file.tokenizer_json().unwrap()).unwrap();
-    let prompt = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let prompt =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         tokenizer.encode(prompt).unwrap(),
         [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
@@ -1815,7 +1821,10 @@ fn smollm2_answers_a_text_prompt_as_transformers_does() {
         &recipe,
         format!(
             "extends = {:?}\n[llm]\nfrom = {:?}\n",
-            repo().join("recipes/smollm2-shapes.toml").display().to_string(),
+            repo()
+                .join("recipes/smollm2-shapes.toml")
+                .display()
+                .to_string(),
             gguf.display().to_string()
         ),
     )

@@ -79,15 +79,24 @@ impl Collator {
             ids.push(bos);
             labels.push(IGNORE_INDEX);
         }
+        // The conversation is tokenised as one string, as LLaVA does: tokenising
+        // the template's pieces one by one differs at their seams (SentencePiece
+        // prepends `▁` to every piece). A token is supervised when it starts in
+        // an answer.
+        let text: String = segments.iter().map(|s| s.text.as_str()).collect();
+        let mut ends = Vec::with_capacity(segments.len());
+        let mut end = 0;
         for seg in segments {
-            for id in tok.encode(&seg.text)? {
-                ids.push(id);
-                labels.push(if seg.supervised {
-                    id as i64
-                } else {
-                    IGNORE_INDEX
-                });
-            }
+            end += seg.text.len();
+            ends.push((end, seg.supervised));
+        }
+        for (id, start, _) in tok.encode_with_offsets(&text)? {
+            let supervised = ends
+                .iter()
+                .find(|(end, _)| start < *end)
+                .is_some_and(|&(_, supervised)| supervised);
+            ids.push(id);
+            labels.push(if supervised { id as i64 } else { IGNORE_INDEX });
         }
         ids.truncate(self.max_text_len);
         labels.truncate(self.max_text_len);
@@ -165,6 +174,120 @@ mod tests {
         let prompt = c.prompt(&ex).unwrap();
         assert_eq!(&seq.ids[..prompt.ids.len()], &prompt.ids[..]);
         assert_eq!(prompt.supervised(), 0);
+    }
+
+    /// Ids and labels from tokenising each template piece on its own.
+    fn piecewise(c: &Collator, ex: &Example) -> (Vec<u32>, Vec<i64>) {
+        let turns = c.with_placeholder(ex).unwrap();
+        let mut ids: Vec<u32> = c.tokenizer.bos.into_iter().collect();
+        let mut labels = vec![IGNORE_INDEX; ids.len()];
+        for seg in c.template.render(&turns).unwrap() {
+            for id in c.tokenizer.encode(&seg.text).unwrap() {
+                ids.push(id);
+                labels.push(if seg.supervised {
+                    id as i64
+                } else {
+                    IGNORE_INDEX
+                });
+            }
+        }
+        (ids, labels)
+    }
+
+    #[test]
+    fn word_level_tokens_are_the_same_whole_or_piece_by_piece() {
+        // The built-in tokenizer splits at every seam anyway, so tokenising the
+        // whole conversation changes nothing for it (nor for its results).
+        let ds = ShapesDataset::new(ShapesConfig::default(), Split::Train).unwrap();
+        for template in ["vicuna_v1", "chatml", "plain"] {
+            let mut c = collator();
+            c.template = ChatTemplate::from_name(template, Some("")).unwrap();
+            for i in 0..300 {
+                let ex = ds.get(i).to_example();
+                let seq = c.sequence(&ex).unwrap();
+                assert_eq!((seq.ids, seq.labels), piecewise(&c, &ex), "{template} {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_sentencepiece_style_tokenizer_sees_the_conversation_as_one_string() {
+        // Metaspace, as Vicuna's: every separately tokenised piece would start
+        // with `▁`; in the whole string the second `USER:` follows `</s>` directly.
+        let vocab: serde_json::Map<String, serde_json::Value> = [
+            "<unk>",
+            "<s>",
+            "</s>",
+            "<image>",
+            "▁USER:",
+            "USER:",
+            "▁ASSISTANT:",
+            "▁hi",
+            "▁red",
+            "▁and",
+            "▁blue",
+            "\n",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.to_string(), serde_json::json!(i)))
+        .collect();
+        let added: Vec<_> = ["<unk>", "<s>", "</s>", "<image>"]
+            .iter()
+            .enumerate()
+            .map(|(id, s)| {
+                serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false,
+                       "rstrip": false, "normalized": false, "special": true})
+            })
+            .collect();
+        let doc = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": true},
+            "post_processor": null, "decoder": null,
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        let tok = TextTokenizer::from_json(&doc.to_string()).unwrap();
+        let c = Collator {
+            tokenizer: Arc::new(tok),
+            template: ChatTemplate::from_name("vicuna_v1", Some("")).unwrap(),
+            max_text_len: 512,
+        };
+        let mut ex = Example::single_turn("x", None, "hi", "red");
+        ex.turns.push(crate::Turn {
+            from: Role::Human,
+            value: "hi".into(),
+        });
+        ex.turns.push(crate::Turn {
+            from: Role::Gpt,
+            value: "blue".into(),
+        });
+        let seq = c.sequence(&ex).unwrap();
+        let id = |w: &str| c.tokenizer.token_to_id(w).unwrap();
+        // <s> ▁USER: ▁hi ▁ASSISTANT: ▁red </s> USER: ▁hi ▁ASSISTANT: ▁blue </s>
+        assert_eq!(
+            seq.ids,
+            [
+                id("<s>"),
+                id("▁USER:"),
+                id("▁hi"),
+                id("▁ASSISTANT:"),
+                id("▁red"),
+                id("</s>"),
+                id("USER:"),
+                id("▁hi"),
+                id("▁ASSISTANT:"),
+                id("▁blue"),
+                id("</s>")
+            ]
+        );
+        let supervised: Vec<bool> = seq.labels.iter().map(|&l| l != IGNORE_INDEX).collect();
+        assert_eq!(
+            supervised,
+            [false, false, false, false, true, true, false, false, false, true, true]
+        );
+        // Piece by piece, the second question would start with `▁USER:`.
+        assert_ne!(piecewise(&c, &ex).0, seq.ids);
     }
 
     #[test]

@@ -146,6 +146,17 @@ impl TextTokenizer {
             .to_vec())
     }
 
+    /// Token ids of `text` with the byte range of `text` each one came from.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<Vec<(u32, usize, usize)>, DataError> {
+        let encoding = self.inner.encode(text, false).map_err(tok_err)?;
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .map(|(&id, &(start, end))| (id, start, end))
+            .collect())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String, DataError> {
         self.inner.decode(ids, true).map_err(tok_err)

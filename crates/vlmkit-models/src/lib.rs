@@ -522,3 +522,44 @@ impl LlmSpec {
         Ok(Box::new(Llama::new(&self.config, vb)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pretrained(vocab: usize) -> LlmSpec {
+        LlmSpec {
+            kind: "llama".into(),
+            source: Source::Local("model.gguf".into()),
+            tokenizer: TokenizerSource::File("model.gguf".into()),
+            chat_template: "chatml".into(),
+            system_prompt: None,
+            config: LlamaConfig {
+                vocab_size: vocab,
+                ..LlamaConfig::default()
+            },
+            vocab_size_set: true,
+            pretrained: true,
+            given_way: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pretrained_vocabulary_needs_no_row_for_an_appended_image_token() {
+        let settings = Settings::new("llm", toml::Table::new());
+        // `<image>` appended after 100 tokens: 101 ids, 100 rows suffice.
+        let mut spec = pretrained(100);
+        spec.fit_vocab(101, 100, &settings).unwrap();
+        assert_eq!(spec.config.vocab_size, 100);
+        // Padded embeddings (Qwen2, llava-hf) are fine.
+        pretrained(128).fit_vocab(101, 100, &settings).unwrap();
+        // `<image>` inside the vocabulary needs its row.
+        pretrained(100).fit_vocab(101, 7, &settings).unwrap_err();
+        // A tokenizer larger than the embedding is refused, naming both sizes.
+        let err = pretrained(100).fit_vocab(150, 149, &settings).unwrap_err();
+        assert!(
+            err.to_string().contains("149 tokens") && err.to_string().contains("only 100 rows"),
+            "{err}"
+        );
+    }
+}
