@@ -615,7 +615,9 @@ impl Plan {
             let head = format!("{prefix}lm_head.weight");
             if prefix == "llm." && self.llm.config.tie_word_embeddings {
                 if let Some(pos) = unexpected.iter().position(|n| *n == head) {
-                    if !same_tensor(store, &head, "llm.model.embed_tokens.weight") {
+                    if !vlmkit_models::hf::head_copies_embeddings(store, prefix)
+                        .map_err(|e| e.to_string())?
+                    {
                         return Err(format!(
                             "{}: `lm_head.weight` differs from `model.embed_tokens.weight`, but the checkpoint ties them",
                             path.display()
@@ -706,18 +708,6 @@ impl Plan {
 
     pub fn eval_data(&self) -> Result<DataSpec, RecipeError> {
         eval_spec(&self.recipe)
-    }
-}
-
-/// Whether two stored tensors are equal, shape and values.
-fn same_tensor(store: &ParamStore, a: &str, b: &str) -> bool {
-    match (store.get(a), store.get(b)) {
-        (Some(a), Some(b)) => {
-            a.shape() == b.shape()
-                && vlmkit_core::gradcheck::max_abs_diff(a.as_tensor(), b.as_tensor())
-                    .is_ok_and(|d| d == 0.0)
-        }
-        _ => false,
     }
 }
 

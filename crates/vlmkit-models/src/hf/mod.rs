@@ -336,16 +336,7 @@ pub fn check_unexpected(
     if tied {
         let head = format!("{prefix}lm_head.weight");
         if let Some(pos) = unexpected.iter().position(|n| *n == head) {
-            let embed = store.get(&format!("{prefix}model.embed_tokens.weight"));
-            let same = match (embed, store.get(&head)) {
-                (Some(e), Some(h)) => {
-                    e.shape() == h.shape()
-                        && vlmkit_core::gradcheck::max_abs_diff(e.as_tensor(), h.as_tensor())?
-                            == 0.0
-                }
-                _ => false,
-            };
-            if !same {
+            if !head_copies_embeddings(store, prefix)? {
                 return Err(HfError::Weights {
                     dir: dir.to_path_buf(),
                     message: "`lm_head.weight` differs from `model.embed_tokens.weight`, but config.json says `tie_word_embeddings`".into(),
@@ -371,6 +362,20 @@ pub fn check_unexpected(
             shown.join(", "),
             if unexpected.len() > 5 { ", …" } else { "" }
         ),
+    })
+}
+
+/// Whether the `lm_head.weight` stored under `prefix` equals the embeddings, as a
+/// tied checkpoint that saves both holds them.
+pub fn head_copies_embeddings(store: &ParamStore, prefix: &str) -> Result<bool, HfError> {
+    let head = store.get(&format!("{prefix}lm_head.weight"));
+    let embed = store.get(&format!("{prefix}model.embed_tokens.weight"));
+    Ok(match (embed, head) {
+        (Some(e), Some(h)) => {
+            e.shape() == h.shape()
+                && vlmkit_core::gradcheck::max_abs_diff(e.as_tensor(), h.as_tensor())? == 0.0
+        }
+        _ => false,
     })
 }
 
