@@ -224,14 +224,7 @@ def vision_models():
         "siglip-vision": (
             T.SiglipVisionModel(
                 T.SiglipVisionConfig(
-                    hidden_size=32,
-                    intermediate_size=48,
-                    num_hidden_layers=2,
-                    num_attention_heads=4,
-                    image_size=30,
-                    patch_size=8,
-                    hidden_act="gelu_pytorch_tanh",
-                    layer_norm_eps=1e-6,
+                    **dict(clip, image_size=30, hidden_act="gelu_pytorch_tanh", layer_norm_eps=1e-6)
                 )
             ),
             torch.randn((2, 3, 30, 30), generator=g),

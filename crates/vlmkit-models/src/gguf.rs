@@ -214,7 +214,7 @@ impl GgufFile {
             return Err(error(&self.path, k, message));
         }
         Ok(LanguageCheckpoint {
-            dir: self.path.clone(),
+            path: self.path.clone(),
             model_type: arch.to_string(),
             architectures: vec!["LlamaForCausalLM (from GGUF)".to_string()],
             config,

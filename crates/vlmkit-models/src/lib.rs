@@ -446,7 +446,7 @@ impl LlmSpec {
                     &theirs,
                     &LLM_NOT_ARCHITECTURE,
                     &format!("a `{}` language model", checkpoint.model_type),
-                    &checkpoint.dir,
+                    &checkpoint.path,
                 )?;
                 checkpoint.config
             }

@@ -457,14 +457,7 @@ pub fn untrained_model(
     }
     let device = crate::trainer::select_device(&plan.recipe.run.device)?;
     let store = ParamStore::new(device, candle_core::DType::F32);
-    let loaded = plan
-        .insert_pretrained(&store)
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
-    store.begin_build();
-    let seed = plan.recipe.run.seed;
-    plan.create_params(&store, Missing::Initialize { seed })?;
-    plan.check_pretrained(&store, &loaded)
-        .map_err(TrainError::Invalid)?;
+    plan.create_fresh_params(&store)?;
     store.begin_build();
     let vlm = plan.build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())?;
     Ok(LoadedModel {

@@ -556,10 +556,33 @@ impl Plan {
     /// Creates every parameter of the model in `store` (`missing` says whether
     /// absent ones are initialised or refused) and returns the prefixes of those
     /// that can receive no gradient with this layer selection.
+    pub fn create_params(&self, store: &ParamStore, missing: Missing) -> TensorResult<Vec<String>> {
+        let probe = self.build(store, missing, Arc::new(|_| true), BTreeMap::new())?;
+        Ok(self.unused_params(&probe))
+    }
+
+    /// The parameters a fresh run starts from: the parts the recipe names with
+    /// `from` read from their checkpoints (every weight, and nothing the model
+    /// lacks), the rest initialised from the recipe seed. Returns what
+    /// [`Plan::create_params`] does.
+    pub fn create_fresh_params(
+        &self,
+        store: &ParamStore,
+    ) -> Result<Vec<String>, crate::TrainError> {
+        let invalid = |e: String| crate::TrainError::Invalid(e);
+        let loaded = self
+            .insert_pretrained(store)
+            .map_err(|e| invalid(e.to_string()))?;
+        store.begin_build();
+        let seed = self.recipe.run.seed;
+        let unused = self.create_params(store, Missing::Initialize { seed })?;
+        self.check_pretrained(store, &loaded).map_err(invalid)?;
+        Ok(unused)
+    }
+
     /// Puts the weights of the checkpoints the recipe names with `from` into
-    /// `store` (the vision encoder's under `vision.`), before a fresh run creates
-    /// the rest; returns their names for [`Plan::check_pretrained`].
-    pub fn insert_pretrained(
+    /// `store` (under `vision.` and `llm.`); returns their names.
+    fn insert_pretrained(
         &self,
         store: &ParamStore,
     ) -> Result<std::collections::BTreeSet<String>, vlmkit_models::hf::HfError> {
@@ -586,17 +609,21 @@ impl Plan {
     /// After the parameters are created: every parameter of a pretrained part came
     /// from its checkpoint (none was initialised in its place), and the checkpoint
     /// held nothing the model does not have.
-    pub fn check_pretrained(
+    fn check_pretrained(
         &self,
         store: &ParamStore,
         loaded: &std::collections::BTreeSet<String>,
     ) -> Result<(), String> {
         let parts = [
-            ("vision.", &self.vision.source, "the vision encoder"),
-            ("llm.", &self.llm.source, "the language model"),
+            ("vision.", &self.vision.source, "the vision encoder", false),
+            (
+                "llm.",
+                &self.llm.source,
+                "the language model",
+                self.llm.config.tie_word_embeddings,
+            ),
         ];
-        let unrequested = store.unrequested();
-        for (prefix, source, what) in parts {
+        for (prefix, source, what, tied) in parts {
             let Source::Local(path) = source else {
                 continue;
             };
@@ -606,61 +633,18 @@ impl Plan {
                 .map(|(n, _)| n)
                 .filter(|n| n.starts_with(prefix) && !loaded.contains(n))
                 .collect();
-            let mut unexpected: Vec<String> = unrequested
-                .iter()
-                .filter(|n| n.starts_with(prefix) && loaded.contains(*n))
-                .cloned()
-                .collect();
-            // A tied checkpoint may store its head as a copy of the embeddings.
-            let head = format!("{prefix}lm_head.weight");
-            if prefix == "llm." && self.llm.config.tie_word_embeddings {
-                if let Some(pos) = unexpected.iter().position(|n| *n == head) {
-                    if !vlmkit_models::hf::head_copies_embeddings(store, prefix)
-                        .map_err(|e| e.to_string())?
-                    {
-                        return Err(format!(
-                            "{}: `lm_head.weight` differs from `model.embed_tokens.weight`, but the checkpoint ties them",
-                            path.display()
-                        ));
-                    }
-                    unexpected.remove(pos);
-                }
-            }
-            let list = |names: &[String]| {
-                let shown: Vec<String> = names
-                    .iter()
-                    .take(5)
-                    .map(|n| format!("`{}`", n.trim_start_matches(prefix)))
-                    .collect();
-                format!(
-                    "{}{}",
-                    shown.join(", "),
-                    if names.len() > 5 { ", …" } else { "" }
-                )
-            };
             if !created.is_empty() {
                 return Err(format!(
                     "{}: {} weight(s) of {what} are missing, e.g. {}",
                     path.display(),
                     created.len(),
-                    list(&created)
+                    vlmkit_models::hf::name_list(&created, prefix)
                 ));
             }
-            if !unexpected.is_empty() {
-                return Err(format!(
-                    "{}: {} weight(s) {what} does not have: {}",
-                    path.display(),
-                    unexpected.len(),
-                    list(&unexpected)
-                ));
-            }
+            vlmkit_models::hf::check_unexpected(path, store, prefix, tied)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
-    }
-
-    pub fn create_params(&self, store: &ParamStore, missing: Missing) -> TensorResult<Vec<String>> {
-        let probe = self.build(store, missing, Arc::new(|_| true), BTreeMap::new())?;
-        Ok(self.unused_params(&probe))
     }
 
     /// Turns examples into batches for this model on `device`.

@@ -438,27 +438,14 @@ pub fn train(
     let mut metrics = MetricsLog::open(&run.metrics(), metrics_keep)?;
     let rng = Rng::from_state(state.rng);
 
-    // Create every parameter (fresh runs: from the seed) and find those that can
-    // receive no gradient with this layer selection.
-    let missing = if latest.is_some() {
-        Missing::Error
+    // Create every parameter (a resumed run has them all in its checkpoint) and
+    // find those that can receive no gradient with this layer selection.
+    let unused = if latest.is_some() {
+        store.begin_build();
+        plan.create_params(&store, Missing::Error)?
     } else {
-        Missing::Initialize { seed }
+        plan.create_fresh_params(&store)?
     };
-    // A fresh run starts the parts the recipe names with `from` from their
-    // checkpoints (a resumed one has them in its own).
-    let pretrained = if latest.is_none() {
-        plan.insert_pretrained(&store)
-            .map_err(|e| TrainError::Invalid(e.to_string()))?
-    } else {
-        Default::default()
-    };
-    store.begin_build();
-    let unused = plan.create_params(&store, missing)?;
-    if latest.is_none() {
-        plan.check_pretrained(&store, &pretrained)
-            .map_err(TrainError::Invalid)?;
-    }
     let parallelism = Parallelism::new(worker_threads(recipe.run.threads));
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();

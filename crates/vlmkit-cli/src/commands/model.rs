@@ -213,22 +213,25 @@ fn activation_name(act: vlmkit_core::ops::Activation) -> String {
 fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
     // Loaded in full: inspecting a checkpoint includes knowing that it loads exactly.
     let (checkpoint, _model) = hf::load_language_model(dir, &candle_core::Device::Cpu)?;
+    let quantised = gguf::is_gguf(dir);
     let cfg = &checkpoint.config;
     let mut rows: Vec<(&str, String)> = vec![
-        if gguf::is_gguf(dir) {
-            ("file", dir.display().to_string())
-        } else {
-            ("directory", dir.display().to_string())
-        },
+        (
+            if quantised { "file" } else { "directory" },
+            dir.display().to_string(),
+        ),
         ("model_type", checkpoint.model_type.clone()),
         ("architectures", checkpoint.architectures.join(", ")),
         (
             "read as",
-            if gguf::is_gguf(dir) {
-                "vlmkit Llama (language model), dequantised to f32".to_string()
-            } else {
-                "vlmkit Llama (language model)".to_string()
-            },
+            format!(
+                "vlmkit Llama (language model){}",
+                if quantised {
+                    ", dequantised to f32"
+                } else {
+                    ""
+                }
+            ),
         ),
         ("vocab_size", cfg.vocab_size.to_string()),
         ("hidden_size", cfg.hidden_size.to_string()),

@@ -43,7 +43,8 @@ pub enum HfError {
 /// A language-model checkpoint's architecture, as read from its `config.json`.
 #[derive(Debug, Clone)]
 pub struct LanguageCheckpoint {
-    pub dir: PathBuf,
+    /// The directory, or the GGUF file.
+    pub path: PathBuf,
     pub model_type: String,
     pub architectures: Vec<String>,
     pub config: LlamaConfig,
@@ -113,30 +114,25 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
         qkv_bias,
         ..LlamaConfig::default()
     };
-    let usize_of = |key: &str, v: &Value| json.usize(key, v);
-    let f64_of = |key: &str, v: &Value| json.f64(key, v);
-    let bool_of = |key: &str, v: &Value| json.bool(key, v);
     let mut sliding = None;
     let mut use_sliding = None;
-    let mut unknown = Vec::new();
-    for (key, v) in obj {
-        let k = key.as_str();
+    json.read_keys(obj, IGNORED, |k, v| {
         match k {
-            "vocab_size" => cfg.vocab_size = usize_of(k, v)?,
-            "hidden_size" => cfg.hidden_size = usize_of(k, v)?,
-            "intermediate_size" => cfg.intermediate_size = usize_of(k, v)?,
-            "num_hidden_layers" => cfg.num_hidden_layers = usize_of(k, v)?,
-            "num_attention_heads" => cfg.num_attention_heads = usize_of(k, v)?,
+            "vocab_size" => cfg.vocab_size = json.usize(k, v)?,
+            "hidden_size" => cfg.hidden_size = json.usize(k, v)?,
+            "intermediate_size" => cfg.intermediate_size = json.usize(k, v)?,
+            "num_hidden_layers" => cfg.num_hidden_layers = json.usize(k, v)?,
+            "num_attention_heads" => cfg.num_attention_heads = json.usize(k, v)?,
             "num_key_value_heads" if !v.is_null() => {
-                cfg.num_key_value_heads = Some(usize_of(k, v)?)
+                cfg.num_key_value_heads = Some(json.usize(k, v)?)
             }
-            "head_dim" if !v.is_null() => cfg.head_dim = Some(usize_of(k, v)?),
-            "max_position_embeddings" => cfg.max_position_embeddings = usize_of(k, v)?,
-            "rms_norm_eps" => cfg.rms_norm_eps = f64_of(k, v)?,
-            "rope_theta" => cfg.rope_theta = f64_of(k, v)?,
-            "tie_word_embeddings" => cfg.tie_word_embeddings = bool_of(k, v)?,
-            "attention_bias" => cfg.attention_bias = bool_of(k, v)?,
-            "initializer_range" => cfg.initializer_range = f64_of(k, v)?,
+            "head_dim" if !v.is_null() => cfg.head_dim = Some(json.usize(k, v)?),
+            "max_position_embeddings" => cfg.max_position_embeddings = json.usize(k, v)?,
+            "rms_norm_eps" => cfg.rms_norm_eps = json.f64(k, v)?,
+            "rope_theta" => cfg.rope_theta = json.f64(k, v)?,
+            "tie_word_embeddings" => cfg.tie_word_embeddings = json.bool(k, v)?,
+            "attention_bias" => cfg.attention_bias = json.bool(k, v)?,
+            "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
             "hidden_act" => {
                 if v.as_str() != Some("silu") {
                     return Err(err(k, format!("{v}: LLaMA-family decoders use `silu`")));
@@ -154,7 +150,7 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
                     return Err(err(k, unsupported_rope(v)));
                 }
                 if let Some(theta) = v.get("rope_theta") {
-                    cfg.rope_theta = f64_of("rope_parameters.rope_theta", theta)?;
+                    cfg.rope_theta = json.f64("rope_parameters.rope_theta", theta)?;
                 }
             }
             "mlp_bias" if v.as_bool() == Some(false) => {}
@@ -168,9 +164,9 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
                 ))
             }
             "attention_dropout" => json.zero(k, v)?,
-            "sliding_window" if !v.is_null() => sliding = Some(usize_of(k, v)?),
+            "sliding_window" if !v.is_null() => sliding = Some(json.usize(k, v)?),
             "sliding_window" => {}
-            "use_sliding_window" => use_sliding = Some(bool_of(k, v)?),
+            "use_sliding_window" => use_sliding = Some(json.bool(k, v)?),
             "layer_types" => {
                 let all_full = v
                     .as_array()
@@ -182,11 +178,10 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
                     ));
                 }
             }
-            _ if IGNORED.contains(&k) => {}
-            _ => unknown.push(k.to_string()),
+            _ => return Ok(false),
         }
-    }
-    json.refuse_unknown(&unknown)?;
+        Ok(true)
+    })?;
     // Qwen2 writes a window but turns it off; Mistral turns it on by setting one.
     cfg.sliding_window = match (model_type.as_str(), use_sliding) {
         ("qwen2", Some(false) | None) => None,
@@ -196,7 +191,7 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
         return Err(err(key, message));
     }
     Ok(LanguageCheckpoint {
-        dir: dir.to_path_buf(),
+        path: dir.to_path_buf(),
         model_type,
         architectures,
         config: cfg,
@@ -275,8 +270,20 @@ impl ConfigJson {
         }
     }
 
-    /// Refuses the keys this reader does not know, by name.
-    pub(crate) fn refuse_unknown(&self, unknown: &[String]) -> Result<(), HfError> {
+    /// Hands every key of `settings` to `set`; a key `set` does not take (it
+    /// returns `false`) and `ignored` does not list is refused by name.
+    pub(crate) fn read_keys(
+        &self,
+        settings: &serde_json::Map<String, Value>,
+        ignored: &[&str],
+        mut set: impl FnMut(&str, &Value) -> Result<bool, HfError>,
+    ) -> Result<(), HfError> {
+        let mut unknown = Vec::new();
+        for (key, v) in settings {
+            if !set(key, v)? && !ignored.contains(&key.as_str()) {
+                unknown.push(key.clone());
+            }
+        }
         let Some(first) = unknown.first() else {
             return Ok(());
         };
@@ -348,21 +355,29 @@ pub fn check_unexpected(
     if unexpected.is_empty() {
         return Ok(());
     }
-    let shown: Vec<String> = unexpected
+    Err(HfError::Weights {
+        dir: dir.to_path_buf(),
+        message: format!(
+            "{} weight{} the model does not have: {}",
+            unexpected.len(),
+            if unexpected.len() == 1 { "" } else { "s" },
+            name_list(&unexpected, prefix)
+        ),
+    })
+}
+
+/// Up to five weight names, quoted, without `prefix`, "…" for the rest.
+pub fn name_list(names: &[String], prefix: &str) -> String {
+    let shown: Vec<String> = names
         .iter()
         .take(5)
         .map(|n| format!("`{}`", n.strip_prefix(prefix).unwrap_or(n)))
         .collect();
-    Err(HfError::Weights {
-        dir: dir.to_path_buf(),
-        message: format!(
-            "{} weight{} the model does not have: {}{}",
-            unexpected.len(),
-            if unexpected.len() == 1 { "" } else { "s" },
-            shown.join(", "),
-            if unexpected.len() > 5 { ", …" } else { "" }
-        ),
-    })
+    format!(
+        "{}{}",
+        shown.join(", "),
+        if names.len() > 5 { ", …" } else { "" }
+    )
 }
 
 /// Whether the `lm_head.weight` stored under `prefix` equals the embeddings, as a

@@ -147,9 +147,7 @@ fn read_vit(
             ..VitConfig::default()
         },
     };
-    let mut unknown = Vec::new();
-    for (key, v) in settings {
-        let k = key.as_str();
+    json.read_keys(settings, IGNORED, |k, v| {
         match k {
             "hidden_size" => cfg.hidden_size = json.usize(k, v)?,
             "intermediate_size" => cfg.intermediate_size = json.usize(k, v)?,
@@ -163,11 +161,10 @@ fn read_vit(
             "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
             "initializer_factor" => cfg.initializer_factor = json.f64(k, v)?,
             "attention_dropout" | "dropout" => json.zero(k, v)?,
-            _ if IGNORED.contains(&k) => {}
-            _ => unknown.push(k.to_string()),
+            _ => return Ok(false),
         }
-    }
-    json.refuse_unknown(&unknown)?;
+        Ok(true)
+    })?;
     cfg.validate()
         .map_err(|(key, message)| json.err(key, message))?;
     Ok(cfg)
@@ -185,9 +182,7 @@ fn read_convnext(
             .map(|n| json.usize(k, n))
             .collect()
     };
-    let mut unknown = Vec::new();
-    for (key, v) in settings {
-        let k = key.as_str();
+    json.read_keys(settings, IGNORED, |k, v| {
         match k {
             "num_channels" => cfg.num_channels = json.usize(k, v)?,
             "patch_size" => cfg.patch_size = json.usize(k, v)?,
@@ -200,11 +195,10 @@ fn read_convnext(
             "layer_scale_init_value" => cfg.layer_scale_init_value = json.f64(k, v)?,
             "drop_path_rate" => cfg.drop_path_rate = json.f64(k, v)?,
             "image_size" => cfg.image_size = json.usize(k, v)?,
-            _ if IGNORED.contains(&k) => {}
-            _ => unknown.push(k.to_string()),
+            _ => return Ok(false),
         }
-    }
-    json.refuse_unknown(&unknown)?;
+        Ok(true)
+    })?;
     cfg.validate()
         .map_err(|(key, message)| json.err(key, message))?;
     Ok(cfg)
