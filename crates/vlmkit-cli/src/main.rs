@@ -29,6 +29,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Answer a question about an image with a trained model.
     Infer(commands::infer::InferArgs),
+    /// Write a trained model in another toolkit's format (transformers' LLaVA).
+    Export(commands::export::ExportArgs),
     /// Work with recipes.
     Recipe(commands::recipe::RecipeArgs),
     /// Work with the built-in data.
@@ -67,6 +69,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Infer(args) => commands::infer::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Recipe(args) => commands::recipe::run(args),
         Command::Data(args) => commands::data::run(args),
         Command::Masks(args) => commands::masks::run(args),

@@ -357,6 +357,15 @@ impl Vlm {
             .to_vec2::<f32>()
     }
 
+    /// Next-token logits (f32, `B×S×V`) at every position, the visual tokens in
+    /// place of each placeholder, rows padded on the right to the longest (`S`).
+    pub fn logits(&self, pixels: &Tensor, sequences: &[TokenSequence]) -> Result<Tensor> {
+        let out = self.encode(pixels, sequences)?;
+        let prepared = self.prepare(sequences, out.tokens.as_ref(), false, pixels.device())?;
+        let hidden = self.decode(&prepared, None, out.hooks.as_deref())?;
+        self.llm.logits(&hidden)?.to_dtype(DType::F32)
+    }
+
     /// The loss terms of a batch: next-token cross-entropy over supervised
     /// positions (logits are computed only there), plus the connector's auxiliary
     /// losses. Weight them with [`LossOutput::objective`].

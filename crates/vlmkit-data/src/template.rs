@@ -134,6 +134,62 @@ impl ChatTemplate {
     }
 }
 
+/// The Jinja macro that reads a message's text whether its content is a string
+/// or transformers' list of parts (each image part becomes `<image>\n` ahead of
+/// the text, as LLaVA prompts place it).
+const JINJA_TEXT: &str = r#"{%- macro text(message) -%}
+{%- if message['content'] is string -%}{{ message['content'] }}
+{%- else -%}
+{%- for part in message['content'] if part['type'] == 'image' -%}{{ '<image>\n' }}{%- endfor -%}
+{%- for part in message['content'] if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}
+{%- endif -%}
+{%- endmacro -%}
+"#;
+
+impl ChatTemplate {
+    /// The same format as a Hugging Face `chat_template` (Jinja), for exported
+    /// models: rendering a conversation gives the text [`ChatTemplate::render`]
+    /// gives (and [`ChatTemplate::prompt`] for one question). A leading `system`
+    /// message replaces the default system prompt.
+    pub fn jinja(&self) -> String {
+        let quoted = |s: &str| serde_json::to_string(s).expect("a string serialises");
+        let system = |default: &str| {
+            format!(
+                "{{%- set system = text(messages[0]) if messages[0]['role'] == 'system' else {} -%}}\n",
+                quoted(default)
+            )
+        };
+        let body = match self {
+            Self::VicunaV1 { system: default } => {
+                system(default)
+                    + r#"{%- if system -%}{{ system ~ ' ' }}{%- endif -%}
+{%- for message in messages if message['role'] != 'system' -%}
+{%- if message['role'] == 'user' -%}{{ 'USER: ' ~ text(message) ~ ' ASSISTANT:' }}
+{%- else -%}{{ ' ' ~ text(message) ~ '</s>' }}{%- endif -%}
+{%- endfor -%}
+"#
+            }
+            Self::ChatMl { system: default } => {
+                system(default)
+                    + r#"{%- if system -%}{{ '<|im_start|>system\n' ~ system ~ '<|im_end|>\n' }}{%- endif -%}
+{%- for message in messages if message['role'] != 'system' -%}
+{%- if message['role'] == 'user' -%}{{ '<|im_start|>user\n' ~ text(message) ~ '<|im_end|>\n<|im_start|>assistant\n' }}
+{%- else -%}{{ text(message) ~ '<|im_end|>\n' }}{%- endif -%}
+{%- endfor -%}
+"#
+            }
+            // The question's words are dropped; its image stays.
+            Self::Plain => r#"{%- for message in messages -%}
+{%- if message['role'] == 'user' -%}{{ '<image>' if '<image>' in text(message) else '' }}
+{%- elif message['role'] == 'assistant' -%}{{ text(message) ~ '\n' }}{%- endif -%}
+{%- endfor -%}
+"#
+            .to_string(),
+        };
+        format!("{JINJA_TEXT}{body}")
+    }
+}
+
 /// LLaVA's `preprocess_plain`: `<image>` (the question's words dropped), then the
 /// answer and the separator `\n`, supervised.
 fn render_plain(turns: &[Turn], prompt_only: bool) -> Result<Vec<Segment>, DataError> {

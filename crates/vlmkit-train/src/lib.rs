@@ -11,6 +11,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod counts;
+pub mod export;
 pub mod optim;
 pub mod parity;
 pub mod plan;

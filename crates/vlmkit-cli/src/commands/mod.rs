@@ -3,6 +3,7 @@ pub mod compare;
 pub mod connector;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod infer;
 pub mod masks;
 pub mod model;

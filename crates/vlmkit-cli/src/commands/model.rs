@@ -271,10 +271,18 @@ fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>
     Ok(rows)
 }
 
+/// Whether `dir` is a vlmkit run or checkpoint (it keeps the recipe it was trained with).
+fn is_run(dir: &std::path::Path) -> bool {
+    dir.join(vlmkit_train::checkpoint::RECIPE_FILE).is_file()
+}
+
 fn forward(args: ForwardArgs) -> Result<()> {
     let device = select_device(&args.device)?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
+    if is_run(&args.dir) {
+        return forward_run(&args, &inputs);
+    }
     let mut written = BTreeMap::new();
     if is_vision(&args.dir)? {
         let (checkpoint, encoder) = hf::vision::load_vision_model(&args.dir, &device)?;
@@ -318,6 +326,117 @@ fn forward(args: ForwardArgs) -> Result<()> {
         "logits".to_string(),
         out.logits.to_dtype(candle_core::DType::F32)?,
     );
+    write_outputs(&written, &args.out)
+}
+
+/// A trained model on `input_ids` and `pixel_values`, as transformers' LLaVA
+/// reads them: each row's image is a run of `<image>` ids as long as the visual
+/// tokens (what `LlavaProcessor` writes), or one `<image>` id; its logits cover the
+/// sequence with the visual tokens in place.
+fn forward_run(
+    args: &ForwardArgs,
+    inputs: &std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<()> {
+    let model = vlmkit_train::load_model(
+        &args.dir,
+        &crate::common::registry()?,
+        Some(&args.device),
+        &[],
+    )?;
+    let plan = &model.plan;
+    if model.vlm.needs.reads_text {
+        bail!(
+            "the connector `{}` reads the question, which input_ids do not mark; ask this model with `vlmkit infer`",
+            plan.connector.factory.kind()
+        );
+    }
+    let Some(ids) = inputs.get("input_ids") else {
+        bail!(
+            "{}: no `input_ids` tensor (found: {})",
+            args.inputs.display(),
+            inputs.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    if !ids.dtype().is_int() || ids.rank() != 2 {
+        bail!(
+            "{}: `input_ids` must be integers of shape B×T, got {:?} {:?}",
+            args.inputs.display(),
+            ids.dtype(),
+            ids.dims()
+        );
+    }
+    if let Some(mask) = inputs.get("attention_mask") {
+        if mask
+            .to_dtype(candle_core::DType::F32)?
+            .min_all()?
+            .to_scalar::<f32>()?
+            == 0.0
+        {
+            bail!("{}: padded rows (an attention_mask with zeros) are not read for a trained model; give rows of equal length", args.inputs.display());
+        }
+    }
+    let image_id = plan.tokenizer()?.image;
+    let rows = ids.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
+    let mut sequences = Vec::with_capacity(rows.len());
+    for (r, row) in rows.iter().enumerate() {
+        let at: Vec<usize> = (0..row.len())
+            .filter(|&i| row[i] == image_id as i64)
+            .collect();
+        let spliced = match at.as_slice() {
+            [] => None,
+            [only] => Some(*only),
+            [first, .., last]
+                if at.len() == plan.visual_tokens && last - first + 1 == at.len() =>
+            {
+                Some(*first)
+            }
+            _ => bail!(
+                "row {r} of input_ids holds {} `<image>` ids ({image_id}); an image is one id, or a run of {} (the visual tokens)",
+                at.len(),
+                plan.visual_tokens
+            ),
+        };
+        let mut kept = Vec::with_capacity(row.len());
+        for (i, &id) in row.iter().enumerate() {
+            let skip =
+                spliced.is_some_and(|first| at.len() > 1 && i > first && i < first + at.len());
+            if !skip {
+                kept.push(
+                    u32::try_from(id)
+                        .map_err(|_| anyhow::anyhow!("row {r}: token id {id} is out of range"))?,
+                );
+            }
+        }
+        sequences.push(vlmkit_core::TokenSequence {
+            labels: vec![vlmkit_core::ops::IGNORE_INDEX; kept.len()],
+            ids: kept,
+            image_at: spliced,
+            ..Default::default()
+        });
+    }
+    let size = plan.vision.config.info().image_size;
+    let pixels = match inputs.get("pixel_values") {
+        Some(p) => p.to_dtype(candle_core::DType::F32)?,
+        None if sequences.iter().all(|s| s.image_at.is_none()) => candle_core::Tensor::zeros(
+            (sequences.len(), 3, size, size),
+            candle_core::DType::F32,
+            &model.vlm.device,
+        )?,
+        None => bail!(
+            "{}: input_ids hold `<image>` but there is no `pixel_values` tensor",
+            args.inputs.display()
+        ),
+    };
+    if pixels.dims() != [sequences.len(), 3, size, size] {
+        bail!(
+            "pixel_values of shape {:?} do not fit input_ids of shape {:?} and this model's {size}×{size} images (want {:?})",
+            pixels.dims(),
+            ids.dims(),
+            [sequences.len(), 3, size, size]
+        );
+    }
+    let logits = model.vlm.logits(&pixels, &sequences)?;
+    let written = BTreeMap::from([("logits".to_string(), logits)]);
     write_outputs(&written, &args.out)
 }
 

@@ -21,6 +21,7 @@ use vlmkit_core::{DecoderHooks, DecoderInput, LanguageModel};
 
 use crate::llama::{Llama, LlamaConfig};
 
+pub mod llava;
 pub mod vision;
 
 /// Why a checkpoint could not be read exactly.
@@ -80,17 +81,24 @@ pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
     if crate::gguf::is_gguf(dir) {
         return crate::gguf::GgufFile::open(dir)?.language_checkpoint();
     }
-    let json = ConfigJson::new(dir);
+    let top = ConfigJson::new(dir);
     let raw = hub::read_config(dir)?;
-    let err = |key: &str, message: String| json.err(key, message);
-    let obj = raw
-        .as_object()
-        .ok_or_else(|| err("", "not a JSON object".into()))?;
-    let model_type = obj
+    let top_type = raw
         .get("model_type")
         .and_then(Value::as_str)
-        .ok_or_else(|| err("model_type", "missing".into()))?
-        .to_string();
+        .ok_or_else(|| top.err("model_type", "missing"))?;
+    // A LLaVA model keeps its language model's settings under `text_config`.
+    let (json, obj, model_type) = if top_type == llava::MODEL_TYPE {
+        let obj = llava::nested(&top, &raw, "text_config")?;
+        let model_type = llava::nested_model_type(&raw["text_config"], "text_config");
+        (top.nested("text_config"), obj, model_type.to_string())
+    } else {
+        let obj = raw
+            .as_object()
+            .ok_or_else(|| top.err("", "not a JSON object"))?;
+        (top, obj, top_type.to_string())
+    };
+    let err = |key: &str, message: String| json.err(key, message);
     let qkv_bias = LANGUAGE_MODEL_TYPES
         .iter()
         .find(|(t, _)| *t == model_type)
@@ -322,10 +330,18 @@ pub fn insert_weights(dir: &Path, store: &ParamStore, prefix: &str) -> Result<()
     if crate::gguf::is_gguf(dir) {
         return crate::gguf::insert_gguf_weights(dir, store, prefix);
     }
+    let llava = llava::is_llava(dir);
     let weights = hub::read_weights(dir)?
         .into_iter()
         .filter(|(name, _)| !ignorable(name))
-        .map(|(name, tensor)| (format!("{prefix}{name}"), tensor));
+        .filter_map(|(name, tensor)| {
+            let name = if llava {
+                llava::language_weight_name(&name)?
+            } else {
+                &name
+            };
+            Some((format!("{prefix}{name}"), tensor))
+        });
     store.insert_tensors(weights)?;
     Ok(())
 }

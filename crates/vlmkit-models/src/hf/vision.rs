@@ -83,14 +83,26 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
         .and_then(Value::as_str)
         .ok_or_else(|| json.err("model_type", "missing"))?
         .to_string();
+    // A LLaVA model's tower: its own type, under `vision_config`.
+    let llava = model_type == super::llava::MODEL_TYPE;
+    let tower_type = if llava {
+        super::llava::nested(&json, &raw, "vision_config")?;
+        super::llava::nested_model_type(&raw["vision_config"], "vision_config")
+    } else {
+        model_type.as_str()
+    };
     let &(_, kind, nested) = VISION_MODEL_TYPES
         .iter()
-        .find(|(t, _, _)| *t == model_type)
+        .find(|(t, kind, nested)| *t == tower_type && !(llava && (*nested || *kind == "convnext")))
         .ok_or_else(|| {
             json.err(
-                "model_type",
+                if llava {
+                    "vision_config.model_type"
+                } else {
+                    "model_type"
+                },
                 format!(
-                    "`{model_type}` is not a vision encoder vlmkit reads (it reads {})",
+                    "`{tower_type}` is not a vision encoder vlmkit reads (it reads {})",
                     VISION_MODEL_TYPES
                         .iter()
                         .map(|(t, _, _)| format!("`{t}`"))
@@ -100,7 +112,7 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
             )
         })?;
     let architectures = architectures(&raw);
-    let (json, settings) = if nested {
+    let (json, settings) = if nested || llava {
         let json = json.nested("vision_config");
         let settings = raw
             .get("vision_config")
@@ -267,6 +279,9 @@ pub fn vision_weight_name(kind: &str, name: &str) -> Option<String> {
         "text_projection.",
         "logit_scale",
         "logit_bias",
+        // A LLaVA model's other parts.
+        "language_model.",
+        "multi_modal_projector.",
     ];
     if NOT_VISION.iter().any(|p| name.starts_with(p)) {
         return None;
