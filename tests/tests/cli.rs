@@ -16,7 +16,7 @@ fn help(args: &[&str]) -> String {
 fn help_texts() {
     insta::assert_snapshot!("help", help(&[]));
     for cmd in [
-        "train", "eval", "infer", "params", "bench", "compare", "sweep", "masks",
+        "train", "eval", "infer", "params", "bench", "compare", "sweep", "masks", "export",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd]));
     }
@@ -1739,6 +1739,34 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
         .args(["--max-new-tokens", "4"]));
     assert!(ok, "{out}{err}");
 
+    // Exported for transformers, `<image>` gets a row of its own (transformers
+    // embeds every id before putting the image features in place); the rows
+    // the checkpoint had are unchanged, and the run's decoder reads it back.
+    let export = dir.path().join("llava");
+    let (ok, out, err) = run(vlmkit()
+        .arg("export")
+        .arg(&run_dir)
+        .args(["--format", "llava-hf", "--out"])
+        .arg(&export));
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("grown from 264 to 265 rows"), "{out}");
+    let exported = read_tensors(&export.join("model.safetensors"));
+    let embed = &exported["language_model.model.embed_tokens.weight"];
+    assert_eq!(embed.dims(), [265, 64]);
+    let kept = embed.narrow(0, 0, 264).unwrap();
+    let d = vlmkit_core::gradcheck::max_abs_diff(&kept, &trained["llm.model.embed_tokens.weight"])
+        .unwrap();
+    assert_eq!(d, 0.0);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["image_token_index"], 264);
+    assert_eq!(config["text_config"]["vocab_size"], 265);
+    let template = std::fs::read_to_string(export.join("chat_template.jinja")).unwrap();
+    assert!(template.contains("<|im_start|>assistant"), "{template}");
+    let (ok, _, err) = run(vlmkit().args(["model", "inspect"]).arg(&export));
+    assert!(ok && err.is_empty(), "{err}");
+
     // A size written beside `from` must agree with the file.
     let wide = gguf_recipe(
         dir.path(),
@@ -1836,4 +1864,186 @@ fn smollm2_answers_a_text_prompt_as_transformers_does() {
         .args(["--max-new-tokens", "16"]));
     assert!(ok, "{out}{err}");
     assert_eq!(out.trim(), "The capital of France is Paris.");
+}
+
+/// Writes `tensors` as `name` in `dir` and returns its path.
+fn inputs_file(
+    dir: &Path,
+    name: &str,
+    tensors: &[(&str, candle_core::Tensor)],
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    write_tensors(&path, tensors);
+    path
+}
+
+fn forward_logits(model: &Path, inputs: &Path, out: &Path) -> candle_core::Tensor {
+    let (ok, stdout, err) = run(vlmkit()
+        .args(["model", "forward"])
+        .arg(model)
+        .arg("--inputs")
+        .arg(inputs)
+        .arg("--out")
+        .arg(out));
+    assert!(ok, "{stdout}{err}");
+    read_tensors(out).remove("logits").unwrap()
+}
+
+#[test]
+fn exports_a_run_as_llava_hf_that_reads_back_exactly() {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, err) = train(&run_dir, &tiny(4));
+    assert!(ok, "{err}");
+    let export = dir.path().join("llava");
+    let (ok, out, err) = run(vlmkit()
+        .arg("export")
+        .arg(&run_dir)
+        .args(["--format", "llava-hf", "--max-shard-size", "20KB", "--out"])
+        .arg(&export));
+    assert!(ok, "{err}");
+    assert!(out.contains("LlavaForConditionalGeneration"), "{out}");
+
+    let mut files: Vec<String> = std::fs::read_dir(&export)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("model-"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "chat_template.jinja",
+            "config.json",
+            "generation_config.json",
+            "model.safetensors.index.json",
+            "preprocessor_config.json",
+            "processor_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json"
+        ]
+    );
+    let config = std::fs::read_to_string(export.join("config.json")).unwrap();
+    insta::assert_snapshot!("export_llava_config", config);
+
+    // Every weight under its LLaVA name, bit for bit, across the shards.
+    let index: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(export.join("model.safetensors.index.json")).unwrap(),
+    )
+    .unwrap();
+    let map = index["weight_map"].as_object().unwrap();
+    let shards: std::collections::BTreeSet<&str> =
+        map.values().map(|v| v.as_str().unwrap()).collect();
+    assert!(shards.len() > 1, "20KB shards: {shards:?}");
+    let mut exported = std::collections::HashMap::new();
+    for shard in shards {
+        exported.extend(read_tensors(&export.join(shard)));
+    }
+    let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    assert_eq!(exported.len(), trained.len());
+    for (name, tensor) in &trained {
+        let theirs = vlmkit_models::hf::llava::export_name(name).unwrap();
+        assert!(map.contains_key(&theirs), "{theirs} is not in the index");
+        let d = vlmkit_core::gradcheck::max_abs_diff(tensor, &exported[&theirs]).unwrap();
+        assert_eq!(d, 0.0, "{name} → {theirs}");
+    }
+
+    // vlmkit's own readers take the directory back: the tower and the decoder
+    // strictly (nothing missing or unexpected), with the run's settings.
+    let (vision, _) = vlmkit_models::hf::vision::load_vision_model(&export, &Device::Cpu).unwrap();
+    let (language, _) = vlmkit_models::hf::load_language_model(&export, &Device::Cpu).unwrap();
+    let plan_recipe = vlmkit_recipe::Recipe::load(&run_dir.join("recipe.toml"), &[]).unwrap();
+    let plan = vlmkit_train::Plan::new(
+        plan_recipe,
+        &vlmkit_tests::registry(),
+        Some(
+            vlmkit_data::TextTokenizer::from_json(
+                &std::fs::read_to_string(run_dir.join("final/tokenizer.json")).unwrap(),
+            )
+            .unwrap(),
+        ),
+    )
+    .unwrap();
+    let mut read_back = vision.config.clone();
+    if let (vlmkit_models::VisionConfig::Vit(ours), vlmkit_models::VisionConfig::Vit(run)) =
+        (&mut read_back, &plan.vision.config)
+    {
+        // How fresh position embeddings start is vlmkit's, not the model's.
+        ours.position_embedding_init = run.position_embedding_init;
+    }
+    assert_eq!(read_back, plan.vision.config);
+    assert_eq!(language.config, plan.llm.config);
+
+    // The exported decoder computes what the run's does on text, and the run
+    // reads transformers' expanded image tokens as its own placeholder.
+    let text_ids = Tensor::new(&[[2i64, 7, 9, 11, 5, 3]], &Device::Cpu).unwrap();
+    let text = inputs_file(dir.path(), "text.safetensors", &[("input_ids", text_ids)]);
+    let ours = forward_logits(&run_dir, &text, &dir.path().join("a.safetensors"));
+    let exported_lm = forward_logits(&export, &text, &dir.path().join("b.safetensors"));
+    let d = vlmkit_core::gradcheck::max_abs_diff(&ours, &exported_lm).unwrap();
+    assert!(d < 1e-5, "the exported decoder differs by {d}");
+
+    let image_id = serde_json::from_str::<serde_json::Value>(&config).unwrap()["image_token_index"]
+        .as_i64()
+        .unwrap();
+    let pixels = seeded(&[1, 3, 32, 32], 3);
+    let mut expanded = vec![2i64];
+    expanded.extend(std::iter::repeat_n(image_id, 16));
+    expanded.extend([7, 9, 11]);
+    let expanded = inputs_file(
+        dir.path(),
+        "expanded.safetensors",
+        &[
+            (
+                "input_ids",
+                Tensor::new(expanded.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap(),
+            ),
+            ("pixel_values", pixels.clone()),
+        ],
+    );
+    let single = inputs_file(
+        dir.path(),
+        "single.safetensors",
+        &[
+            (
+                "input_ids",
+                Tensor::new(&[[2i64, image_id, 7, 9, 11]], &Device::Cpu).unwrap(),
+            ),
+            ("pixel_values", pixels),
+        ],
+    );
+    let a = forward_logits(&run_dir, &expanded, &dir.path().join("c.safetensors"));
+    let b = forward_logits(&run_dir, &single, &dir.path().join("d.safetensors"));
+    assert_eq!(a.dims(), [1, 20, 66]);
+    assert_eq!(vlmkit_core::gradcheck::max_abs_diff(&a, &b).unwrap(), 0.0);
+
+    // Refusals: an existing directory, and a connector LLaVA has no place for.
+    let (ok, _, err) = run(vlmkit()
+        .arg("export")
+        .arg(&run_dir)
+        .args(["--format", "llava-hf", "--out"])
+        .arg(&export));
+    assert!(!ok && err.contains("already exists"), "{err}");
+    let ccra = dir.path().join("ccra");
+    std::fs::create_dir_all(&ccra).unwrap();
+    let recipe = std::fs::read_to_string(run_dir.join("final/recipe.toml"))
+        .unwrap()
+        .replace("kind = \"mlp\"", "kind = \"dense\"");
+    std::fs::write(ccra.join("recipe.toml"), recipe).unwrap();
+    for file in ["model.safetensors", "tokenizer.json", "state.json"] {
+        std::fs::copy(run_dir.join("final").join(file), ccra.join(file)).unwrap();
+    }
+    let (ok, _, err) = run(vlmkit()
+        .arg("export")
+        .arg(&ccra)
+        .args(["--format", "llava-hf", "--out"])
+        .arg(dir.path().join("never")));
+    assert!(
+        !ok && err.contains("connector is `dense`") && !dir.path().join("never").exists(),
+        "{err}"
+    );
 }

@@ -58,16 +58,21 @@ pub struct InspectArgs {
 
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
-    /// A Hugging Face model directory (config.json and safetensors) or a GGUF file.
+    /// A Hugging Face model directory (config.json and safetensors), a GGUF file,
+    /// or a vlmkit run or checkpoint directory (the whole vision-language model).
+    /// A LLaVA directory runs as its language model.
     pub dir: PathBuf,
     /// Inputs (safetensors): for a language model `input_ids` B×T (any integer
     /// dtype) and optionally `attention_mask` B×T (1 keeps, 0 pads); for a vision
-    /// encoder `pixel_values` B×C×H×W (already normalised).
+    /// encoder `pixel_values` B×C×H×W (already normalised); for a run both, each
+    /// image a run of `<image>` ids as long as the visual tokens (as transformers'
+    /// LlavaProcessor writes) or one `<image>` id.
     #[arg(long)]
     pub inputs: PathBuf,
     /// Where to write `hidden_states.{i}` in transformers' indexing and layout (for a
     /// language model 0 is the embeddings and the last is after the final norm,
-    /// plus `logits`; for a vision encoder 0 is the embeddings), all f32.
+    /// plus `logits`; for a vision encoder 0 is the embeddings), all f32; for a run,
+    /// `logits` at every position with the visual tokens in place.
     #[arg(long)]
     pub out: PathBuf,
     /// `cpu` (default), `auto`, `cuda`, `cuda:N`.

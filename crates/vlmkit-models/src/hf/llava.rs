@@ -122,7 +122,6 @@ pub fn text_config_json(cfg: &LlamaConfig, vocab_size: usize) -> Result<Value, S
         "num_hidden_layers": cfg.num_hidden_layers,
         "num_attention_heads": cfg.num_attention_heads,
         "num_key_value_heads": cfg.kv_heads(),
-        "head_dim": cfg.head_dim(),
         "hidden_act": cfg.hidden_act,
         "max_position_embeddings": cfg.max_position_embeddings,
         "rms_norm_eps": cfg.rms_norm_eps,
@@ -131,6 +130,9 @@ pub fn text_config_json(cfg: &LlamaConfig, vocab_size: usize) -> Result<Value, S
         "initializer_range": cfg.initializer_range,
         "attention_dropout": 0.0,
     });
+    if let Some(head_dim) = cfg.head_dim {
+        config["head_dim"] = json!(head_dim);
+    }
     match model_type {
         "llama" => {
             config["attention_bias"] = json!(cfg.attention_bias);
