@@ -2021,6 +2021,31 @@ fn exports_a_run_as_llava_hf_that_reads_back_exactly() {
     assert_eq!(a.dims(), [1, 20, 66]);
     assert_eq!(vlmkit_core::gradcheck::max_abs_diff(&a, &b).unwrap(), 0.0);
 
+    // A recipe can start from the exported tower and decoder.
+    let from = dir.path().join("from-llava.toml");
+    std::fs::write(
+        &from,
+        format!(
+            "extends = {:?}\n[vision]\nkind = \"clip\"\nfrom = {:?}\n[llm]\nfrom = {:?}\n",
+            repo().join("recipes/mlp.toml").display().to_string(),
+            export.display().to_string(),
+            export.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut connector_only = tiny(1);
+    connector_only.push("stage.0.trainable=[\"connector\"]".to_string());
+    let (ok, out, err) = train_recipe(&from, &dir.path().join("from-run"), &connector_only);
+    assert!(ok, "{out}{err}");
+    let restarted = read_tensors(&dir.path().join("from-run/final/model.safetensors"));
+    for (name, tensor) in &restarted {
+        if !name.starts_with("connector.") {
+            let theirs = &exported[&vlmkit_models::hf::llava::export_name(name).unwrap()];
+            let d = vlmkit_core::gradcheck::max_abs_diff(tensor, theirs).unwrap();
+            assert_eq!(d, 0.0, "{name} is not the exported weight");
+        }
+    }
+
     // Refusals: an existing directory, and a connector LLaVA has no place for.
     let (ok, _, err) = run(vlmkit()
         .arg("export")
