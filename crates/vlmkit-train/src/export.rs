@@ -418,7 +418,7 @@ mod tests {
             ("d".to_string(), t(5)),
         ]);
         let names = |s: &BTreeMap<String, Tensor>| s.keys().cloned().collect::<Vec<_>>();
-        let split = shards(weights.clone(), 80);
+        let split = shards(weights.clone(), 150);
         assert_eq!(
             split.iter().map(names).collect::<Vec<_>>(),
             [vec!["a", "b"], vec!["c", "d"]]
