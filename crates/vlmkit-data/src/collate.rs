@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use image::RgbImage;
 use vlmkit_core::ops::IGNORE_INDEX;
 use vlmkit_core::TokenSequence;
 
@@ -113,27 +112,6 @@ impl Collator {
             query_text,
         })
     }
-}
-
-/// Pixel values of `image` as `3×size×size` floats (channel-major), resized when
-/// needed (bicubic) and normalised per channel.
-pub fn pixels(image: &RgbImage, size: u32, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
-    let resized;
-    let img = if image.width() == size && image.height() == size {
-        image
-    } else {
-        resized =
-            image::imageops::resize(image, size, size, image::imageops::FilterType::CatmullRom);
-        &resized
-    };
-    let n = (size * size) as usize;
-    let mut out = vec![0f32; 3 * n];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * n + i] = (px.0[c] as f32 / 255.0 - mean[c]) / std[c];
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -295,15 +273,5 @@ mod tests {
         let c = collator();
         let ex = Example::single_turn("x", None, "<image>\nWhat color is the circle?", "red");
         assert!(c.sequence(&ex).is_err());
-    }
-
-    #[test]
-    fn pixels_are_normalised_channel_major() {
-        let img = RgbImage::from_pixel(2, 2, image::Rgb([255, 0, 51]));
-        let p = pixels(&img, 2, [0.5; 3], [0.5; 3]);
-        assert_eq!(p.len(), 12);
-        assert!(
-            (p[0] - 1.0).abs() < 1e-6 && (p[4] + 1.0).abs() < 1e-6 && (p[8] + 0.6).abs() < 1e-6
-        );
     }
 }

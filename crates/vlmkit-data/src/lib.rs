@@ -23,7 +23,7 @@ pub mod shapes;
 pub mod template;
 pub mod tokenizer;
 
-pub use collate::{pixels, Collator};
+pub use collate::Collator;
 pub use error::DataError;
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};
 pub use export::{export_split, ExportSummary};

@@ -111,6 +111,21 @@ pub fn bounds(mask: &GrayImage) -> Option<MaskBounds> {
 /// straddling two cells counts in each by the share of it that falls there.
 pub fn grid_coverage(mask: &GrayImage, rows: u32, cols: u32) -> Result<Vec<f32>, MaskError> {
     let (width, height) = mask.dimensions();
+    let window = [0.0, 0.0, f64::from(width), f64::from(height)];
+    grid_coverage_in(mask, window, rows, cols)
+}
+
+/// [`grid_coverage`] of the grid laid over `window` (`[x0, y0, x1, y1]` in the
+/// mask's pixel units) instead of the whole mask: the part of the image an
+/// image processor's output shows (see `ImageProcessor::source_window`). Outside
+/// the mask (padding) nothing is covered.
+pub fn grid_coverage_in(
+    mask: &GrayImage,
+    window: [f64; 4],
+    rows: u32,
+    cols: u32,
+) -> Result<Vec<f32>, MaskError> {
+    let (width, height) = mask.dimensions();
     if rows == 0 || cols == 0 || width == 0 || height == 0 {
         return Err(MaskError::GridMismatch {
             width,
@@ -121,12 +136,12 @@ pub fn grid_coverage(mask: &GrayImage, rows: u32, cols: u32) -> Result<Vec<f32>,
     }
     // overlaps[cell][pixel]: the length of pixel `pixel` inside cell `cell`, with
     // each cell `size / cells` pixels long.
-    let overlaps = |size: u32, cells: u32| -> Vec<Vec<(usize, f64)>> {
-        let step = size as f64 / cells as f64;
+    let overlaps = |start: f64, end: f64, size: u32, cells: u32| -> Vec<Vec<(usize, f64)>> {
+        let step = (end - start) / cells as f64;
         (0..cells)
             .map(|cell| {
-                let (lo, hi) = (cell as f64 * step, (cell + 1) as f64 * step);
-                (lo.floor() as u32..(hi.ceil() as u32).min(size))
+                let (lo, hi) = (start + cell as f64 * step, start + (cell + 1) as f64 * step);
+                (lo.floor().max(0.0) as u32..(hi.ceil().max(0.0) as u32).min(size))
                     .filter_map(|p| {
                         let overlap = hi.min(p as f64 + 1.0) - lo.max(p as f64);
                         (overlap > 0.0).then_some((p as usize, overlap))
@@ -135,8 +150,12 @@ pub fn grid_coverage(mask: &GrayImage, rows: u32, cols: u32) -> Result<Vec<f32>,
             })
             .collect()
     };
-    let (ys, xs) = (overlaps(height, rows), overlaps(width, cols));
-    let cell_area = (height as f64 / rows as f64) * (width as f64 / cols as f64);
+    let [x0, y0, x1, y1] = window;
+    let (ys, xs) = (
+        overlaps(y0, y1, height, rows),
+        overlaps(x0, x1, width, cols),
+    );
+    let cell_area = ((y1 - y0) / rows as f64) * ((x1 - x0) / cols as f64);
     let inside = |x: usize, y: usize| f64::from(mask.get_pixel(x as u32, y as u32).0[0] != 0);
     let mut out = Vec::with_capacity((rows * cols) as usize);
     for row in &ys {
@@ -158,6 +177,39 @@ pub fn grid_coverage(mask: &GrayImage, rows: u32, cols: u32) -> Result<Vec<f32>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coverage_in_a_window_is_coverage_of_the_padded_and_cropped_mask() {
+        // A 12×6 mask with a blob; the window pads 3 rows above and below (a
+        // square) and then keeps all of it.
+        let mut mask = empty(12, 6);
+        for (x, y) in [(1, 0), (2, 0), (2, 1), (7, 4), (8, 5), (11, 5)] {
+            mask.put_pixel(x, y, Luma([INSIDE]));
+        }
+        let mut padded = empty(12, 12);
+        for (x, y, p) in mask.enumerate_pixels() {
+            padded.put_pixel(x, y + 3, *p);
+        }
+        let window = [0.0, -3.0, 12.0, 9.0];
+        for grid in [(2, 2), (3, 3), (5, 7)] {
+            assert_eq!(
+                grid_coverage_in(&mask, window, grid.0, grid.1).unwrap(),
+                grid_coverage(&padded, grid.0, grid.1).unwrap(),
+                "{grid:?}"
+            );
+        }
+        // A crop: columns 4..10 of the mask.
+        let mut cropped = empty(6, 6);
+        for y in 0..6 {
+            for x in 0..6 {
+                cropped.put_pixel(x, y, *mask.get_pixel(x + 4, y));
+            }
+        }
+        assert_eq!(
+            grid_coverage_in(&mask, [4.0, 0.0, 10.0, 6.0], 3, 3).unwrap(),
+            grid_coverage(&cropped, 3, 3).unwrap()
+        );
+    }
 
     fn mask_with(width: u32, height: u32, inside: &[(u32, u32)]) -> GrayImage {
         let mut mask = empty(width, height);

@@ -183,10 +183,12 @@ impl ImageProcessor {
             .and_then(Value::as_str)
             .unwrap_or("CLIPImageProcessor");
         let siglip = kind.starts_with("Siglip");
-        if !siglip && !kind.starts_with("CLIP") {
+        // LlavaImageProcessor is CLIP's with LLaVA-1.5's pad-to-square (`do_pad`).
+        let llava = kind.starts_with("LlavaImageProcessor");
+        if !siglip && !llava && !kind.starts_with("CLIP") {
             return Err(err(
                 "image_processor_type",
-                format!("`{kind}`: vlmkit follows CLIPImageProcessor and SiglipImageProcessor"),
+                format!("`{kind}`: vlmkit follows CLIPImageProcessor, SiglipImageProcessor and LlavaImageProcessor"),
             ));
         }
         let mut processor = if siglip {
@@ -205,6 +207,7 @@ impl ImageProcessor {
             let k = key.as_str();
             match k {
                 "do_resize" | "do_center_crop" | "do_rescale" | "do_normalize" => {}
+                "do_pad" if llava => processor.pad_to_square = flag(k, false)?,
                 "resample" if v.as_u64() == Some(3) => {}
                 "resample" => {
                     return Err(err(
@@ -265,6 +268,94 @@ impl ImageProcessor {
             processor.rescale_factor = None;
         }
         Ok(processor)
+    }
+}
+
+impl ImageProcessor {
+    /// The `preprocessor_config.json` transformers follows the same way:
+    /// `CLIPImageProcessor`, `SiglipImageProcessor` (an exact resize without a
+    /// crop), or `LlavaImageProcessor` (CLIP's after the pad to a square).
+    pub fn to_preprocessor_config(&self) -> Value {
+        let kind = match (self.pad_to_square, self.resize, self.crop) {
+            (true, _, _) => "LlavaImageProcessor",
+            (false, Some(Resize::Exact { .. }), None) => "SiglipImageProcessor",
+            _ => "CLIPImageProcessor",
+        };
+        let (mean, std) = self.normalize.unwrap_or(([0.0; 3], [1.0; 3]));
+        let mut config = serde_json::json!({
+            "image_processor_type": kind,
+            "processor_class": "LlavaProcessor",
+            "do_convert_rgb": true,
+            "do_resize": self.resize.is_some(),
+            "resample": 3,
+            "do_center_crop": self.crop.is_some(),
+            "do_rescale": self.rescale_factor.is_some(),
+            "rescale_factor": self.rescale_factor.unwrap_or(1.0 / 255.0),
+            "do_normalize": self.normalize.is_some(),
+            "image_mean": mean,
+            "image_std": std,
+        });
+        if let Some(resize) = self.resize {
+            config["size"] = match resize {
+                Resize::ShortestEdge(edge) => serde_json::json!({ "shortest_edge": edge }),
+                Resize::Exact { height, width } => {
+                    serde_json::json!({ "height": height, "width": width })
+                }
+            };
+        }
+        if let Some((height, width)) = self.crop {
+            config["crop_size"] = serde_json::json!({ "height": height, "width": width });
+        }
+        if self.pad_to_square {
+            config["do_pad"] = Value::Bool(true);
+        }
+        config
+    }
+
+    /// The rectangle of a `height × width` input, in its pixel units, that the
+    /// output covers: `[x0, y0, x1, y1]`, reaching outside the image where the
+    /// output shows padding. Region masks follow the image through it.
+    pub fn source_window(&self, height: u32, width: u32) -> [f64; 4] {
+        let (mut h, mut w) = (height, width);
+        let (mut pad_x, mut pad_y) = (0.0, 0.0);
+        if self.pad_to_square && w != h {
+            let side = w.max(h);
+            // The offsets `expand_to_square` pastes at.
+            if w > h {
+                pad_y = f64::from((w - h) / 2);
+            } else {
+                pad_x = f64::from((h - w) / 2);
+            }
+            (h, w) = (side, side);
+        }
+        let (rh, rw) = self.resize.map_or((h, w), |r| r.output_size(h, w));
+        let (scale_y, scale_x) = (f64::from(h) / f64::from(rh), f64::from(w) / f64::from(rw));
+        let (top, left, ch, cw) = match self.crop {
+            // `center_crop`'s offsets; negative where it pads first.
+            Some((ch, cw)) => (
+                (i64::from(rh) - i64::from(ch)).div_euclid(2) as f64,
+                (i64::from(rw) - i64::from(cw)).div_euclid(2) as f64,
+                f64::from(ch),
+                f64::from(cw),
+            ),
+            None => (0.0, 0.0, f64::from(rh), f64::from(rw)),
+        };
+        [
+            left * scale_x - pad_x,
+            top * scale_y - pad_y,
+            (left + cw) * scale_x - pad_x,
+            (top + ch) * scale_y - pad_y,
+        ]
+    }
+
+    /// The `(height, width)` this processor makes of any image, if it makes one
+    /// size (a crop, or an exact resize).
+    pub fn fixed_output(&self) -> Option<(u32, u32)> {
+        match (self.crop, self.resize) {
+            (Some(crop), _) => Some(crop),
+            (None, Some(Resize::Exact { height, width })) => Some((height, width)),
+            _ => None,
+        }
     }
 }
 
@@ -379,6 +470,62 @@ mod tests {
         let tall = RgbImage::from_pixel(2, 6, Rgb([0, 0, 0]));
         let out = processor.transform(&tall);
         assert_eq!(out.get_pixel(0, 0).0, [122, 116, 104]);
+    }
+
+    #[test]
+    fn pixels_are_normalised_channel_major() {
+        let mut processor = ImageProcessor::clip(2, 2);
+        processor.normalize = Some(([0.5; 3], [0.5; 3]));
+        let img = RgbImage::from_pixel(2, 2, Rgb([255, 0, 51]));
+        let (p, size) = processor.pixel_values(&img);
+        assert_eq!((p.len(), size), (12, (2, 2)));
+        assert!(
+            (p[0] - 1.0).abs() < 1e-6 && (p[4] + 1.0).abs() < 1e-6 && (p[8] + 0.6).abs() < 1e-6
+        );
+    }
+
+    #[test]
+    fn a_written_preprocessor_config_reads_back_as_the_same_processor() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut clip = ImageProcessor::clip(48, 40);
+        clip.normalize = Some(([0.5; 3], [0.25; 3]));
+        for processor in [
+            clip.clone(),
+            clip.with_pad_to_square(),
+            ImageProcessor::siglip(36),
+        ] {
+            let config = processor.to_preprocessor_config();
+            std::fs::write(
+                dir.path().join("preprocessor_config.json"),
+                serde_json::to_string(&config).unwrap(),
+            )
+            .unwrap();
+            let read = ImageProcessor::from_preprocessor_config(dir.path()).unwrap();
+            assert_eq!(read, processor, "{config}");
+        }
+    }
+
+    #[test]
+    fn the_source_window_is_what_the_output_shows() {
+        // 64 wide, 32 tall: padded to 64×64 (16 rows above), resized to 32, no
+        // crop left to do.
+        let padded = ImageProcessor::clip(32, 32).with_pad_to_square();
+        assert_eq!(padded.source_window(32, 64), [0.0, -16.0, 64.0, 48.0]);
+        // Without the pad: the short side to 32 (64×32 stays), the centre 32
+        // columns kept.
+        let cropped = ImageProcessor::clip(32, 32);
+        assert_eq!(cropped.source_window(32, 64), [16.0, 0.0, 48.0, 32.0]);
+        // Halved first: the window is in the input's units.
+        assert_eq!(cropped.source_window(64, 128), [32.0, 0.0, 96.0, 64.0]);
+        assert_eq!(
+            ImageProcessor::siglip(16).source_window(40, 24),
+            [0.0, 0.0, 24.0, 40.0]
+        );
+        // Each window holds exactly the pixels `transform` keeps.
+        let mut image = RgbImage::new(64, 32);
+        image.put_pixel(20, 5, Rgb([255, 255, 255]));
+        let out = cropped.transform(&image);
+        assert_eq!(out.get_pixel(20 - 16, 5).0, [255, 255, 255]);
     }
 
     #[test]

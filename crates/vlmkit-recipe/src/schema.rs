@@ -133,6 +133,13 @@ pub struct StageConfig {
     /// (LLaVA pretrains with `plain` and fine-tunes with `vicuna_v1`).
     #[serde(default)]
     pub chat_template: Option<String>,
+    /// How this stage's images reach the encoder's square, as LLaVA's
+    /// `image_aspect_ratio`: `"square"` (the image processor as it is: CLIP
+    /// resizes the short side and crops the centre) or `"pad"` (first onto a
+    /// square of the mean colour, as LLaVA-1.5 fine-tunes). Evaluation and
+    /// inference use the last stage's.
+    #[serde(default)]
+    pub image_aspect_ratio: Option<String>,
 }
 
 fn one() -> usize {

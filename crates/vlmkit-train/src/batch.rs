@@ -3,7 +3,8 @@
 
 use candle_core::{Device, Tensor};
 use vlmkit_core::{TokenSequence, VisionInfo, VlmBatch};
-use vlmkit_data::{mask, pixels, Collator, Example};
+use vlmkit_data::processor::ImageProcessor;
+use vlmkit_data::{mask, Collator, Example};
 
 use crate::TrainError;
 
@@ -16,6 +17,8 @@ pub struct BatchBuilder {
     /// The token grid (rows, columns) a grounding loss compares region masks on;
     /// `None` when nothing reads the masks.
     pub grounding_grid: Option<(usize, usize)>,
+    /// Images to the encoder's pixels; region masks follow the same geometry.
+    pub processor: ImageProcessor,
 }
 
 impl BatchBuilder {
@@ -59,12 +62,17 @@ impl BatchBuilder {
         let mut data = vec![0f32; examples.len() * per];
         for (i, e) in examples.iter().enumerate() {
             if let Some(img) = &e.image {
-                let px = pixels(
-                    img,
-                    size as u32,
-                    self.vision.image_mean,
-                    self.vision.image_std,
-                );
+                let (px, made) = self.processor.pixel_values(img);
+                if made != (size, size) {
+                    return Err(TrainError::Invalid(format!(
+                        "example {}: the image processor made {}×{} pixels of a {}×{} image, the encoder takes {size}×{size}",
+                        e.id,
+                        made.0,
+                        made.1,
+                        img.height(),
+                        img.width()
+                    )));
+                }
                 data[i * per..(i + 1) * per].copy_from_slice(&px);
             }
         }
@@ -72,8 +80,13 @@ impl BatchBuilder {
         let regions = examples
             .iter()
             .map(|e| match (self.grounding_grid, &e.image, &e.mask) {
-                (Some((rows, cols)), Some(_), Some(m)) => {
-                    mask::grid_coverage(m, rows as u32, cols as u32)
+                (Some((rows, cols)), Some(img), Some(m)) => {
+                    // The image's window, in the mask's pixel units.
+                    let [x0, y0, x1, y1] = self.processor.source_window(img.height(), img.width());
+                    let sx = f64::from(m.width()) / f64::from(img.width());
+                    let sy = f64::from(m.height()) / f64::from(img.height());
+                    let window = [x0 * sx, y0 * sy, x1 * sx, y1 * sy];
+                    mask::grid_coverage_in(m, window, rows as u32, cols as u32)
                         .map(Some)
                         .map_err(|err| TrainError::Invalid(format!("example {}: {err}", e.id)))
                 }

@@ -130,7 +130,8 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
     Ok(Layout {
         vision: llava::vision_config_json(vit),
         text,
-        preprocessor: llava::preprocessor_config_json(vit),
+        // What evaluation and inference preprocess with: the last stage's.
+        preprocessor: plan.processor.to_preprocessor_config(),
         processor: llava::processor_config_json(vit, info.has_cls, vlmkit_data::IMAGE_TOKEN),
         settings,
         embedding_rows,

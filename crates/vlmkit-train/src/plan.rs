@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::Result as TensorResult;
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::{ConnectorNeeds, Placement, Vlm};
+use vlmkit_data::processor::ImageProcessor;
 use vlmkit_data::{ChatTemplate, Collator, TextTokenizer};
 use vlmkit_models::{LlmSpec, Source, TokenizerSource, VisionSpec};
 use vlmkit_plugin::{ConnectorEnv, Registered, Registry};
@@ -15,6 +16,45 @@ use vlmkit_recipe::{Recipe, RecipeError, Settings};
 
 use crate::batch::BatchBuilder;
 use crate::source::{eval_spec, train_spec, DataSpec};
+
+/// The image processor the encoder's pixels come from, before a stage's
+/// `image_aspect_ratio`: the `from` directory's `preprocessor_config.json` when
+/// it has one, else the usual one for the encoder (SigLIP's exact resize;
+/// otherwise CLIP's resize of the short side and centre crop), always at the
+/// encoder's size and with its normalisation.
+fn base_processor(
+    recipe: &Recipe,
+    vision: &VisionSpec,
+    info: &vlmkit_core::VisionInfo,
+) -> Result<ImageProcessor, RecipeError> {
+    let size = info.image_size as u32;
+    let config = vision
+        .source
+        .local_dir()
+        .filter(|dir| dir.join("preprocessor_config.json").is_file());
+    let siglip = matches!(&vision.config, vlmkit_models::VisionConfig::Vit(c) if !c.has_cls());
+    let mut processor = match config {
+        Some(dir) => ImageProcessor::from_preprocessor_config(dir)
+            .map_err(|e| recipe.error_at("vision.from", e.to_string()))?,
+        None if siglip => ImageProcessor::siglip(size),
+        None => ImageProcessor::clip(size, size),
+    };
+    // Padding is a stage's choice (`image_aspect_ratio`).
+    processor.pad_to_square = false;
+    processor.normalize = Some((info.image_mean, info.image_std));
+    match processor.fixed_output() {
+        Some(out) if out == (size, size) => Ok(processor),
+        made => Err(recipe.error_at(
+            "vision.from",
+            format!(
+                "its preprocessor_config.json makes {}, but the encoder takes {size}×{size}",
+                made.map_or("images of no fixed size".to_string(), |(h, w)| format!(
+                    "{h}×{w} images"
+                ))
+            ),
+        )),
+    }
+}
 
 /// Loss terms the host computes itself (connectors may add their own).
 pub const HOST_LOSSES: &[&str] = &["lm", "dice"];
@@ -38,6 +78,10 @@ pub struct Plan {
     pub template: ChatTemplate,
     /// Each stage's template (its own `chat_template`, else `template`).
     pub stage_templates: Vec<ChatTemplate>,
+    /// What evaluation and inference preprocess images with: the last stage's.
+    pub processor: ImageProcessor,
+    /// Each stage's image processor (its `image_aspect_ratio`).
+    pub stage_processors: Vec<ImageProcessor>,
 }
 
 /// A plan's parameters by name, without their values.
@@ -221,6 +265,22 @@ impl Plan {
             })
             .collect::<Result<Vec<_>, _>>()?;
 
+        let base = base_processor(&recipe, &vision, &info)?;
+        let stage_processors = recipe
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| match stage.image_aspect_ratio.as_deref() {
+                None | Some("square") => Ok(base.clone()),
+                Some("pad") => Ok(base.clone().with_pad_to_square()),
+                Some(other) => Err(recipe.error_at(
+                    &format!("stage.{i}.image_aspect_ratio"),
+                    format!("`{other}`: \"square\" (the image processor as it is) or \"pad\" (onto a square of the mean colour first)"),
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let processor = stage_processors.last().cloned().unwrap_or(base);
+
         let env = ConnectorEnv {
             vision: info,
             layers,
@@ -289,6 +349,8 @@ impl Plan {
             tokenizer: tokenizer.map(Arc::new),
             template,
             stage_templates,
+            processor,
+            stage_processors,
         };
         plan.check_trainable_patterns()?;
         Ok(plan)
@@ -654,6 +716,7 @@ impl Plan {
             vision: self.env.vision.clone(),
             device,
             grounding_grid: self.grounding_grid(),
+            processor: self.processor.clone(),
         })
     }
 
@@ -673,6 +736,7 @@ impl Plan {
     ) -> Result<BatchBuilder, RecipeError> {
         let mut builder = self.batch_builder(device)?;
         builder.collator.template = self.stage_templates[stage].clone();
+        builder.processor = self.stage_processors[stage].clone();
         Ok(builder)
     }
 

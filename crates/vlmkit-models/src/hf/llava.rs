@@ -180,36 +180,6 @@ pub fn config_json(vision: Value, text: Value, settings: &LlavaSettings) -> Valu
     })
 }
 
-/// `preprocessor_config.json`: CLIP's resize of the short side, centre crop and
-/// normalisation, or SigLIP's direct resize, at the tower's resolution.
-pub fn preprocessor_config_json(cfg: &VitConfig) -> Value {
-    let size = cfg.image_size;
-    let mut config = json!({
-        "processor_class": "LlavaProcessor",
-        "do_resize": true,
-        "resample": 3,
-        "do_rescale": true,
-        "rescale_factor": 1.0 / 255.0,
-        "do_normalize": true,
-        "image_mean": cfg.image_mean,
-        "image_std": cfg.image_std,
-        "do_convert_rgb": true,
-    });
-    match cfg.family {
-        VitFamily::Clip => {
-            config["image_processor_type"] = json!("CLIPImageProcessor");
-            config["size"] = json!({ "shortest_edge": size });
-            config["do_center_crop"] = json!(true);
-            config["crop_size"] = json!({ "height": size, "width": size });
-        }
-        VitFamily::Siglip => {
-            config["image_processor_type"] = json!("SiglipImageProcessor");
-            config["size"] = json!({ "height": size, "width": size });
-        }
-    }
-    config
-}
-
 /// `processor_config.json`: how `LlavaProcessor` expands one `<image>` into
 /// `image_seq_length` tokens.
 pub fn processor_config_json(cfg: &VitConfig, drop_cls: bool, image_token: &str) -> Value {
