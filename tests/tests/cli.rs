@@ -90,6 +90,12 @@ fn recipe_errors_name_file_line_and_key() {
         )
     );
     insta::assert_snapshot!(
+        "error_image_aspect_ratio",
+        recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\nimage_aspect_ratio = \"letterbox\"\n"
+        )
+    );
+    insta::assert_snapshot!(
         "error_vision_config",
         recipe_error("[vision]\npatch_size = 40\n")
     );

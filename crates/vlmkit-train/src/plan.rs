@@ -275,7 +275,7 @@ impl Plan {
                 Some("pad") => Ok(base.clone().with_pad_to_square()),
                 Some(other) => Err(recipe.error_at(
                     &format!("stage.{i}.image_aspect_ratio"),
-                    format!("`{other}`: \"square\" (the image processor as it is) or \"pad\" (onto a square of the mean colour first)"),
+                    format!("`{other}` is not a way to fit images: \"square\" (the image processor as it is) or \"pad\" (onto a square of the mean colour first)"),
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
