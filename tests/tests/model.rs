@@ -538,3 +538,53 @@ fn f32_master_weights_keep_updates_smaller_than_bf16_can_represent() {
         "{invisible} of {moved} updates are below bf16's resolution"
     );
 }
+
+/// A non-square image and its region mask through a stage that pads to a square:
+/// the pixels are the exact processor's, and each grid cell's target is the
+/// covered share of what the cell shows, padding counted as outside.
+#[test]
+fn a_padding_stage_moves_the_mask_with_the_image() {
+    use image::{GrayImage, Luma, Rgb, RgbImage};
+    use vlmkit_data::processor::ImageProcessor;
+    let mut extra: Vec<&str> = CCRA_WITH_DICE.to_vec();
+    extra.push("stage.0.image_aspect_ratio=\"pad\"");
+    let plan = plan(&extra);
+    let builder = plan.stage_batch_builder(0, Device::Cpu).unwrap();
+    let (rows, cols) = builder.grounding_grid.expect("ccra with dice reads masks");
+    // 40 wide, 24 tall: padded to 40×40 (8 rows above), then resized to 32.
+    let mut image = RgbImage::from_pixel(40, 24, Rgb([200, 30, 90]));
+    let mut mask = GrayImage::new(40, 24);
+    for y in 0..10 {
+        for x in 0..15 {
+            mask.put_pixel(x, y, Luma([255]));
+            image.put_pixel(x, y, Rgb([10, 240, 10]));
+        }
+    }
+    let mut example = examples(1).remove(0);
+    example.image = Some(image.clone());
+    example.mask = Some(mask.clone());
+    let batch = builder.train(&[example]).unwrap();
+
+    let mut expected = ImageProcessor::clip(32, 32).with_pad_to_square();
+    expected.normalize = Some((plan.env.vision.image_mean, plan.env.vision.image_std));
+    let (pixels, _) = expected.pixel_values(&image);
+    let ours = batch
+        .pixels
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(ours, pixels);
+
+    let mut padded = GrayImage::new(40, 40);
+    for (x, y, p) in mask.enumerate_pixels() {
+        padded.put_pixel(x, y + 8, *p);
+    }
+    let want = vlmkit_data::mask::grid_coverage(&padded, rows as u32, cols as u32).unwrap();
+    let got = batch.regions[0].clone().unwrap();
+    assert_eq!(got, want);
+    // The top row of cells shows mostly padding: less covered than the same cells
+    // of the unpadded mask would say.
+    let unpadded = vlmkit_data::mask::grid_coverage(&mask, rows as u32, cols as u32).unwrap();
+    assert!(got[0] < unpadded[0], "{} vs {}", got[0], unpadded[0]);
+}
