@@ -185,12 +185,23 @@ impl ImageProcessor {
         let siglip = kind.starts_with("Siglip");
         // LlavaImageProcessor is CLIP's with LLaVA-1.5's pad-to-square (`do_pad`).
         let llava = kind.starts_with("LlavaImageProcessor");
-        if !siglip && !llava && !kind.starts_with("CLIP") {
+        // ConvNextImageProcessor: the short side to `size / crop_pct` and a centre
+        // crop to `size` below 384 pixels, a direct resize to `size` from 384 on.
+        let convnext = kind.starts_with("ConvNext");
+        if !siglip && !llava && !convnext && !kind.starts_with("CLIP") {
             return Err(err(
                 "image_processor_type",
-                format!("`{kind}`: vlmkit follows CLIPImageProcessor, SiglipImageProcessor and LlavaImageProcessor"),
+                format!("`{kind}`: vlmkit follows CLIPImageProcessor, SiglipImageProcessor, LlavaImageProcessor and ConvNextImageProcessor"),
             ));
         }
+        if convnext && !obj.contains_key("resample") {
+            return Err(err(
+                "resample",
+                "absent: ConvNeXt's default is bilinear, and only bicubic (3) is implemented"
+                    .into(),
+            ));
+        }
+        let mut crop_pct = 224.0 / 256.0;
         let mut processor = if siglip {
             Self::siglip(224)
         } else {
@@ -207,6 +218,12 @@ impl ImageProcessor {
             let k = key.as_str();
             match k {
                 "do_resize" | "do_center_crop" | "do_rescale" | "do_normalize" => {}
+                "crop_pct" if convnext => {
+                    crop_pct = v
+                        .as_f64()
+                        .filter(|&p| p > 0.0)
+                        .ok_or_else(|| err(k, format!("expected a positive number, got {v}")))?
+                }
                 "do_pad" if llava => processor.pad_to_square = flag(k, false)?,
                 "resample" if v.as_u64() == Some(3) => {}
                 "resample" => {
@@ -258,8 +275,30 @@ impl ImageProcessor {
         mean = triple("image_mean")?.unwrap_or(mean);
         std = triple("image_std")?.unwrap_or(std);
         processor.normalize = flag("do_normalize", true)?.then_some((mean, std));
+        if convnext {
+            let Some(Resize::ShortestEdge(edge)) = processor.resize else {
+                return Err(err(
+                    "size",
+                    "ConvNextImageProcessor takes `shortest_edge`".into(),
+                ));
+            };
+            if edge < 384 {
+                // `int(shortest_edge / crop_pct)` in Python floats.
+                processor.resize = Some(Resize::ShortestEdge((f64::from(edge) / crop_pct) as u32));
+                processor.crop = Some((edge, edge));
+            } else {
+                processor.resize = Some(Resize::Exact {
+                    height: edge,
+                    width: edge,
+                });
+                processor.crop = None;
+            }
+        }
         if !flag("do_resize", true)? {
             processor.resize = None;
+            if convnext {
+                processor.crop = None;
+            }
         }
         if !flag("do_center_crop", !siglip)? {
             processor.crop = None;
@@ -503,6 +542,38 @@ mod tests {
             let read = ImageProcessor::from_preprocessor_config(dir.path()).unwrap();
             assert_eq!(read, processor, "{config}");
         }
+    }
+
+    #[test]
+    fn convnext_crops_by_crop_pct_below_384_and_resizes_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |body: &str| {
+            std::fs::write(dir.path().join("preprocessor_config.json"), body).unwrap();
+            ImageProcessor::from_preprocessor_config(dir.path())
+        };
+        let small = read(r#"{"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": 40}, "crop_pct": 0.875, "resample": 3}"#).unwrap();
+        // int(40 / 0.875) = 45, then the centre 40×40.
+        assert_eq!(small.resize, Some(Resize::ShortestEdge(45)));
+        assert_eq!(small.crop, Some((40, 40)));
+        let large = read(
+            r#"{"image_processor_type": "ConvNextImageProcessor", "size": 400, "resample": 3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            large.resize,
+            Some(Resize::Exact {
+                height: 400,
+                width: 400
+            })
+        );
+        assert_eq!(large.crop, None);
+        let bilinear = read(r#"{"image_processor_type": "ConvNextImageProcessor", "size": 224}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            bilinear.contains("`resample`") && bilinear.contains("bilinear"),
+            "{bilinear}"
+        );
     }
 
     #[test]

@@ -28,13 +28,10 @@ fn base_processor(
     info: &vlmkit_core::VisionInfo,
 ) -> Result<ImageProcessor, RecipeError> {
     let size = info.image_size as u32;
-    // ConvNeXt's own processor (`crop_pct`, a bilinear filter by default) is not
-    // ported: a ConvNeXt gets CLIP's resize and centre crop.
-    let convnext = matches!(&vision.config, vlmkit_models::VisionConfig::ConvNext(_));
     let config = vision
         .source
         .local_dir()
-        .filter(|dir| !convnext && dir.join("preprocessor_config.json").is_file());
+        .filter(|dir| dir.join("preprocessor_config.json").is_file());
     let siglip = matches!(&vision.config, vlmkit_models::VisionConfig::Vit(c) if !c.has_cls());
     let mut processor = match config {
         Some(dir) => ImageProcessor::from_preprocessor_config(dir)
