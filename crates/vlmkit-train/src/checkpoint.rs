@@ -82,7 +82,8 @@ pub struct RunDir {
     pub path: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+/// An I/O error, naming `path`.
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
     move |source| TrainError::Io {
         path: path.to_path_buf(),
         source,
@@ -201,6 +202,16 @@ pub struct CheckpointContents {
     pub tokenizer_json: String,
 }
 
+/// safetensors metadata transformers expects (`format = "pt"`). One key:
+/// safetensors takes a HashMap, whose order (and so the file's bytes) would vary
+/// between processes with more.
+pub(crate) fn pt_metadata() -> Option<std::collections::HashMap<String, String>> {
+    Some(std::collections::HashMap::from([(
+        "format".to_string(),
+        "pt".to_string(),
+    )]))
+}
+
 fn write_dir_atomic(
     parent: &Path,
     name: &str,
@@ -211,17 +222,9 @@ fn write_dir_atomic(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    // One metadata key: safetensors takes a HashMap, whose order (and so the file's
-    // bytes) would vary between processes with more.
-    let meta = || {
-        Some(std::collections::HashMap::from([(
-            "format".to_string(),
-            "pt".to_string(),
-        )]))
-    };
-    save_safetensors_atomic(&c.model, meta(), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
+    save_safetensors_atomic(&c.model, pt_metadata(), &tmp.join(MODEL_FILE)).map_err(io(&tmp))?;
     if !c.optimizer.is_empty() {
-        save_safetensors_atomic(&c.optimizer, meta(), &tmp.join(OPTIMIZER_FILE))
+        save_safetensors_atomic(&c.optimizer, pt_metadata(), &tmp.join(OPTIMIZER_FILE))
             .map_err(io(&tmp))?;
     }
     let state = serde_json::to_string_pretty(&c.state).expect("state serialises");

@@ -20,7 +20,7 @@ use vlmkit_models::hf::llava::{self, LlavaSettings};
 use vlmkit_models::VisionConfig;
 use vlmkit_plugin::Registry;
 
-use crate::checkpoint::{load_checkpoint, resolve_checkpoint, RECIPE_FILE};
+use crate::checkpoint::{io, load_checkpoint, pt_metadata, resolve_checkpoint, RECIPE_FILE};
 use crate::{Plan, TrainError};
 
 /// How the weights are written.
@@ -63,13 +63,6 @@ pub struct ExportSummary {
 
 fn refuse(message: impl Into<String>) -> TrainError {
     TrainError::Invalid(message.into())
-}
-
-fn io(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 /// The checkpoint's settings as a LLaVA model would have them, or why it has none.
@@ -341,12 +334,6 @@ fn write_directory(
         let path = dir.join(file);
         write_atomic(&path, bytes).map_err(io(&path))
     };
-    let meta = || {
-        Some(std::collections::HashMap::from([(
-            "format".to_string(),
-            "pt".to_string(),
-        )]))
-    };
     let count = shards.len();
     let mut files = Vec::with_capacity(count);
     let mut index = BTreeMap::new();
@@ -362,7 +349,7 @@ fn write_directory(
             index.insert(name.clone(), file.clone());
         }
         let path = dir.join(&file);
-        save_safetensors_atomic(&shard, meta(), &path).map_err(io(&path))?;
+        save_safetensors_atomic(&shard, pt_metadata(), &path).map_err(io(&path))?;
         files.push(file);
     }
     if count > 1 {
