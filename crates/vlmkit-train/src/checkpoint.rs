@@ -386,6 +386,30 @@ pub struct LoadedModel {
     pub state: TrainState,
 }
 
+/// The checkpoint `path` resolves to (a run's final model, else its latest
+/// checkpoint), read, and the plan of the recipe and tokenizer it was trained
+/// with (`overrides` and `device` applied to that recipe).
+pub fn checkpoint_plan(
+    path: &Path,
+    registry: &vlmkit_plugin::Registry,
+    device: Option<&str>,
+    overrides: &[String],
+) -> Result<(PathBuf, LoadedCheckpoint, crate::Plan), TrainError> {
+    let dir = resolve_checkpoint(path)?;
+    let ck = load_checkpoint(&dir)?;
+    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(
+        &ck.recipe_toml,
+        &dir.join(RECIPE_FILE),
+        overrides,
+    )?;
+    if let Some(d) = device {
+        recipe.run.device = d.to_string();
+    }
+    let tokenizer = vlmkit_data::TextTokenizer::from_json(&ck.tokenizer_json)?;
+    let plan = crate::Plan::new(recipe, registry, Some(tokenizer))?;
+    Ok((dir, ck, plan))
+}
+
 /// Loads a checkpoint (or a run's final model): its resolved recipe and tokenizer,
 /// then every weight — a weight the model expects but the file lacks, or one the
 /// model does not know, is an error naming it.
@@ -401,18 +425,7 @@ pub fn load_model(
     use std::sync::Arc;
     use vlmkit_core::params::{Missing, ParamStore};
 
-    let dir = resolve_checkpoint(path)?;
-    let ck = load_checkpoint(&dir)?;
-    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(
-        &ck.recipe_toml,
-        &dir.join(RECIPE_FILE),
-        overrides,
-    )?;
-    if let Some(d) = device {
-        recipe.run.device = d.to_string();
-    }
-    let tokenizer = vlmkit_data::TextTokenizer::from_json(&ck.tokenizer_json)?;
-    let plan = crate::Plan::new(recipe, registry, Some(tokenizer))?;
+    let (dir, ck, plan) = checkpoint_plan(path, registry, device, overrides)?;
     let device = crate::trainer::select_device(&plan.recipe.run.device)?;
     let store = ParamStore::new(device, candle_core::DType::F32);
     store.insert_tensors(ck.model)?;

@@ -20,7 +20,7 @@ use vlmkit_models::hf::llava::{self, LlavaSettings};
 use vlmkit_models::VisionConfig;
 use vlmkit_plugin::Registry;
 
-use crate::checkpoint::{io, load_checkpoint, pt_metadata, resolve_checkpoint, RECIPE_FILE};
+use crate::checkpoint::{checkpoint_plan, io, pt_metadata};
 use crate::{Plan, TrainError};
 
 /// How the weights are written.
@@ -97,22 +97,18 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         .or_else(|| defaults.get("base_layer"))
         .and_then(toml::Value::as_integer)
         .ok_or_else(|| refuse("the mlp connector names no `base_layer`"))?;
-    let info = plan.vision.config.info();
-    let absolute = info
-        .resolve(base_layer)
-        .map_err(|e| refuse(format!("connector.base_layer: {e}")))?;
+    let has_cls = plan.env.vision.has_cls;
     let llm = &plan.llm.config;
     let embedding_rows = llm.vocab_size;
     // transformers embeds every id before putting the image features in place,
     // so `<image>` needs a row (vlmkit never embeds it, and may have none).
     let vocab_rows = embedding_rows.max(tokenizer.image as usize + 1);
     let text = llava::text_config_json(llm, vocab_rows).map_err(refuse)?;
-    let (h, w) = info.grids[absolute];
     let settings = LlavaSettings {
         vision_feature_layer: base_layer,
-        drop_cls: info.has_cls,
+        drop_cls: has_cls,
         image_token_index: tokenizer.image,
-        image_seq_length: h * w,
+        image_seq_length: plan.visual_tokens,
         pad_token_id: tokenizer.pad,
         torch_dtype: match dtype {
             DType::BF16 => "bfloat16",
@@ -124,8 +120,8 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         vision: llava::vision_config_json(vit),
         text,
         // What evaluation and inference preprocess with: the last stage's.
-        preprocessor: plan.processor.to_preprocessor_config(),
-        processor: llava::processor_config_json(vit, info.has_cls, vlmkit_data::IMAGE_TOKEN),
+        preprocessor: plan.processor().to_preprocessor_config(),
+        processor: llava::processor_config_json(vit, has_cls, vlmkit_data::IMAGE_TOKEN),
         settings,
         embedding_rows,
         vocab_rows,
@@ -262,16 +258,9 @@ pub fn export_llava_hf(
             out.display()
         )));
     }
-    let checkpoint = resolve_checkpoint(run)?;
-    let ck = load_checkpoint(&checkpoint)?;
-    let recipe = vlmkit_recipe::Recipe::from_resolved_str_with(
-        &ck.recipe_toml,
-        &checkpoint.join(RECIPE_FILE),
-        &[],
-    )?;
-    let tokenizer = TextTokenizer::from_json(&ck.tokenizer_json)?;
-    let plan = Plan::new(recipe, registry, Some(tokenizer.clone()))?;
-    let layout = layout(&plan, &tokenizer, options.dtype)?;
+    let (checkpoint, ck, plan) = checkpoint_plan(run, registry, None, &[])?;
+    let tokenizer = plan.tokenizer()?;
+    let layout = layout(&plan, tokenizer, options.dtype)?;
 
     let weights = llava_weights(ck.model, &layout, options.dtype)?;
     let tensors = weights.len();
@@ -293,7 +282,7 @@ pub fn export_llava_hf(
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
     }
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-    let written = write_directory(&tmp, &plan, &tokenizer, &layout, shards);
+    let written = write_directory(&tmp, &plan, tokenizer, &layout, shards);
     let weight_files = match written {
         Ok(files) => files,
         Err(e) => {

@@ -78,8 +78,6 @@ pub struct Plan {
     pub template: ChatTemplate,
     /// Each stage's template (its own `chat_template`, else `template`).
     pub stage_templates: Vec<ChatTemplate>,
-    /// What evaluation and inference preprocess images with: the last stage's.
-    pub processor: ImageProcessor,
     /// Each stage's image processor (its `image_aspect_ratio`).
     pub stage_processors: Vec<ImageProcessor>,
 }
@@ -279,7 +277,6 @@ impl Plan {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let processor = stage_processors.last().cloned().unwrap_or(base);
 
         let env = ConnectorEnv {
             vision: info,
@@ -349,7 +346,6 @@ impl Plan {
             tokenizer: tokenizer.map(Arc::new),
             template,
             stage_templates,
-            processor,
             stage_processors,
         };
         plan.check_trainable_patterns()?;
@@ -716,8 +712,16 @@ impl Plan {
             vision: self.env.vision.clone(),
             device,
             grounding_grid: self.grounding_grid(),
-            processor: self.processor.clone(),
+            processor: self.processor().clone(),
         })
+    }
+
+    /// What evaluation, inference and export preprocess images with: the last
+    /// stage's processor (a recipe has at least one stage).
+    pub fn processor(&self) -> &ImageProcessor {
+        self.stage_processors
+            .last()
+            .expect("a recipe has at least one stage")
     }
 
     pub fn collator(&self, visual_tokens: usize) -> Result<Collator, RecipeError> {

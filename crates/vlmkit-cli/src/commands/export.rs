@@ -89,11 +89,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
                 thousands(summary.parameters),
                 summary.tensors,
                 summary.weight_files.join(", "),
-                match options.dtype {
-                    candle_core::DType::BF16 => "bf16",
-                    candle_core::DType::F16 => "f16",
-                    _ => "f32",
-                }
+                format!("{:?}", args.dtype).to_lowercase()
             );
             println!(
                 "  vision {} · text {} · <image> = id {}, {} visual tokens per image",

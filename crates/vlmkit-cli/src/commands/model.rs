@@ -381,45 +381,17 @@ fn forward_run(
         }
     }
     let image_id = plan.tokenizer()?.image;
-    let rows = ids.to_dtype(candle_core::DType::I64)?.to_vec2::<i64>()?;
-    let mut sequences = Vec::with_capacity(rows.len());
-    for (r, row) in rows.iter().enumerate() {
-        let at: Vec<usize> = (0..row.len())
-            .filter(|&i| row[i] == image_id as i64)
-            .collect();
-        let spliced = match at.as_slice() {
-            [] => None,
-            [only] => Some(*only),
-            [first, .., last]
-                if at.len() == plan.visual_tokens && last - first + 1 == at.len() =>
-            {
-                Some(*first)
-            }
-            _ => bail!(
-                "row {r} of input_ids holds {} `<image>` ids ({image_id}); an image is one id, or a run of {} (the visual tokens)",
-                at.len(),
-                plan.visual_tokens
-            ),
-        };
-        let mut kept = Vec::with_capacity(row.len());
-        for (i, &id) in row.iter().enumerate() {
-            let skip =
-                spliced.is_some_and(|first| at.len() > 1 && i > first && i < first + at.len());
-            if !skip {
-                kept.push(
-                    u32::try_from(id)
-                        .map_err(|_| anyhow::anyhow!("row {r}: token id {id} is out of range"))?,
-                );
-            }
-        }
-        sequences.push(vlmkit_core::TokenSequence {
-            labels: vec![vlmkit_core::ops::IGNORE_INDEX; kept.len()],
-            ids: kept,
-            image_at: spliced,
-            ..Default::default()
-        });
-    }
-    let size = plan.vision.config.info().image_size;
+    let sequences = ids
+        .to_dtype(candle_core::DType::I64)?
+        .to_vec2::<i64>()?
+        .iter()
+        .enumerate()
+        .map(|(r, row)| {
+            llava_row(row, image_id, plan.visual_tokens)
+                .map_err(|e| anyhow::anyhow!("row {r} of input_ids: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let size = plan.env.vision.image_size;
     let pixels = match inputs.get("pixel_values") {
         Some(p) => p.to_dtype(candle_core::DType::F32)?,
         None if sequences.iter().all(|s| s.image_at.is_none()) => candle_core::Tensor::zeros(
@@ -443,6 +415,39 @@ fn forward_run(
     let logits = model.vlm.logits(&pixels, &sequences)?;
     let written = BTreeMap::from([("logits".to_string(), logits)]);
     write_outputs(&written, &args.out)
+}
+
+/// One row of transformers-style `input_ids` as a vlmkit sequence: an image is
+/// one `<image>` id, or the run of `visual_tokens` ids `LlavaProcessor` expands
+/// it to (kept as one placeholder).
+fn llava_row(
+    row: &[i64],
+    image_id: u32,
+    visual_tokens: usize,
+) -> std::result::Result<vlmkit_core::TokenSequence, String> {
+    let ids = row
+        .iter()
+        .map(|&id| u32::try_from(id).map_err(|_| format!("token id {id} is out of range")))
+        .collect::<std::result::Result<Vec<u32>, _>>()?;
+    let at: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == image_id).collect();
+    let ids = match at.as_slice() {
+        [] | [_] => ids,
+        [first, .., last] if at.len() == visual_tokens && last - first + 1 == at.len() => {
+            [&ids[..=*first], &ids[last + 1..]].concat()
+        }
+        _ => {
+            return Err(format!(
+                "{} `<image>` ids ({image_id}); an image is one id, or a run of {visual_tokens} (the visual tokens)",
+                at.len()
+            ))
+        }
+    };
+    Ok(vlmkit_core::TokenSequence {
+        labels: vec![vlmkit_core::ops::IGNORE_INDEX; ids.len()],
+        image_at: at.first().copied(),
+        ids,
+        ..Default::default()
+    })
 }
 
 fn preprocess(args: PreprocessArgs) -> Result<()> {
@@ -491,4 +496,25 @@ fn write_outputs(
         println!("  {name} {:?}", tensor.dims());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::llava_row;
+
+    #[test]
+    fn an_expanded_image_becomes_one_placeholder() {
+        let expanded = llava_row(&[1, 9, 4, 4, 4, 7], 4, 3).unwrap();
+        assert_eq!(
+            (expanded.ids, expanded.image_at),
+            (vec![1, 9, 4, 7], Some(2))
+        );
+        let single = llava_row(&[1, 4, 7], 4, 3).unwrap();
+        assert_eq!((single.ids, single.image_at), (vec![1, 4, 7], Some(1)));
+        assert_eq!(llava_row(&[1, 7], 4, 3).unwrap().image_at, None);
+        for bad in [&[4, 4, 7][..], &[4, 1, 4, 4]] {
+            assert!(llava_row(bad, 4, 3).unwrap_err().contains("`<image>` ids"));
+        }
+        assert!(llava_row(&[-1], 4, 3).unwrap_err().contains("out of range"));
+    }
 }
