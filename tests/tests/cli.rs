@@ -1224,8 +1224,23 @@ fn compare_trains_every_recipe_and_seed_reports_them_and_reuses_finished_runs() 
             .contains("```sh\nvlmkit compare recipes/mlp.toml recipes/ccra.toml --seeds 2 --out "),
         "the command is in the report:\n{report}"
     );
+    // Relation is also reported per form, and ccra against mlp seed by seed.
+    let forms = report
+        .split("## By question form")
+        .nth(1)
+        .expect("a forms table");
+    assert!(
+        forms.contains("relation: above/below") && forms.contains("relation: left/right"),
+        "{report}"
+    );
+    let paired = report
+        .split("## Paired against mlp")
+        .nth(1)
+        .expect("a paired table");
+    let ccra = paired.lines().find(|l| l.starts_with("| ccra ")).unwrap();
+    assert_eq!(ccra.matches("/2)").count(), 8, "{ccra}");
     let csv = std::fs::read_to_string(study.join("report.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 1 + 2 * 6, "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 2 * (6 + 2), "{csv}");
     assert!(
         csv.lines().any(|l| l.starts_with("ccra,relation,")),
         "{csv}"
@@ -1264,6 +1279,17 @@ fn compare_trains_every_recipe_and_seed_reports_them_and_reuses_finished_runs() 
         std::fs::read_to_string(study.join("report.md")).unwrap(),
         report
     );
+
+    // A run evaluated by a vlmkit without question forms is scored again from
+    // its predictions: the same report, nothing evaluated.
+    let old_report = study.join("runs/mlp/seed-1/eval/report.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&old_report).unwrap()).unwrap();
+    assert!(json.as_object_mut().unwrap().remove("forms").is_some());
+    std::fs::write(&old_report, json.to_string()).unwrap();
+    let (ok, out_rescored, err) = compare_tiny(&study, &overrides);
+    assert!(ok && !err.contains("evaluating"), "{err}");
+    assert_eq!(out_rescored, out);
 
     // A run trained but not evaluated is evaluated, not trained again.
     std::fs::remove_dir_all(study.join("runs/ccra/seed-2/eval")).unwrap();

@@ -6,7 +6,7 @@ pub mod run;
 pub mod score;
 
 pub use run::{
-    evaluate, evaluate_and_save, generate_answers, save_outputs, EvalOptions, CHART_FILE,
-    PREDICTIONS_FILE, REPORT_FILE,
+    evaluate, evaluate_and_save, generate_answers, read_predictions, save_outputs, EvalOptions,
+    CHART_FILE, PREDICTIONS_FILE, REPORT_FILE,
 };
 pub use score::{normalize_answer, score, EvalReport, FamilyScore, PopeScore, Prediction};

@@ -35,6 +35,24 @@ pub const PREDICTIONS_FILE: &str = "predictions.jsonl";
 pub const REPORT_FILE: &str = "report.json";
 pub const CHART_FILE: &str = "accuracy.png";
 
+/// Reads a `predictions.jsonl` back; a line that is not a prediction is an
+/// `InvalidData` error naming its number.
+pub fn read_predictions(path: &Path) -> std::io::Result<Vec<Prediction>> {
+    std::fs::read_to_string(path)?
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("line {}: {e}", i + 1),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Writes `predictions.jsonl`, `accuracy.png` (titled `title`) and, last,
 /// `report.json` into `dir`, each atomically: a directory with a report holds
 /// the other two.

@@ -22,10 +22,14 @@ pub struct Prediction {
     pub correct: bool,
 }
 
-/// Accuracy of one question family and its baselines.
+/// Accuracy of one question family, or of one form of it, and its baselines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FamilyScore {
     pub family: String,
+    /// The question form within the family, named by its options
+    /// (`above/below`); `None` for the whole family.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub form: Option<String>,
     pub n: usize,
     pub correct: usize,
     pub accuracy: f64,
@@ -41,6 +45,14 @@ impl FamilyScore {
     /// The stronger of the two baselines.
     pub fn baseline(&self) -> f64 {
         self.chance.max(self.majority)
+    }
+
+    /// `relation`, or `relation: above/below` for a form.
+    pub fn key(&self) -> String {
+        match &self.form {
+            Some(form) => format!("{}: {form}", self.family),
+            None => self.family.clone(),
+        }
     }
 }
 
@@ -62,6 +74,11 @@ pub struct EvalReport {
     pub samples: usize,
     pub accuracy: f64,
     pub families: Vec<FamilyScore>,
+    /// Families whose questions offer different option sets, scored per set:
+    /// `relation` as `above/below` and `left/right`, which a model can learn one
+    /// without the other.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forms: Vec<FamilyScore>,
     pub pope: Vec<PopeScore>,
 }
 
@@ -120,36 +137,22 @@ pub fn score(checkpoint: &str, predictions: &[Prediction]) -> EvalReport {
     }
     let families = by_family
         .iter()
-        .map(|(family, preds)| {
-            let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-            for p in preds {
-                *counts.entry(normalize_answer(&p.answer)).or_default() += 1;
-            }
-            let (majority_answer, majority_count) = counts
-                .iter()
-                .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
-                .map(|(a, c)| (a.clone(), *c))
-                .unwrap_or_default();
-            let n = preds.len();
-            let correct = preds.iter().filter(|p| p.correct).count();
-            FamilyScore {
-                family: family.to_string(),
-                n,
-                correct,
-                accuracy: correct as f64 / n as f64,
-                chance: preds
-                    .iter()
-                    .map(|p| match p.options.len() {
-                        0 => 1.0 / counts.len().max(1) as f64,
-                        k => 1.0 / k as f64,
-                    })
-                    .sum::<f64>()
-                    / n as f64,
-                majority: majority_count as f64 / n as f64,
-                majority_answer,
-            }
-        })
+        .map(|(family, preds)| family_score(family, None, preds))
         .collect();
+    let mut forms = Vec::new();
+    for (family, preds) in &by_family {
+        let mut by_form: BTreeMap<String, Vec<&Prediction>> = BTreeMap::new();
+        for p in preds.iter().filter(|p| !p.options.is_empty()) {
+            by_form.entry(p.options.join("/")).or_default().push(p);
+        }
+        if by_form.len() > 1 {
+            forms.extend(
+                by_form
+                    .iter()
+                    .map(|(form, preds)| family_score(family, Some(form), preds)),
+            );
+        }
+    }
     let existence: Vec<&Prediction> = predictions.iter().filter(|p| p.pope.is_some()).collect();
     let mut pope = Vec::new();
     if !existence.is_empty() {
@@ -176,7 +179,40 @@ pub fn score(checkpoint: &str, predictions: &[Prediction]) -> EvalReport {
             correct as f64 / predictions.len() as f64
         },
         families,
+        forms,
         pope,
+    }
+}
+
+/// Accuracy and baselines of `preds`, one family's questions or one form's.
+fn family_score(family: &str, form: Option<&str>, preds: &[&Prediction]) -> FamilyScore {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for p in preds {
+        *counts.entry(normalize_answer(&p.answer)).or_default() += 1;
+    }
+    let (majority_answer, majority_count) = counts
+        .iter()
+        .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(a, c)| (a.clone(), *c))
+        .unwrap_or_default();
+    let n = preds.len();
+    let correct = preds.iter().filter(|p| p.correct).count();
+    FamilyScore {
+        family: family.to_string(),
+        form: form.map(str::to_string),
+        n,
+        correct,
+        accuracy: correct as f64 / n as f64,
+        chance: preds
+            .iter()
+            .map(|p| match p.options.len() {
+                0 => 1.0 / counts.len().max(1) as f64,
+                k => 1.0 / k as f64,
+            })
+            .sum::<f64>()
+            / n as f64,
+        majority: majority_count as f64 / n as f64,
+        majority_answer,
     }
 }
 
@@ -184,22 +220,27 @@ impl EvalReport {
     /// A plain-text table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<12} {:>6} {:>9} {:>8} {:>9} {:>10}\n",
+            "{:<14} {:>6} {:>9} {:>8} {:>9} {:>10}\n",
             "family", "n", "accuracy", "chance", "majority", "vs best"
         );
-        for f in &self.families {
-            out += &format!(
-                "{:<12} {:>6} {:>8.1}% {:>7.1}% {:>8.1}% {:>+9.1}\n",
-                f.family,
+        let row = |label: &str, f: &FamilyScore| {
+            format!(
+                "{label:<14} {:>6} {:>8.1}% {:>7.1}% {:>8.1}% {:>+9.1}\n",
                 f.n,
                 100.0 * f.accuracy,
                 100.0 * f.chance,
                 100.0 * f.majority,
                 100.0 * (f.accuracy - f.baseline())
-            );
+            )
+        };
+        for f in &self.families {
+            out += &row(&f.family, f);
+            for form in self.forms.iter().filter(|g| g.family == f.family) {
+                out += &row(&format!("  {}", form.form.as_deref().unwrap_or("")), form);
+            }
         }
         out += &format!(
-            "{:<12} {:>6} {:>8.1}%\n",
+            "{:<14} {:>6} {:>8.1}%\n",
             "all",
             self.samples,
             100.0 * self.accuracy
@@ -303,6 +344,50 @@ mod tests {
             (r.families[0].chance - 0.5).abs() < 1e-12,
             "two options each, not four answers"
         );
+    }
+
+    #[test]
+    fn families_with_several_option_sets_are_scored_per_form() {
+        let mut preds = vec![
+            p("relation", None, "left", "right"),
+            p("relation", None, "right", "left"),
+            p("relation", None, "above", "above"),
+            p("relation", None, "below", "below"),
+            p("relation", None, "above", "below"),
+            p("existence", None, "yes", "yes"),
+        ];
+        for q in &mut preds[..2] {
+            q.options = vec!["left".into(), "right".into()];
+        }
+        for q in &mut preds[2..5] {
+            q.options = vec!["above".into(), "below".into()];
+        }
+        preds[5].options = vec!["yes".into(), "no".into()];
+        let r = score("x", &preds);
+        let keys: Vec<String> = r.forms.iter().map(FamilyScore::key).collect();
+        assert_eq!(keys, ["relation: above/below", "relation: left/right"]);
+        assert_eq!((r.forms[0].n, r.forms[0].correct), (3, 2));
+        assert_eq!((r.forms[1].n, r.forms[1].correct), (2, 0));
+        assert!((r.forms[1].chance - 0.5).abs() < 1e-12);
+        assert_eq!(r.families[1].key(), "relation");
+        let table = r.table();
+        // Each form indented under its family.
+        let lines: Vec<&str> = table.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("relation "))
+            .unwrap();
+        assert!(lines[at + 1].starts_with("  above/below "), "{table}");
+        let left_right: Vec<&str> = lines[at + 2].split_whitespace().collect();
+        assert_eq!(left_right[..3], ["left/right", "2", "0.0%"], "{table}");
+        // One option set is the family itself: no forms for existence.
+        assert!(r.forms.iter().all(|f| f.family == "relation"));
+        // Reports written before forms existed still read.
+        let old = r#"{"checkpoint":"x","samples":0,"accuracy":0.0,"families":[],"pope":[]}"#;
+        assert!(serde_json::from_str::<EvalReport>(old)
+            .unwrap()
+            .forms
+            .is_empty());
     }
 
     #[test]

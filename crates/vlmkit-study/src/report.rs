@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use vlmkit_eval::EvalReport;
+use vlmkit_eval::{EvalReport, FamilyScore};
 
 use vlmkit_train::counts::thousands;
 
@@ -48,7 +48,8 @@ pub struct RunSummary {
     pub dir: String,
     /// Eval questions answered.
     pub samples: usize,
-    /// Accuracy (0–1) per question family.
+    /// Accuracy (0–1) per question family and per question form
+    /// (`relation: above/below`).
     pub accuracy: BTreeMap<String, f64>,
     /// Accuracy over every question.
     pub overall: f64,
@@ -64,7 +65,7 @@ pub struct ArmSummary {
     pub seeds: Vec<u64>,
     /// Parameters under `connector.`.
     pub connector_params: usize,
-    /// Accuracy (0–1) per family over the seeds.
+    /// Accuracy (0–1) per family and per question form over the seeds.
     pub families: BTreeMap<String, Estimate>,
     /// Accuracy over every question, over the seeds.
     pub overall: Option<Estimate>,
@@ -72,7 +73,22 @@ pub struct ArmSummary {
     pub step_time_median_s: Option<f64>,
     /// Largest peak resident memory over the seeds' training.
     pub peak_rss_mib: Option<f64>,
+    /// Against the study's first arm, per family, form and `all`: the
+    /// difference in accuracy paired by seed. Empty for the first arm.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub paired: BTreeMap<String, Paired>,
     pub runs: Vec<RunSummary>,
+}
+
+/// One arm against another over the seeds both ran: seed noise that moves
+/// both arms alike cancels, so a paired interval can exclude zero where the
+/// two arms' own intervals overlap.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    /// This arm's accuracy minus the first arm's, per shared seed.
+    pub difference: Estimate,
+    /// Shared seeds on which this arm scores higher.
+    pub ahead: usize,
 }
 
 /// A family's baselines, averaged over the study's runs.
@@ -96,6 +112,12 @@ pub struct StudyReport {
     /// Question families over all runs, sorted.
     pub families: Vec<String>,
     pub baselines: Vec<Baseline>,
+    /// Question forms (`relation: above/below`) over all runs, sorted; their
+    /// accuracies sit beside the families' in each arm and run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forms: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub form_baselines: Vec<Baseline>,
     pub arms: Vec<ArmSummary>,
 }
 
@@ -104,36 +126,19 @@ impl StudyReport {
     pub fn new(spec: &StudySpec, connector_params: &[usize], results: Vec<RunResult>) -> Self {
         let families: Vec<String> = results
             .iter()
-            .flat_map(|r| r.eval.families.iter().map(|f| f.family.clone()))
+            .flat_map(|r| r.eval.families.iter().map(FamilyScore::key))
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let baselines = families
+        let forms: Vec<String> = results
             .iter()
-            .map(|family| {
-                let scores: Vec<_> = results
-                    .iter()
-                    .flat_map(|r| r.eval.families.iter().filter(|f| &f.family == family))
-                    .collect();
-                let mean = |f: &dyn Fn(&vlmkit_eval::FamilyScore) -> f64| {
-                    scores.iter().map(|s| f(s)).sum::<f64>() / scores.len().max(1) as f64
-                };
-                let spread = |f: &dyn Fn(&vlmkit_eval::FamilyScore) -> f64| {
-                    let (lo, hi) = scores
-                        .iter()
-                        .fold((f64::INFINITY, f64::NEG_INFINITY), |a, s| {
-                            (a.0.min(f(s)), a.1.max(f(s)))
-                        });
-                    hi - lo
-                };
-                Baseline {
-                    family: family.clone(),
-                    chance: mean(&|s| s.chance),
-                    majority: mean(&|s| s.majority),
-                    varies: spread(&|s| s.chance) > 1e-9 || spread(&|s| s.majority) > 1e-9,
-                }
-            })
+            .flat_map(|r| r.eval.forms.iter().map(FamilyScore::key))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
             .collect();
+        let keys: Vec<&String> = families.iter().chain(&forms).collect();
+        let baselines = families.iter().map(|f| baseline(f, &results)).collect();
+        let form_baselines = forms.iter().map(|f| baseline(f, &results)).collect();
         let arms = spec
             .arms
             .iter()
@@ -141,20 +146,14 @@ impl StudyReport {
             .map(|(index, arm)| {
                 let mut runs: Vec<&RunResult> = results.iter().filter(|r| r.arm == index).collect();
                 runs.sort_by_key(|r| r.seed);
-                let family_estimates = families
+                let family_estimates = keys
                     .iter()
-                    .filter_map(|family| {
+                    .filter_map(|&key| {
                         let values: Vec<f64> = runs
                             .iter()
-                            .filter_map(|r| {
-                                r.eval
-                                    .families
-                                    .iter()
-                                    .find(|f| &f.family == family)
-                                    .map(|f| f.accuracy)
-                            })
+                            .filter_map(|r| Some(score_of(&r.eval, key)?.accuracy))
                             .collect();
-                        Estimate::of(&values).map(|e| (family.clone(), e))
+                        Estimate::of(&values).map(|e| (key.clone(), e))
                     })
                     .collect();
                 let overall: Vec<f64> = runs.iter().map(|r| r.eval.accuracy).collect();
@@ -176,6 +175,17 @@ impl StudyReport {
                     overall: Estimate::of(&overall),
                     step_time_median_s: median(&step_times),
                     peak_rss_mib: peak,
+                    paired: if index == 0 {
+                        BTreeMap::new()
+                    } else {
+                        let first: Vec<&RunResult> =
+                            results.iter().filter(|r| r.arm == 0).collect();
+                        keys.iter()
+                            .map(|k| k.as_str())
+                            .chain(["all"])
+                            .filter_map(|key| Some((key.to_string(), paired(key, &runs, &first)?)))
+                            .collect()
+                    },
                     runs: runs
                         .iter()
                         .map(|r| RunSummary {
@@ -186,7 +196,8 @@ impl StudyReport {
                                 .eval
                                 .families
                                 .iter()
-                                .map(|f| (f.family.clone(), f.accuracy))
+                                .chain(&r.eval.forms)
+                                .map(|f| (f.key(), f.accuracy))
                                 .collect(),
                             overall: r.eval.accuracy,
                             measures: r.measures.clone(),
@@ -201,6 +212,8 @@ impl StudyReport {
             command: spec.command.clone(),
             families,
             baselines,
+            forms,
+            form_baselines,
             arms,
         }
     }
@@ -315,6 +328,9 @@ impl StudyReport {
             );
         }
 
+        md += &self.forms_markdown();
+        md += &self.paired_markdown();
+
         let _ = writeln!(md, "\n## Runs\n");
         let mut header = vec![self.row_label().to_string(), "seed".into()];
         header.extend(self.families.iter().cloned());
@@ -353,6 +369,90 @@ impl StudyReport {
         md
     }
 
+    /// The forms table: families whose questions come in several option sets,
+    /// per set (empty when there are none).
+    fn forms_markdown(&self) -> String {
+        if self.forms.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "\n## By question form\n\nFamilies whose questions offer different options, \
+             scored per option set: a model can learn one form and stay at chance on \
+             the other, which the family's accuracy averages away.\n\n",
+        );
+        let mut header = vec![self.row_label().to_string()];
+        header.extend(self.forms.iter().cloned());
+        let mut rows: Vec<Vec<String>> = self
+            .arms
+            .iter()
+            .map(|arm| {
+                let mut row = vec![escape_md(&arm.name)];
+                row.extend(
+                    self.forms
+                        .iter()
+                        .map(|f| arm.families.get(f).map_or("—".into(), estimate_cell)),
+                );
+                row
+            })
+            .collect();
+        let mut chance = vec!["*chance*".to_string()];
+        chance.extend(self.form_baselines.iter().map(|b| percent(b.chance)));
+        rows.push(chance);
+        let mut align = vec![":--"];
+        align.extend(std::iter::repeat_n("--:", header.len() - 1));
+        md += &table(&header, &align, &rows);
+        md
+    }
+
+    /// The paired table: every other arm against the first, seed by seed
+    /// (empty when no arm shares two seeds with the first).
+    fn paired_markdown(&self) -> String {
+        let Some(first) = self.arms.first() else {
+            return String::new();
+        };
+        let others: Vec<&ArmSummary> = self.arms[1..]
+            .iter()
+            .filter(|a| a.paired.values().any(|p| p.difference.n > 1))
+            .collect();
+        if others.is_empty() {
+            return String::new();
+        }
+        let mut md = format!(
+            "\n## Paired against {}\n\nEach arm's accuracy minus {}'s on the same seed, in \
+             points: mean ± half-width of the 95% interval over the shared seeds, and \
+             (k/n) the seeds on which the arm is ahead. Pairing cancels what a seed does to \
+             both arms (the data order, the encoder's start), so these intervals are \
+             narrower than the arms' own.\n\n",
+            escape_md(&first.name),
+            escape_md(&first.name)
+        );
+        let columns: Vec<&str> = self
+            .families
+            .iter()
+            .chain(&self.forms)
+            .map(String::as_str)
+            .chain(["all"])
+            .collect();
+        let mut header = vec![self.row_label().to_string()];
+        header.extend(columns.iter().map(|c| c.to_string()));
+        let rows: Vec<Vec<String>> = others
+            .iter()
+            .map(|arm| {
+                let mut row = vec![escape_md(&arm.name)];
+                row.extend(
+                    columns
+                        .iter()
+                        .map(|c| arm.paired.get(*c).map_or("—".into(), paired_cell)),
+                );
+                row
+            })
+            .collect();
+        let mut align = vec![":--"];
+        align.extend(std::iter::repeat_n("--:", header.len() - 1));
+        md += &table(&header, &align, &rows);
+        md
+    }
+
     /// `report.csv`: one row per arm × family (and `all`): accuracy mean, 95%
     /// half-width, number of seeds, the seeds and per-seed values (`;`-separated),
     /// the family's chance, and the arm's parameters, step time and peak memory.
@@ -370,10 +470,12 @@ impl StudyReport {
             let mut cells: Vec<(&str, &Estimate, Option<f64>)> = self
                 .families
                 .iter()
+                .chain(&self.forms)
                 .filter_map(|f| {
                     let chance = self
                         .baselines
                         .iter()
+                        .chain(&self.form_baselines)
                         .find(|b| &b.family == f)
                         .map(|b| b.chance);
                     arm.families.get(f).map(|e| (f.as_str(), e, chance))
@@ -579,6 +681,19 @@ fn estimate_cell(e: &Estimate) -> String {
     }
 }
 
+/// `-6.3 ± 5.2 (1/5)`: the mean difference in points, its interval and the
+/// seeds ahead; `+2.0 (1/1)` for a single shared seed.
+fn paired_cell(p: &Paired) -> String {
+    let d = &p.difference;
+    // No "-0.0": a difference that rounds to zero is shown as +0.0.
+    let points = 100.0 * d.mean;
+    let mean = format!("{:+.1}", if points.abs() < 0.05 { 0.0 } else { points });
+    match d.ci95 {
+        Some(ci) => format!("{mean} ± {} ({}/{})", percent(ci), p.ahead, d.n),
+        None => format!("{mean} ({}/{})", p.ahead, d.n),
+    }
+}
+
 fn seeds_list(seeds: &[u64]) -> String {
     seeds
         .iter()
@@ -607,6 +722,59 @@ fn opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
+/// A family's (`color`) or form's (`relation: above/below`) score in `eval`.
+fn score_of<'a>(eval: &'a EvalReport, key: &str) -> Option<&'a FamilyScore> {
+    eval.families
+        .iter()
+        .chain(&eval.forms)
+        .find(|f| f.key() == key)
+}
+
+/// `key`'s baselines averaged over every run that scored it.
+fn baseline(key: &str, results: &[RunResult]) -> Baseline {
+    let scores: Vec<&FamilyScore> = results
+        .iter()
+        .filter_map(|r| score_of(&r.eval, key))
+        .collect();
+    let mean = |f: fn(&FamilyScore) -> f64| {
+        scores.iter().map(|s| f(s)).sum::<f64>() / scores.len().max(1) as f64
+    };
+    let spread = |f: fn(&FamilyScore) -> f64| {
+        let (lo, hi) = scores
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |a, s| {
+                (a.0.min(f(s)), a.1.max(f(s)))
+            });
+        hi - lo
+    };
+    Baseline {
+        family: key.to_string(),
+        chance: mean(|s| s.chance),
+        majority: mean(|s| s.majority),
+        varies: spread(|s| s.chance) > 1e-9 || spread(|s| s.majority) > 1e-9,
+    }
+}
+
+/// `runs` against `first` on `key` (`all` for every question) over the seeds
+/// both have; `None` when they share none.
+fn paired(key: &str, runs: &[&RunResult], first: &[&RunResult]) -> Option<Paired> {
+    let accuracy = |r: &RunResult| match key {
+        "all" => Some(r.eval.accuracy),
+        _ => Some(score_of(&r.eval, key)?.accuracy),
+    };
+    let differences: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| {
+            let other = first.iter().find(|f| f.seed == r.seed)?;
+            Some(accuracy(r)? - accuracy(other)?)
+        })
+        .collect();
+    Some(Paired {
+        ahead: differences.iter().filter(|&&d| d > 0.0).count(),
+        difference: Estimate::of(&differences)?,
+    })
+}
+
 /// A CSV field, quoted when it holds a comma, quote or line break.
 fn csv_field(text: &str) -> String {
     if text.contains([',', '"', '\n', '\r']) {
@@ -627,6 +795,7 @@ mod tests {
             .iter()
             .map(|&(family, accuracy, chance)| FamilyScore {
                 family: family.into(),
+                form: None,
                 n: 200,
                 correct: (accuracy * 200.0).round() as usize,
                 accuracy,
@@ -635,11 +804,25 @@ mod tests {
                 majority_answer: "yes".into(),
             })
             .collect();
+        // The relation family as two forms, 10 points apart.
+        let forms = families
+            .iter()
+            .filter(|f| f.family == "relation")
+            .flat_map(|f| {
+                [("above/below", 0.1), ("left/right", -0.1)].map(|(form, shift)| FamilyScore {
+                    form: Some(form.into()),
+                    n: 100,
+                    accuracy: f.accuracy + shift,
+                    ..f.clone()
+                })
+            })
+            .collect();
         EvalReport {
             checkpoint: String::new(),
             samples: 200 * families.len(),
             accuracy: families.iter().map(|f| f.accuracy).sum::<f64>() / families.len() as f64,
             families,
+            forms,
             pope: Vec::new(),
         }
     }
@@ -675,7 +858,7 @@ mod tests {
             overrides: vec!["stage.0.steps=100".into()],
             command: "vlmkit compare recipes/mlp.toml recipes/ccra.toml --seeds 2 --set stage.0.steps=100".into(),
         };
-        let chance = [("color", 1.0 / 6.0), ("count", 0.2), ("existence", 0.5)];
+        let chance = [("color", 1.0 / 6.0), ("count", 0.2), ("relation", 0.5)];
         let run = |arm: usize, seed: u64, acc: [f64; 3], m| RunResult {
             arm,
             seed,
@@ -693,8 +876,8 @@ mod tests {
             // Out of order on purpose: the report sorts by seed.
             run(0, 2, [0.80, 0.85, 0.90], measures(0.150, 600.0)),
             run(0, 1, [0.70, 0.875, 0.84], measures(0.148, 612.4)),
-            run(1, 1, [0.90, 0.60, 0.95], measures(0.21, 700.0)),
-            run(1, 2, [0.92, 0.64, 0.93], None),
+            run(1, 1, [0.90, 0.60, 0.85], measures(0.21, 700.0)),
+            run(1, 2, [0.92, 0.64, 0.83], None),
         ];
         StudyReport::new(&spec, &[12_544, 1_234_567], results)
     }
@@ -715,7 +898,12 @@ mod tests {
     #[test]
     fn aggregation() {
         let report = fixture(StudyKind::Compare, ["mlp", "ccra"]);
-        assert_eq!(report.families, ["color", "count", "existence"]);
+        assert_eq!(report.families, ["color", "count", "relation"]);
+        assert_eq!(
+            report.forms,
+            ["relation: above/below", "relation: left/right"]
+        );
+        assert!((report.form_baselines[1].chance - 0.5).abs() < 1e-12);
         let mlp = &report.arms[0];
         assert_eq!(mlp.seeds, [1, 2]);
         let color = &mlp.families["color"];
@@ -725,6 +913,18 @@ mod tests {
         assert!((color.ci95.unwrap() - 0.05 * 12.7062).abs() < 1e-9);
         assert!((mlp.step_time_median_s.unwrap() - 0.149).abs() < 1e-12);
         assert_eq!(mlp.peak_rss_mib, Some(612.4));
+        let left_right = &mlp.families["relation: left/right"];
+        assert!((left_right.mean - 0.77).abs() < 1e-12, "{left_right:?}");
+        // Paired against the first arm: ccra − mlp on color is +0.20 and +0.12.
+        assert!(mlp.paired.is_empty());
+        let color = &report.arms[1].paired["color"];
+        assert_eq!((color.ahead, color.difference.n), (2, 2));
+        assert!((color.difference.mean - 0.16).abs() < 1e-12);
+        assert!((color.difference.ci95.unwrap() - 0.04 * 12.7062).abs() < 1e-9);
+        let count = &report.arms[1].paired["count"];
+        assert_eq!(count.ahead, 0);
+        assert!(report.arms[1].paired.contains_key("relation: left/right"));
+        assert!(report.arms[1].paired.contains_key("all"));
         // A run without measurements leaves the others' numbers.
         let ccra = &report.arms[1];
         assert_eq!(ccra.step_time_median_s, Some(0.21));
@@ -780,6 +980,12 @@ mod tests {
         assert_eq!(thousands(123_456), "123,456");
         assert_eq!(seconds(0.1493), "149.3 ms");
         assert_eq!(seconds(2.5), "2.50 s");
+        let paired = |values: &[f64], ahead| Paired {
+            difference: Estimate::of(values).unwrap(),
+            ahead,
+        };
+        assert_eq!(paired_cell(&paired(&[-0.0004], 0)), "+0.0 (0/1)");
+        assert_eq!(paired_cell(&paired(&[0.02, 0.04], 2)), "+3.0 ± 12.7 (2/2)");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
         assert_eq!(escape_md("a|b"), "a\\|b");

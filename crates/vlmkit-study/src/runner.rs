@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use vlmkit_eval::{evaluate_and_save, EvalOptions, EvalReport, REPORT_FILE};
+use vlmkit_eval::{
+    evaluate_and_save, read_predictions, score, EvalOptions, EvalReport, PREDICTIONS_FILE,
+    REPORT_FILE,
+};
 use vlmkit_plugin::Registry;
 use vlmkit_recipe::Recipe;
 use vlmkit_train::checkpoint::{read_state, STATE_FILE};
@@ -267,11 +270,21 @@ impl Study {
                 path: path.clone(),
                 source,
             })?;
-            let eval: EvalReport =
+            let mut eval: EvalReport =
                 serde_json::from_str(&text).map_err(|e| StudyError::Unreadable {
                     path,
                     message: e.to_string(),
                 })?;
+            // Scored again from the predictions, so that a run evaluated by an
+            // older vlmkit reports what this one scores (question forms).
+            let path = run.eval_dir().join(PREDICTIONS_FILE);
+            if path.is_file() {
+                let predictions = read_predictions(&path).map_err(|e| StudyError::Unreadable {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                eval = score(&eval.checkpoint, &predictions);
+            }
             results.push(RunResult {
                 arm: run.arm,
                 seed: run.seed,
