@@ -95,6 +95,19 @@ fn recipe_errors_name_file_line_and_key() {
             "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\nimage_aspect_ratio = \"letterbox\"\n"
         )
     );
+    // A part learning rate for a part the stage does not train.
+    insta::assert_snapshot!(
+        "error_part_lr_untrained",
+        recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"connector\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\npart_lr = { llm = 2e-5 }\n"
+        )
+    );
+    insta::assert_snapshot!(
+        "error_part_lr_negative",
+        recipe_error(
+            "[[stage]]\nname = \"s\"\ntrainable = [\"connector\", \"llm\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\npart_lr = { llm = -2e-5 }\n"
+        )
+    );
     insta::assert_snapshot!(
         "error_vision_config",
         recipe_error("[vision]\npatch_size = 40\n")

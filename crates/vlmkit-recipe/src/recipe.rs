@@ -559,6 +559,16 @@ impl Recipe {
         if let Some((field, _, message)) = checks.into_iter().find(|(_, ok, _)| !ok) {
             return Err(at(field, format!("{label}: {message}")));
         }
+        if let Some((pattern, lr)) = s
+            .part_lr
+            .iter()
+            .find(|(_, lr)| !(lr.is_finite() && **lr > 0.0))
+        {
+            return Err(at(
+                "part_lr",
+                format!("{label}: the learning rate of `{pattern}` must be positive and finite, found {lr}"),
+            ));
+        }
         if let Some((loss, w)) = s
             .losses
             .iter()

@@ -102,6 +102,11 @@ pub struct StageConfig {
     #[serde(default)]
     pub epochs: Option<f64>,
     pub lr: f64,
+    /// Peak learning rates for parts of the model, by `trainable`-style
+    /// pattern (`llm = 2e-5`); a parameter takes its most specific matching
+    /// pattern's, else `lr`. The schedule scales them all alike.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub part_lr: BTreeMap<String, f64>,
     pub batch_size: usize,
     #[serde(default = "one")]
     pub grad_accum: usize,
@@ -140,6 +145,22 @@ pub struct StageConfig {
     /// inference use the last stage's.
     #[serde(default)]
     pub image_aspect_ratio: Option<String>,
+}
+
+impl StageConfig {
+    /// `1e-3`, or `1e-3 (llm 2e-5)` with per-part rates.
+    pub fn lr_summary(&self) -> String {
+        let mut out = format!("{:e}", self.lr);
+        if !self.part_lr.is_empty() {
+            let parts: Vec<String> = self
+                .part_lr
+                .iter()
+                .map(|(pattern, lr)| format!("{pattern} {lr:e}"))
+                .collect();
+            out += &format!(" ({})", parts.join(", "));
+        }
+        out
+    }
 }
 
 fn one() -> usize {

@@ -14,6 +14,8 @@ struct Slot {
     /// First and second moments, packed `[m; v]` (2·numel, f32).
     state: Tensor,
     decay: bool,
+    /// This parameter's learning rate relative to the step's (per-part rates).
+    lr_scale: f64,
 }
 
 /// Hyper-parameters of an AdamW step.
@@ -49,6 +51,7 @@ impl AdamW {
                     name,
                     var,
                     state,
+                    lr_scale: 1.0,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -57,6 +60,15 @@ impl AdamW {
             slots,
             steps: 0,
         })
+    }
+
+    /// Scales each parameter's learning rate by `scale(name)` (per-part rates:
+    /// the part's peak rate over the stage's).
+    pub fn with_lr_scales(mut self, scale: impl Fn(&str) -> f64) -> Self {
+        for slot in &mut self.slots {
+            slot.lr_scale = scale(&slot.name);
+        }
+        self
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -88,6 +100,7 @@ impl AdamW {
                 continue;
             };
             let op = AdamUpdate {
+                lr: lr * slot.lr_scale,
                 weight_decay: if slot.decay {
                     self.cfg.weight_decay
                 } else {
@@ -332,6 +345,40 @@ mod tests {
                 let vh = self.v[i] / (1.0 - b2.powi(self.t));
                 p[i] = (p[i] as f64 * (1.0 - lr * wd) - lr * mh / (vh.sqrt() + eps)) as f32;
             }
+        }
+    }
+
+    #[test]
+    fn a_part_learning_rate_scales_its_parameters_steps() {
+        let start = Tensor::new(&[[0.5f32, -1.0], [2.0, 0.25]], &Device::Cpu).unwrap();
+        let (fast, slow) = (
+            Var::from_tensor(&start).unwrap(),
+            Var::from_tensor(&start).unwrap(),
+        );
+        let mut opt = AdamW::new(
+            vec![("fast".into(), fast.clone()), ("slow".into(), slow.clone())],
+            AdamWConfig {
+                weight_decay: 0.1,
+                ..cfg()
+            },
+        )
+        .unwrap()
+        .with_lr_scales(|name| if name == "slow" { 0.01 } else { 1.0 });
+        let grad = Tensor::new(&[[1.0f32, -2.0], [0.5, 3.0]], &Device::Cpu).unwrap();
+        let grads = BTreeMap::from([
+            ("fast".to_string(), grad.clone()),
+            ("slow".to_string(), grad),
+        ]);
+        opt.step(&grads, 1e-2, 1.0).unwrap();
+        let moved = |v: &Var| -> Vec<f64> {
+            let now: Vec<f32> = v.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            let was: Vec<f32> = start.flatten_all().unwrap().to_vec1().unwrap();
+            now.iter().zip(&was).map(|(a, b)| (a - b) as f64).collect()
+        };
+        // Decay and the Adam step both use the parameter's own rate.
+        for (f, s) in moved(&fast).iter().zip(moved(&slow)) {
+            assert!(f.abs() > 1e-3, "{f}");
+            assert!((s - 0.01 * f).abs() < 1e-7, "{s} vs {f}");
         }
     }
 

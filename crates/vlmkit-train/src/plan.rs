@@ -452,7 +452,8 @@ impl Plan {
         paths
     }
 
-    /// Every stage's `trainable` patterns must select at least one parameter.
+    /// Every stage's `trainable` patterns must select at least one parameter,
+    /// and its `part_lr` patterns at least one parameter the stage trains.
     /// Checked on shapes alone (nothing is allocated).
     fn check_trainable_patterns(&self) -> Result<(), RecipeError> {
         let shapes = self
@@ -466,6 +467,23 @@ impl Plan {
                         &format!("stage.{i}.trainable"),
                         format!(
                             "pattern `{pattern}` matches no parameter (top-level components: vision, connector, llm)"
+                        ),
+                    ));
+                }
+            }
+            for pattern in stage.part_lr.keys() {
+                let trained = |n: &&&String| stage.trainable.iter().any(|t| pattern_matches(t, n));
+                if !names
+                    .iter()
+                    .filter(trained)
+                    .any(|n| pattern_matches(pattern, n))
+                {
+                    return Err(self.recipe.error_at(
+                        &format!("stage.{i}.part_lr"),
+                        format!(
+                            "pattern `{pattern}` matches no parameter that stage `{}` trains (trainable: {})",
+                            stage.name,
+                            stage.trainable.join(", ")
                         ),
                     ));
                 }
@@ -883,6 +901,18 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     pat.len() <= parts.len() && pat.iter().zip(&parts).all(|(p, n)| *p == "*" || p == n)
 }
 
+/// The peak learning rate of parameter `name` in `stage`: that of the most
+/// specific `part_lr` pattern matching it (the one with the most components),
+/// else the stage's `lr`.
+pub fn part_lr(stage: &vlmkit_recipe::StageConfig, name: &str) -> f64 {
+    stage
+        .part_lr
+        .iter()
+        .filter(|(pattern, _)| pattern_matches(pattern, name))
+        .max_by_key(|(pattern, _)| expand_pattern(pattern).split('.').count())
+        .map_or(stage.lr, |(_, lr)| *lr)
+}
+
 fn expand_pattern(pattern: &str) -> String {
     if let Some(rest) = pattern.strip_prefix("vision.blocks") {
         format!("vision.vision_model.encoder.layers{rest}")
@@ -896,6 +926,25 @@ fn expand_pattern(pattern: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn part_learning_rates_follow_the_most_specific_pattern() {
+        let stage: vlmkit_recipe::StageConfig = toml::from_str(
+            "name = \"s\"\ntrainable = [\"connector\", \"llm\"]\nsteps = 1\nlr = 1e-3\nbatch_size = 2\n\
+             part_lr = { llm = 2e-5, \"llm.blocks.1\" = 1e-4 }\n",
+        )
+        .unwrap();
+        assert_eq!(part_lr(&stage, "connector.proj.0.weight"), 1e-3);
+        assert_eq!(part_lr(&stage, "llm.model.embed_tokens.weight"), 2e-5);
+        assert_eq!(
+            part_lr(&stage, "llm.model.layers.1.mlp.up_proj.weight"),
+            1e-4
+        );
+        assert_eq!(
+            part_lr(&stage, "llm.model.layers.10.mlp.up_proj.weight"),
+            2e-5
+        );
+    }
 
     #[test]
     fn patterns_match_prefixes_wildcards_and_aliases() {

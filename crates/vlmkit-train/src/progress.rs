@@ -40,14 +40,14 @@ impl Observer for Progress {
     ) {
         self.smoothed = None;
         let header = format!(
-            "stage {} `{}`: {} steps of {}×{} on {data}, trainable {:?}, lr {:e}",
+            "stage {} `{}`: {} steps of {}×{} on {data}, trainable {:?}, lr {}",
             index + 1,
             stage.name,
             total,
             stage.batch_size,
             stage.grad_accum,
             stage.trainable,
-            stage.lr
+            stage.lr_summary()
         );
         if self.interactive {
             let bar = ProgressBar::new(total);

@@ -350,7 +350,8 @@ impl StageModel {
                 eps: stage.eps,
                 weight_decay: stage.weight_decay,
             },
-        )?)
+        )?
+        .with_lr_scales(|name| crate::plan::part_lr(stage, name) / stage.lr))
     }
 }
 

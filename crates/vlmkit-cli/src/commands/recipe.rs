@@ -57,12 +57,13 @@ pub fn run(args: RecipeArgs) -> Result<()> {
                     .map(|(name, weight)| format!("{name} {weight}"))
                     .collect();
                 eprintln!(
-                    "stage `{}`: {} steps, trains {}, losses {}",
+                    "stage `{}`: {} steps, trains {} at lr {}, losses {}",
                     stage.name,
                     stage
                         .steps
                         .map_or_else(|| "epoch-based".to_string(), |s| s.to_string()),
                     stage.trainable.join(", "),
+                    stage.lr_summary(),
                     losses.join(", ")
                 );
             }
