@@ -54,6 +54,18 @@ impl FamilyScore {
             None => self.family.clone(),
         }
     }
+
+    /// Whether this is the score [`key`](Self::key) names (without building it).
+    pub fn has_key(&self, key: &str) -> bool {
+        match &self.form {
+            None => self.family == key,
+            Some(form) => {
+                key.strip_prefix(self.family.as_str())
+                    .and_then(|rest| rest.strip_prefix(": "))
+                    == Some(form.as_str())
+            }
+        }
+    }
 }
 
 /// POPE metrics ("yes" is the positive class) for one negative sampler or all.
@@ -80,6 +92,18 @@ pub struct EvalReport {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forms: Vec<FamilyScore>,
     pub pope: Vec<PopeScore>,
+}
+
+impl EvalReport {
+    /// Every family's score, then every form's.
+    pub fn scores(&self) -> impl Iterator<Item = &FamilyScore> {
+        self.families.iter().chain(&self.forms)
+    }
+
+    /// The family's (`color`) or form's (`relation: above/below`) score.
+    pub fn score_of(&self, key: &str) -> Option<&FamilyScore> {
+        self.scores().find(|f| f.has_key(key))
+    }
 }
 
 /// Lowercase, punctuation and surrounding spaces removed, inner spaces collapsed.
@@ -306,6 +330,14 @@ mod tests {
         }
     }
 
+    /// `prediction` as a choice among `options`.
+    fn offering(options: &[&str], prediction: Prediction) -> Prediction {
+        Prediction {
+            options: options.iter().map(|o| o.to_string()).collect(),
+            ..prediction
+        }
+    }
+
     #[test]
     fn normalisation_ignores_case_punctuation_and_spacing() {
         assert_eq!(normalize_answer("  Top   Left. "), "top left");
@@ -330,15 +362,13 @@ mod tests {
 
     #[test]
     fn chance_of_choice_questions_counts_their_options() {
-        let mut preds = vec![
+        let preds = [
             p("relation", None, "left", "left"),
             p("relation", None, "above", "left"),
             p("relation", None, "below", "below"),
             p("relation", None, "right", "left"),
-        ];
-        for q in &mut preds {
-            q.options = vec!["x".into(), "y".into()];
-        }
+        ]
+        .map(|q| offering(&["x", "y"], q));
         let r = score("x", &preds);
         assert!(
             (r.families[0].chance - 0.5).abs() < 1e-12,
@@ -348,24 +378,23 @@ mod tests {
 
     #[test]
     fn families_with_several_option_sets_are_scored_per_form() {
-        let mut preds = vec![
-            p("relation", None, "left", "right"),
-            p("relation", None, "right", "left"),
-            p("relation", None, "above", "above"),
-            p("relation", None, "below", "below"),
-            p("relation", None, "above", "below"),
-            p("existence", None, "yes", "yes"),
+        let (left_right, above_below) = (["left", "right"], ["above", "below"]);
+        let preds = [
+            offering(&left_right, p("relation", None, "left", "right")),
+            offering(&left_right, p("relation", None, "right", "left")),
+            offering(&above_below, p("relation", None, "above", "above")),
+            offering(&above_below, p("relation", None, "below", "below")),
+            offering(&above_below, p("relation", None, "above", "below")),
+            offering(&["yes", "no"], p("existence", None, "yes", "yes")),
         ];
-        for q in &mut preds[..2] {
-            q.options = vec!["left".into(), "right".into()];
-        }
-        for q in &mut preds[2..5] {
-            q.options = vec!["above".into(), "below".into()];
-        }
-        preds[5].options = vec!["yes".into(), "no".into()];
         let r = score("x", &preds);
         let keys: Vec<String> = r.forms.iter().map(FamilyScore::key).collect();
         assert_eq!(keys, ["relation: above/below", "relation: left/right"]);
+        for key in &keys {
+            assert!(r.score_of(key).unwrap().has_key(key), "{key}");
+        }
+        assert!(r.score_of("relation: left").is_none());
+        assert_eq!(r.score_of("relation").unwrap().form, None);
         assert_eq!((r.forms[0].n, r.forms[0].correct), (3, 2));
         assert_eq!((r.forms[1].n, r.forms[1].correct), (2, 0));
         assert!((r.forms[1].chance - 0.5).abs() < 1e-12);

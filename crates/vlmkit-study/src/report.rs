@@ -139,6 +139,8 @@ impl StudyReport {
         let keys: Vec<&String> = families.iter().chain(&forms).collect();
         let baselines = families.iter().map(|f| baseline(f, &results)).collect();
         let form_baselines = forms.iter().map(|f| baseline(f, &results)).collect();
+        // What every other arm is paired against.
+        let first: Vec<&RunResult> = results.iter().filter(|r| r.arm == 0).collect();
         let arms = spec
             .arms
             .iter()
@@ -151,7 +153,7 @@ impl StudyReport {
                     .filter_map(|&key| {
                         let values: Vec<f64> = runs
                             .iter()
-                            .filter_map(|r| Some(score_of(&r.eval, key)?.accuracy))
+                            .filter_map(|r| Some(r.eval.score_of(key)?.accuracy))
                             .collect();
                         Estimate::of(&values).map(|e| (key.clone(), e))
                     })
@@ -178,8 +180,6 @@ impl StudyReport {
                     paired: if index == 0 {
                         BTreeMap::new()
                     } else {
-                        let first: Vec<&RunResult> =
-                            results.iter().filter(|r| r.arm == 0).collect();
                         keys.iter()
                             .map(|k| k.as_str())
                             .chain(["all"])
@@ -192,13 +192,7 @@ impl StudyReport {
                             seed: r.seed,
                             dir: r.dir.clone(),
                             samples: r.eval.samples,
-                            accuracy: r
-                                .eval
-                                .families
-                                .iter()
-                                .chain(&r.eval.forms)
-                                .map(|f| (f.key(), f.accuracy))
-                                .collect(),
+                            accuracy: r.eval.scores().map(|f| (f.key(), f.accuracy)).collect(),
                             overall: r.eval.accuracy,
                             measures: r.measures.clone(),
                         })
@@ -722,19 +716,11 @@ fn opt(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| v.to_string())
 }
 
-/// A family's (`color`) or form's (`relation: above/below`) score in `eval`.
-fn score_of<'a>(eval: &'a EvalReport, key: &str) -> Option<&'a FamilyScore> {
-    eval.families
-        .iter()
-        .chain(&eval.forms)
-        .find(|f| f.key() == key)
-}
-
 /// `key`'s baselines averaged over every run that scored it.
 fn baseline(key: &str, results: &[RunResult]) -> Baseline {
     let scores: Vec<&FamilyScore> = results
         .iter()
-        .filter_map(|r| score_of(&r.eval, key))
+        .filter_map(|r| r.eval.score_of(key))
         .collect();
     let mean = |f: fn(&FamilyScore) -> f64| {
         scores.iter().map(|s| f(s)).sum::<f64>() / scores.len().max(1) as f64
@@ -760,7 +746,7 @@ fn baseline(key: &str, results: &[RunResult]) -> Baseline {
 fn paired(key: &str, runs: &[&RunResult], first: &[&RunResult]) -> Option<Paired> {
     let accuracy = |r: &RunResult| match key {
         "all" => Some(r.eval.accuracy),
-        _ => Some(score_of(&r.eval, key)?.accuracy),
+        _ => Some(r.eval.score_of(key)?.accuracy),
     };
     let differences: Vec<f64> = runs
         .iter()

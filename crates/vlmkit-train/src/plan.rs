@@ -471,12 +471,11 @@ impl Plan {
                     ));
                 }
             }
+            let trained = |name: &str| stage.trainable.iter().any(|t| pattern_matches(t, name));
             for pattern in stage.part_lr.keys() {
-                let trained = |n: &&&String| stage.trainable.iter().any(|t| pattern_matches(t, n));
                 if !names
                     .iter()
-                    .filter(trained)
-                    .any(|n| pattern_matches(pattern, n))
+                    .any(|n| pattern_matches(pattern, n) && trained(n))
                 {
                     return Err(self.recipe.error_at(
                         &format!("stage.{i}.part_lr"),
