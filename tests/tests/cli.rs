@@ -1587,12 +1587,21 @@ fn trains_from_a_hugging_face_vision_encoder() {
     overrides.push("stage.0.trainable=[\"connector\", \"llm\"]".into());
     let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
     assert!(ok, "{out}{err}");
-    // The trained model's encoder is the checkpoint's, weight for weight.
+    // The encoder stayed frozen, so the run's checkpoints leave it out and name
+    // the directory; read back (here by the export), it is the checkpoint's,
+    // weight for weight.
     let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    assert!(!trained.keys().any(|n| n.starts_with("vision.")));
+    assert!(trained.keys().any(|n| n.starts_with("llm.")));
+    let export = dir.path().join("llava");
+    export_llava_hf(&run_dir, &export);
+    let exported = read_tensors(&export.join("model.safetensors"));
     let original = read_tensors(&checkpoint.join("model.safetensors"));
     let mut compared = 0;
     for (name, tensor) in &original {
-        let ours = &trained[&format!("vision.{name}")];
+        let exported_name =
+            vlmkit_models::hf::llava::export_name(&format!("vision.{name}")).unwrap();
+        let ours = &exported[&exported_name];
         let theirs = tensor.to_dtype(candle_core::DType::F32).unwrap();
         assert_eq!(
             vlmkit_core::gradcheck::max_abs_diff(ours, &theirs).unwrap(),
@@ -1697,6 +1706,17 @@ fn train_recipe(recipe: &Path, out: &Path, overrides: &[String]) -> (bool, Strin
         .args(set_args(overrides)))
 }
 
+/// `vlmkit export RUN --format llava-hf --out OUT`, which must succeed; its stdout.
+fn export_llava_hf(run_dir: &Path, out: &Path) -> String {
+    let (ok, stdout, err) = run(vlmkit()
+        .arg("export")
+        .arg(run_dir)
+        .args(["--format", "llava-hf", "--out"])
+        .arg(out));
+    assert!(ok, "{stdout}{err}");
+    stdout
+}
+
 /// A recipe around the tiny GGUF fixture (64 wide, 2 layers, Q4_1 weights, a
 /// byte-level vocabulary of 264) as the language model.
 fn gguf_recipe(dir: &Path, name: &str, llm: &str) -> std::path::PathBuf {
@@ -1713,9 +1733,78 @@ fn gguf_recipe(dir: &Path, name: &str, llm: &str) -> std::path::PathBuf {
 }
 
 #[test]
-fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
+fn checkpoints_leave_out_a_frozen_language_model_until_a_stage_trains_it() {
     let gguf = repo().join("tests/fixtures/gguf/tiny-llama.Q4_1.gguf");
     let dir = tempfile::tempdir().unwrap();
+    let stages = "[[stage]]\nname = \"align\"\ntrainable = [\"vision\", \"connector\"]\n\
+                  steps = 2\nbatch_size = 4\nlr = 1e-3\n\
+                  [[stage]]\nname = \"tune\"\ntrainable = [\"connector\", \"llm.blocks.*.self_attn\"]\n\
+                  steps = 2\nbatch_size = 4\nlr = 1e-3\n";
+    let recipe = gguf_recipe(
+        dir.path(),
+        "two.toml",
+        &format!("from = {:?}\n{stages}", gguf.display().to_string()),
+    );
+    let run_dir = dir.path().join("run");
+    let mut overrides = tiny(2);
+    overrides.retain(|o| !o.starts_with("llm.") && !o.starts_with("stage."));
+    overrides.extend([
+        "data.train.families={ color = 1 }".to_string(),
+        "run.checkpoint_every=1".to_string(),
+        "run.keep_checkpoints=10".to_string(),
+    ]);
+    let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
+    assert!(ok, "{out}{err}");
+    let checkpoint = |name: &str| {
+        let path = run_dir.join(name);
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path.join("state.json")).unwrap())
+                .unwrap();
+        let tensors = read_tensors(&path.join("model.safetensors"));
+        let llm = tensors.keys().filter(|n| n.starts_with("llm.")).count();
+        (state, llm)
+    };
+    // In stage 1 the decoder is the file's: left out, its source named.
+    let (state, llm) = checkpoint("checkpoints/step-000001");
+    assert_eq!(llm, 0);
+    assert_eq!(
+        state["frozen_sources"]["llm"]["path"],
+        gguf.display().to_string()
+    );
+    // From the stage boundary on, a stage trains part of it: every weight is kept.
+    for name in [
+        "checkpoints/step-000002",
+        "checkpoints/step-000003",
+        "final",
+    ] {
+        let (state, llm) = checkpoint(name);
+        assert_eq!(llm, 20, "{name}");
+        assert!(state.get("frozen_sources").is_none(), "{name}: {state}");
+    }
+    // Resumed from inside stage 1 (the decoder read back from the file), the run
+    // ends with the same weights.
+    let finished = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
+    std::fs::remove_dir_all(run_dir.join("final")).unwrap();
+    for later in ["step-000002", "step-000003"] {
+        std::fs::remove_dir_all(run_dir.join("checkpoints").join(later)).unwrap();
+    }
+    std::fs::write(run_dir.join("checkpoints/latest"), "step-000001").unwrap();
+    let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
+    assert!(ok, "{out}{err}");
+    assert!(format!("{out}{err}").contains("step-000001"), "{out}{err}");
+    assert!(std::fs::read(run_dir.join("final/model.safetensors")).unwrap() == finished);
+}
+
+#[test]
+fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy, so that the test can change it under the run.
+    let gguf = dir.path().join("tiny-llama.Q4_1.gguf");
+    std::fs::copy(
+        repo().join("tests/fixtures/gguf/tiny-llama.Q4_1.gguf"),
+        &gguf,
+    )
+    .unwrap();
     let from = format!("from = {:?}", gguf.display().to_string());
     let recipe = gguf_recipe(dir.path(), "gguf.toml", &from);
     let run_dir = dir.path().join("run");
@@ -1733,22 +1822,27 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
     assert!(ok, "{out}{err}");
 
-    // The frozen decoder is the GGUF file's, dequantised, weight for weight.
+    // The decoder stayed frozen, so no checkpoint copies it: each names the file
+    // to read it back from (as LLaVA's stage 1 saves only the projector).
     let trained = read_tensors(&run_dir.join("final/model.safetensors"));
+    assert!(trained.keys().any(|n| n.starts_with("connector.")));
+    assert!(
+        !trained.keys().any(|n| n.starts_with("llm.")),
+        "{:?}",
+        trained.keys()
+    );
+    for state in ["final/state.json", "checkpoints/step-000002/state.json"] {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join(state)).unwrap()).unwrap();
+        assert_eq!(
+            state["frozen_sources"]["llm"]["path"],
+            gguf.display().to_string()
+        );
+        assert_eq!(state["frozen_sources"].as_object().unwrap().len(), 1);
+    }
     let file = vlmkit_models::gguf::GgufFile::open(&gguf).unwrap();
     let dequantised = file.hf_tensors().unwrap();
     assert_eq!(dequantised.len(), 20);
-    for (name, tensor) in &dequantised {
-        let ours = &trained[&format!("llm.{name}")];
-        let d = vlmkit_core::gradcheck::max_abs_diff(ours, tensor).unwrap();
-        assert_eq!(d, 0.0, "{name}");
-    }
-    assert_eq!(
-        trained["llm.model.embed_tokens.weight"].dims(),
-        [264, 64],
-        "the checkpoint's vocabulary, without a row for the appended <image>"
-    );
-    assert!(!trained.contains_key("llm.lm_head.weight"), "tied");
     let tokenizer = std::fs::read_to_string(run_dir.join("final/tokenizer.json")).unwrap();
     assert!(tokenizer.contains("\"<image>\"") && tokenizer.contains("<|im_end|>"));
 
@@ -1766,7 +1860,7 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("color"), "{out}");
     // As if stopped before writing its final model: it resumes from the last
-    // checkpoint (every weight from there, none from the GGUF file) to the same one.
+    // checkpoint (the decoder read back from the GGUF file) to the same one.
     let finished = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
     std::fs::remove_dir_all(run_dir.join("final")).unwrap();
     let (ok, out, err) = train_recipe(&recipe, &run_dir, &overrides);
@@ -1788,20 +1882,25 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     // embeds every id before putting the image features in place); the rows
     // the checkpoint had are unchanged, and the run's decoder reads it back.
     let export = dir.path().join("llava");
-    let (ok, out, err) = run(vlmkit()
-        .arg("export")
-        .arg(&run_dir)
-        .args(["--format", "llava-hf", "--out"])
-        .arg(&export));
-    assert!(ok, "{out}{err}");
+    let out = export_llava_hf(&run_dir, &export);
     assert!(out.contains("grown from 264 to 265 rows"), "{out}");
+    // The decoder read back from the file is the GGUF file's, dequantised,
+    // weight for weight (without a row for the appended <image> in the file).
     let exported = read_tensors(&export.join("model.safetensors"));
     let embed = &exported["language_model.model.embed_tokens.weight"];
     assert_eq!(embed.dims(), [265, 64]);
-    let kept = embed.narrow(0, 0, 264).unwrap();
-    let d = vlmkit_core::gradcheck::max_abs_diff(&kept, &trained["llm.model.embed_tokens.weight"])
-        .unwrap();
-    assert_eq!(d, 0.0);
+    assert!(
+        !exported.contains_key("language_model.lm_head.weight"),
+        "tied"
+    );
+    for (name, tensor) in &dequantised {
+        let mut ours = exported[&format!("language_model.{name}")].clone();
+        if name == "model.embed_tokens.weight" {
+            ours = ours.narrow(0, 0, 264).unwrap();
+        }
+        let d = vlmkit_core::gradcheck::max_abs_diff(&ours, tensor).unwrap();
+        assert_eq!(d, 0.0, "{name}");
+    }
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(export.join("config.json")).unwrap())
             .unwrap();
@@ -1811,6 +1910,26 @@ fn trains_evaluates_and_resumes_around_a_gguf_language_model() {
     assert!(template.contains("<|im_start|>assistant"), "{template}");
     let (ok, _, err) = run(vlmkit().args(["model", "inspect"]).arg(&export));
     assert!(ok && err.is_empty(), "{err}");
+
+    // The file changed under the run: its checkpoints are refused, saying why,
+    // rather than read with other frozen weights.
+    let mut bytes = std::fs::read(&gguf).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&gguf, &bytes).unwrap();
+    let (ok, out, err) = run(vlmkit().arg("eval").arg(&run_dir));
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("does not hold the language model's weights")
+            && err.contains("is not the copy the run read"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(run_dir.join("final")).unwrap();
+    let (ok, _, err) = train_recipe(&recipe, &run_dir, &overrides);
+    assert!(!ok);
+    assert!(err.contains("is not the copy the run read"), "{err}");
+    bytes[last] ^= 0xff;
+    std::fs::write(&gguf, &bytes).unwrap();
 
     // A size written beside `from` must agree with the file.
     let wide = gguf_recipe(

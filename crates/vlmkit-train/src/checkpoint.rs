@@ -46,6 +46,70 @@ pub struct TrainState {
     #[serde(default)]
     pub skipped_images: u64,
     pub vlmkit_version: String,
+    /// The pretrained parts (`vision`, `llm`) whose weights the checkpoint leaves
+    /// out because no stage has trained them yet: they are read back from their
+    /// source, which must be the one the run started from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub frozen_sources: BTreeMap<String, FrozenSource>,
+}
+
+/// A pretrained part's source, as a checkpoint that leaves its weights out
+/// records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrozenSource {
+    /// Where the run read it from.
+    pub path: PathBuf,
+    /// [`source_fingerprint`] of it then.
+    pub fingerprint: String,
+}
+
+/// Identifies a model source (a Hugging Face directory or a GGUF file) without
+/// reading all of it: every weight file's name and size and its first and last
+/// MiB, and `config.json`, hashed with SHA-256. Another download of the same
+/// weights matches; a fine-tuned copy of the same shapes does not.
+pub fn source_fingerprint(path: &Path) -> Result<String, TrainError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek, SeekFrom};
+    const EDGE: u64 = 1 << 20;
+    let mut files = Vec::new();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io(path))? {
+            let entry_path = entry.map_err(io(path))?.path();
+            let name = entry_path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let weights = name.ends_with(".safetensors") || name.ends_with(".gguf");
+            if entry_path.is_file() && (weights || name == "config.json") {
+                files.push((name, entry_path));
+            }
+        }
+        files.sort();
+    } else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        files.push((name, path.to_path_buf()));
+    }
+    let mut hash = Sha256::new();
+    let mut buf = Vec::new();
+    for (name, file_path) in files {
+        let mut file = std::fs::File::open(&file_path).map_err(io(&file_path))?;
+        let len = file.metadata().map_err(io(&file_path))?.len();
+        hash.update(name.as_bytes());
+        hash.update(len.to_le_bytes());
+        for start in [0, len.saturating_sub(EDGE)] {
+            buf.clear();
+            file.seek(SeekFrom::Start(start)).map_err(io(&file_path))?;
+            (&mut file)
+                .take(EDGE)
+                .read_to_end(&mut buf)
+                .map_err(io(&file_path))?;
+            hash.update(&buf);
+        }
+    }
+    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl TrainState {
@@ -65,6 +129,7 @@ impl TrainState {
             metrics_lines: 0,
             skipped_images: 0,
             vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
+            frozen_sources: BTreeMap::new(),
         }
     }
 }
@@ -407,7 +472,57 @@ pub fn checkpoint_plan(
     }
     let tokenizer = vlmkit_data::TextTokenizer::from_json(&ck.tokenizer_json)?;
     let plan = crate::Plan::new(recipe, registry, Some(tokenizer))?;
+    let mut ck = ck;
+    restore_frozen(&mut ck, &plan)?;
     Ok((dir, ck, plan))
+}
+
+/// Puts back the weights `ck` left out (pretrained parts no stage had trained
+/// yet), read from their sources, after checking that each source is the one the
+/// run started from.
+pub fn restore_frozen(ck: &mut LoadedCheckpoint, plan: &crate::Plan) -> Result<(), TrainError> {
+    use vlmkit_core::params::ParamStore;
+    let parts = plan.pretrained_parts();
+    for (part, recorded) in &ck.state.frozen_sources {
+        let what = if part == "llm" {
+            "the language model"
+        } else {
+            "the vision encoder"
+        };
+        let refuse = |why: String| {
+            TrainError::Checkpoint(format!(
+                "{} does not hold {what}'s weights: they are the frozen weights of {}, and {why}",
+                ck.dir.display(),
+                recorded.path.display()
+            ))
+        };
+        let Some(&(_, path)) = parts.iter().find(|(p, _)| p == part) else {
+            return Err(refuse(format!(
+                "the recipe saved with it reads no `{part}.from`"
+            )));
+        };
+        if !path.exists() {
+            return Err(refuse(format!("{} does not exist", path.display())));
+        }
+        if source_fingerprint(path)? != recorded.fingerprint {
+            return Err(refuse(format!(
+                "{} is not the copy the run read (its files' sizes or contents differ)",
+                path.display()
+            )));
+        }
+        let store = ParamStore::new(candle_core::Device::Cpu, candle_core::DType::F32);
+        plan.insert_part(&store, part)
+            .map_err(|e| refuse(e.to_string()))?;
+        // A tied checkpoint's copy of the embeddings is not a model weight.
+        let tied_head =
+            (part == "llm" && plan.llm.config.tie_word_embeddings).then_some("llm.lm_head.weight");
+        for (name, tensor) in store.to_cpu_tensors(|_| true)? {
+            if Some(name.as_str()) != tied_head {
+                ck.model.entry(name).or_insert(tensor);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Loads a checkpoint (or a run's final model): its resolved recipe and tokenizer,
@@ -487,6 +602,45 @@ pub fn untrained_model(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn source_fingerprints_follow_the_weights_not_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = |name: &str, weights: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(&path).unwrap();
+            std::fs::write(path.join("config.json"), b"{\"hidden_size\": 8}").unwrap();
+            std::fs::write(path.join("model.safetensors"), weights).unwrap();
+            path
+        };
+        // Larger than the two MiB read at its ends: the middle is not read.
+        let mut weights = vec![7u8; 3 << 20];
+        let a = model("a", &weights);
+        let copy = model("copy", &weights);
+        let print = source_fingerprint(&a).unwrap();
+        assert_eq!(print.len(), 64);
+        assert_eq!(source_fingerprint(&copy).unwrap(), print);
+        // Files that hold no weights do not count.
+        std::fs::write(copy.join("README.md"), b"notes").unwrap();
+        assert_eq!(source_fingerprint(&copy).unwrap(), print);
+
+        let last = weights.len() - 1;
+        weights[last] = 8;
+        assert_ne!(source_fingerprint(&model("tail", &weights)).unwrap(), print);
+        weights[last] = 7;
+        weights[0] = 8;
+        assert_ne!(source_fingerprint(&model("head", &weights)).unwrap(), print);
+        weights[0] = 7;
+        let shorter = model("shorter", &weights[1..]);
+        assert_ne!(source_fingerprint(&shorter).unwrap(), print);
+        std::fs::write(copy.join("config.json"), b"{\"hidden_size\": 9}").unwrap();
+        assert_ne!(source_fingerprint(&copy).unwrap(), print);
+        // A single file (GGUF) by itself.
+        let file = a.join("model.safetensors");
+        assert_eq!(source_fingerprint(&file).unwrap().len(), 64);
+        assert_ne!(source_fingerprint(&file).unwrap(), print);
+        assert!(source_fingerprint(&dir.path().join("absent.gguf")).is_err());
+    }
 
     #[test]
     fn recipe_differences_name_the_keys() {

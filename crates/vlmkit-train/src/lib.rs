@@ -23,7 +23,8 @@ pub mod trainer;
 use std::path::PathBuf;
 
 pub use checkpoint::{
-    load_checkpoint, load_model, resolve_checkpoint, LoadedModel, RunDir, TrainState,
+    load_checkpoint, load_model, resolve_checkpoint, source_fingerprint, FrozenSource, LoadedModel,
+    RunDir, TrainState,
 };
 pub use plan::Plan;
 pub use trainer::{train, Observer, StepRecord, TrainSummary};

@@ -663,15 +663,8 @@ impl Plan {
     ) -> Result<std::collections::BTreeSet<String>, vlmkit_models::hf::HfError> {
         let before: std::collections::BTreeSet<String> =
             store.vars().into_iter().map(|(n, _)| n).collect();
-        if let Source::Local(dir) = &self.vision.source {
-            let kind = match self.vision.config {
-                vlmkit_models::VisionConfig::ConvNext(_) => "convnext",
-                _ => "clip",
-            };
-            vlmkit_models::hf::vision::insert_vision_weights(dir, store, "vision.", kind)?;
-        }
-        if let Source::Local(path) = &self.llm.source {
-            vlmkit_models::hf::insert_weights(path, store, "llm.")?;
+        for (part, _) in self.pretrained_parts() {
+            self.insert_part(store, part)?;
         }
         Ok(store
             .vars()
@@ -679,6 +672,61 @@ impl Plan {
             .map(|(n, _)| n)
             .filter(|n| !before.contains(n))
             .collect())
+    }
+
+    /// The parts the recipe reads from a `from` source: `("vision", path)`,
+    /// `("llm", path)`.
+    pub fn pretrained_parts(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut parts = Vec::new();
+        if let Source::Local(dir) = &self.vision.source {
+            parts.push(("vision", dir.as_path()));
+        }
+        if let Source::Local(path) = &self.llm.source {
+            parts.push(("llm", path.as_path()));
+        }
+        parts
+    }
+
+    /// Puts the weights of pretrained part `part` (`"vision"` or `"llm"`) into
+    /// `store` under `{part}.`; a part without a `from` source puts nothing.
+    pub fn insert_part(
+        &self,
+        store: &ParamStore,
+        part: &str,
+    ) -> Result<(), vlmkit_models::hf::HfError> {
+        match (part, &self.vision.source, &self.llm.source) {
+            ("vision", Source::Local(dir), _) => {
+                let kind = match self.vision.config {
+                    vlmkit_models::VisionConfig::ConvNext(_) => "convnext",
+                    _ => "clip",
+                };
+                vlmkit_models::hf::vision::insert_vision_weights(dir, store, "vision.", kind)
+            }
+            ("llm", _, Source::Local(path)) => {
+                vlmkit_models::hf::insert_weights(path, store, "llm.")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The pretrained parts that no stage up to `stage` (the stage in progress)
+    /// trains: their weights are still exactly their source's, so a checkpoint
+    /// leaves them out (as LLaVA's stage 1 saves only the projector) and they are
+    /// read back from the source.
+    pub fn frozen_pretrained_parts(&self, stage: usize) -> Vec<(&'static str, &std::path::Path)> {
+        let trained = |part: &str| {
+            self.recipe.stages.iter().take(stage + 1).any(|s| {
+                s.trainable.iter().any(|pattern| {
+                    let first = expand_pattern(pattern);
+                    let first = first.split('.').next().unwrap_or_default();
+                    first == part || first == "*"
+                })
+            })
+        };
+        self.pretrained_parts()
+            .into_iter()
+            .filter(|(part, _)| !trained(part))
+            .collect()
     }
 
     /// After the parameters are created: every parameter of a pretrained part came

@@ -16,7 +16,7 @@ use vlmkit_core::Vlm;
 use vlmkit_plot::{LinePlot, Series};
 use vlmkit_recipe::StageConfig;
 
-use crate::checkpoint::{load_checkpoint, CheckpointContents, RunDir, TrainState};
+use crate::checkpoint::{load_checkpoint, CheckpointContents, FrozenSource, RunDir, TrainState};
 use crate::optim::{global_grad_norm, learning_rate, AdamW, AdamWConfig};
 use crate::plan::{pattern_matches, Plan};
 use crate::source::{ExampleSource, Order};
@@ -414,8 +414,9 @@ pub fn train(
     let latest = run.latest()?;
     let (mut state, mut optimizer_state, resumed_from, metrics_keep) = match &latest {
         Some(dir) => {
-            let ck = load_checkpoint(dir)?;
+            let mut ck = load_checkpoint(dir)?;
             crate::checkpoint::check_same_recipe(&run.path, &ck.recipe_toml, &recipe_toml)?;
+            crate::checkpoint::restore_frozen(&mut ck, plan)?;
             store.insert_tensors(ck.model)?;
             observer.message(&format!(
                 "resuming from {} (step {})",
@@ -451,17 +452,43 @@ pub fn train(
     let mut last_loss = None;
     let mut last_checkpoint = latest.clone();
 
+    // Pretrained parts no stage has trained yet are left out of checkpoints and
+    // read back from their sources, identified once here.
+    let sources = plan
+        .pretrained_parts()
+        .into_iter()
+        .map(|(part, path)| {
+            let fingerprint = crate::checkpoint::source_fingerprint(path)?;
+            let path = path.to_path_buf();
+            Ok((part, FrozenSource { path, fingerprint }))
+        })
+        .collect::<Result<BTreeMap<_, _>, TrainError>>()?;
     let contents = |store: &ParamStore,
                     opt: Option<&AdamW>,
                     state: &TrainState|
      -> Result<CheckpointContents, TrainError> {
+        let frozen: Vec<&str> = plan
+            .frozen_pretrained_parts(state.stage)
+            .into_iter()
+            .map(|(part, _)| part)
+            .collect();
+        let in_frozen = |name: &str| {
+            frozen
+                .iter()
+                .any(|part| name.strip_prefix(part).is_some_and(|r| r.starts_with('.')))
+        };
+        let mut state = state.clone();
+        state.frozen_sources = frozen
+            .iter()
+            .map(|part| (part.to_string(), sources[part].clone()))
+            .collect();
         Ok(CheckpointContents {
-            model: store.to_cpu_tensors(|_| true)?,
+            model: store.to_cpu_tensors(|name| !in_frozen(name))?,
             optimizer: match opt {
                 Some(o) => o.state_tensors()?,
                 None => BTreeMap::new(),
             },
-            state: state.clone(),
+            state,
             recipe_toml: recipe_toml.clone(),
             tokenizer_json: plan.tokenizer()?.to_json()?,
         })
