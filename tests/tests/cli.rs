@@ -1733,6 +1733,70 @@ fn gguf_recipe(dir: &Path, name: &str, llm: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn evaluates_a_recipes_language_model_on_scenes_given_as_text() {
+    let gguf = repo().join("tests/fixtures/gguf/tiny-llama.Q4_1.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = gguf_recipe(
+        dir.path(),
+        "text.toml",
+        &format!("from = {:?}", gguf.display().to_string()),
+    );
+    let out = dir.path().join("eval");
+    let eval = |extra: &[&str]| {
+        run(vlmkit()
+            .arg("eval")
+            .arg(&recipe)
+            .args([
+                "--samples",
+                "6",
+                "--max-new-tokens",
+                "3",
+                "--set",
+                "run.threads=1",
+                "--set",
+                "data.eval.families={ existence = 1, relation = 1 }",
+            ])
+            .args(extra))
+    };
+    // A recipe has no run directory to write into.
+    let (ok, _, err) = eval(&["--scenes-as-text"]);
+    assert!(!ok);
+    assert!(err.contains("give --out DIR"), "{err}");
+
+    let out_arg = out.display().to_string();
+    let (ok, stdout, err) = eval(&["--scenes-as-text", "--relaxed", "--out", &out_arg]);
+    assert!(ok, "{stdout}{err}");
+    assert!(err.contains("scenes as text"), "{err}");
+    assert!(
+        stdout.contains("existence") && stdout.contains("relation"),
+        "{stdout}"
+    );
+    let predictions: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    assert_eq!(predictions.len(), 6);
+    for p in &predictions {
+        // The scene in words (the count first), the question, the instruction.
+        let question = p["question"].as_str().unwrap();
+        let lines: Vec<&str> = question.lines().collect();
+        assert_eq!(lines.len(), 3, "{question}");
+        assert!(lines[0].starts_with("There "), "{question}");
+        assert_eq!(lines[2], vlmkit_data::shapes::SHORT_ANSWER);
+        // Relaxed matching reads a yes or a no from every reply to a yes/no
+        // question, and from a reply to a choice the one option it names, if any.
+        if p["family"] == "existence" {
+            assert!(p["read"] == "yes" || p["read"] == "no", "{p}");
+        } else {
+            let options = p["options"].as_array().unwrap();
+            assert!(p["read"].is_null() || options.contains(&p["read"]), "{p}");
+        }
+    }
+}
+
+#[test]
 fn checkpoints_leave_out_a_frozen_language_model_until_a_stage_trains_it() {
     let gguf = repo().join("tests/fixtures/gguf/tiny-llama.Q4_1.gguf");
     let dir = tempfile::tempdir().unwrap();

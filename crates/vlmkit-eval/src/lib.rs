@@ -9,4 +9,6 @@ pub use run::{
     evaluate, evaluate_and_save, generate_answers, read_predictions, save_outputs, EvalOptions,
     CHART_FILE, PREDICTIONS_FILE, REPORT_FILE,
 };
-pub use score::{normalize_answer, score, EvalReport, FamilyScore, PopeScore, Prediction};
+pub use score::{
+    normalize_answer, score, AnswerMatch, EvalReport, FamilyScore, PopeScore, Prediction,
+};

@@ -8,7 +8,7 @@ use vlmkit_data::Example;
 use vlmkit_train::source::ExampleSource;
 use vlmkit_train::{LoadedModel, TrainError};
 
-use crate::score::{normalize_answer, score, EvalReport, Prediction};
+use crate::score::{score, AnswerMatch, EvalReport, Prediction};
 
 /// How to evaluate.
 #[derive(Debug, Clone)]
@@ -17,6 +17,7 @@ pub struct EvalOptions {
     pub max_new_tokens: usize,
     /// Evaluate at most this many examples (the split's first ones).
     pub limit: Option<u64>,
+    pub answers: AnswerMatch,
 }
 
 impl EvalOptions {
@@ -26,6 +27,7 @@ impl EvalOptions {
             batch_size: config.batch_size,
             max_new_tokens: config.max_new_tokens,
             limit: config.samples,
+            answers: AnswerMatch::Exact,
         }
     }
 }
@@ -126,19 +128,22 @@ pub fn evaluate(
         let answers = generate_answers(model, &examples, &gen)?;
         for (ex, prediction) in examples.iter().zip(answers) {
             let answer = ex.answer().unwrap_or_default().to_string();
+            let options: Vec<String> = ex
+                .meta
+                .get("options")
+                .map(|o| o.split('|').map(str::to_string).collect())
+                .unwrap_or_default();
+            let (correct, read) = opts.answers.judge(&answer, &prediction, &options);
             predictions.push(Prediction {
                 id: ex.id.clone(),
                 family: ex.family.clone().unwrap_or_else(|| "all".into()),
                 pope: ex.meta.get("pope").cloned(),
                 question: ex.question().unwrap_or_default(),
-                options: ex
-                    .meta
-                    .get("options")
-                    .map(|o| o.split('|').map(str::to_string).collect())
-                    .unwrap_or_default(),
-                correct: normalize_answer(&answer) == normalize_answer(&prediction),
+                options,
+                correct,
                 answer,
                 prediction,
+                read,
             });
         }
         on_batch(end as usize, n as usize);

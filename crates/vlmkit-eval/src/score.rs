@@ -19,7 +19,61 @@ pub struct Prediction {
     pub options: Vec<String>,
     pub answer: String,
     pub prediction: String,
+    /// The answer read from a reply in sentences ([`AnswerMatch::Relaxed`]):
+    /// `yes`/`no`, or the one option it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<String>,
     pub correct: bool,
+}
+
+/// How a generated reply is matched with the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnswerMatch {
+    /// The whole reply, normalised, equals the answer: the recipes' models
+    /// answer in a word or phrase.
+    #[default]
+    Exact,
+    /// For replies in sentences (a pretrained chat model's): yes/no by POPE's
+    /// rule (a "no" or "not" anywhere means no), a choice by the one option the
+    /// reply names, an open answer when it occurs in the reply as whole words.
+    Relaxed,
+}
+
+impl AnswerMatch {
+    /// Whether `reply` gives `answer` to a question offering `options` (empty for
+    /// open questions), and the answer read from the reply where there is one.
+    pub fn judge(self, answer: &str, reply: &str, options: &[String]) -> (bool, Option<String>) {
+        let answer = normalize_answer(answer);
+        let reply = normalize_answer(reply);
+        if self == AnswerMatch::Exact {
+            return (answer == reply, None);
+        }
+        let words: Vec<&str> = reply.split(' ').collect();
+        let names = |phrase: &str| {
+            let phrase: Vec<&str> = phrase.split(' ').collect();
+            words.windows(phrase.len()).any(|w| w == phrase.as_slice())
+        };
+        if answer == "yes" || answer == "no" {
+            let read = if words.iter().any(|w| *w == "no" || *w == "not") {
+                "no"
+            } else {
+                "yes"
+            };
+            return (read == answer, Some(read.to_string()));
+        }
+        if options.is_empty() {
+            return (names(&answer), None);
+        }
+        let named: Vec<String> = options
+            .iter()
+            .map(|o| normalize_answer(o))
+            .filter(|o| names(o))
+            .collect();
+        match named.as_slice() {
+            [one] => (*one == answer, Some(one.clone())),
+            _ => (false, None),
+        }
+    }
 }
 
 /// Accuracy of one question family, or of one form of it, and its baselines.
@@ -127,7 +181,10 @@ fn pope_scores(predictions: &[&Prediction], subset: &str) -> PopeScore {
     let yes = |s: &str| normalize_answer(s).split(' ').next() == Some("yes");
     let (mut tp, mut fp, mut tn, mut fneg) = (0usize, 0usize, 0usize, 0usize);
     for p in predictions {
-        match (yes(&p.answer), yes(&p.prediction)) {
+        match (
+            yes(&p.answer),
+            yes(p.read.as_deref().unwrap_or(&p.prediction)),
+        ) {
             (true, true) => tp += 1,
             (false, true) => fp += 1,
             (false, false) => tn += 1,
@@ -326,6 +383,7 @@ mod tests {
             options: Vec::new(),
             answer: answer.into(),
             prediction: prediction.into(),
+            read: None,
             correct: normalize_answer(answer) == normalize_answer(prediction),
         }
     }
@@ -336,6 +394,60 @@ mod tests {
             options: options.iter().map(|o| o.to_string()).collect(),
             ..prediction
         }
+    }
+
+    #[test]
+    fn relaxed_matching_reads_sentence_replies() {
+        let options = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let relaxed = |answer: &str, reply: &str, offered: &[&str]| {
+            AnswerMatch::Relaxed.judge(answer, reply, &options(offered))
+        };
+        // Yes/no by POPE's rule.
+        let no = "No, there is no red circle in the image.";
+        assert_eq!(relaxed("no", no, &[]), (true, Some("no".into())));
+        assert_eq!(relaxed("yes", no, &[]), (false, Some("no".into())));
+        assert_eq!(
+            relaxed("yes", "Yes, a red circle.", &[]),
+            (true, Some("yes".into()))
+        );
+        assert_eq!(
+            relaxed("no", "It is not there.", &[]),
+            (true, Some("no".into()))
+        );
+        // A choice is read when the reply names exactly one option.
+        let above = "The blue triangle is above the blue circle.";
+        assert_eq!(
+            relaxed("above", above, &["above", "below"]),
+            (true, Some("above".into()))
+        );
+        assert_eq!(
+            relaxed("below", above, &["above", "below"]),
+            (false, Some("above".into()))
+        );
+        assert_eq!(
+            relaxed("below", "Above or below?", &["above", "below"]),
+            (false, None)
+        );
+        // Open answers: the answer's words, whole and in order.
+        assert_eq!(relaxed("red", "The answer is \"red\"", &[]), (true, None));
+        assert_eq!(relaxed("3", "The answer is: 13", &[]), (false, None));
+        assert_eq!(
+            relaxed("top left", "It is at the top left.", &[]),
+            (true, None)
+        );
+        assert_eq!(relaxed("top left", "left, at the top", &[]), (false, None));
+        // Exact matching wants the whole reply.
+        assert_eq!(AnswerMatch::Exact.judge("red", "Red.", &[]), (true, None));
+        assert_eq!(
+            AnswerMatch::Exact.judge("red", "It is red.", &[]),
+            (false, None)
+        );
+        // POPE's counts use what was read from the reply.
+        let mut read = p("existence", Some("random"), "no", no);
+        read.read = Some("no".into());
+        let report = score("c", &[read]);
+        assert_eq!(report.pope[0].yes_ratio, 0.0);
+        assert_eq!(report.pope[0].accuracy, 1.0);
     }
 
     #[test]

@@ -57,6 +57,24 @@ impl ExampleSource for LlavaDataset {
     }
 }
 
+/// The built-in data with every image replaced by its scene's description as
+/// text ([`vlmkit_data::shapes::Sample::to_scene_text_example`]).
+pub struct ScenesAsText(pub ShapesDataset);
+
+impl ExampleSource for ScenesAsText {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+
+    fn get(&self, index: u64) -> Result<Example, DataError> {
+        Ok(self.0.get(index).to_scene_text_example())
+    }
+
+    fn describe(&self) -> String {
+        format!("{}, scenes as text", ExampleSource::describe(&self.0))
+    }
+}
+
 /// A parsed data section.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DataSpec {
@@ -150,6 +168,17 @@ impl DataSpec {
         Ok(match self {
             Self::Shapes { config, split } => Box::new(ShapesDataset::new(config.clone(), *split)?),
             Self::Llava { json, images, .. } => Box::new(LlavaDataset::open(json, images.clone())?),
+        })
+    }
+
+    /// Opens the built-in data with scenes as text ([`ScenesAsText`]); `None` for
+    /// data whose images have no description.
+    pub fn open_scenes_as_text(&self) -> Result<Option<ScenesAsText>, DataError> {
+        Ok(match self {
+            Self::Shapes { config, split } => {
+                Some(ScenesAsText(ShapesDataset::new(config.clone(), *split)?))
+            }
+            Self::Llava { .. } => None,
         })
     }
 

@@ -2,16 +2,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use vlmkit_eval::{evaluate_and_save, EvalOptions};
+use vlmkit_eval::{evaluate_and_save, AnswerMatch, EvalOptions};
+use vlmkit_train::checkpoint::untrained_model;
 use vlmkit_train::load_model;
+use vlmkit_train::source::ExampleSource;
 
 use crate::common;
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A run directory (its final model, else its newest checkpoint) or a checkpoint directory.
+    /// A run directory (its final model, else its newest checkpoint) or a checkpoint
+    /// directory; or a recipe, whose model is built as training would start it
+    /// (e.g. to score its pretrained language model with --scenes-as-text).
     pub model: PathBuf,
     /// Evaluate at most this many examples.
     #[arg(long)]
@@ -32,21 +36,59 @@ pub struct EvalArgs {
     /// or `--set 'data.eval.families={existence=1}'` (evaluation settings only).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
+    /// Hand the model each scene's description as text instead of its image, with
+    /// LLaVA's short-answer instruction (built-in data only): what the language
+    /// model can answer when a connector hands it the whole scene in words.
+    #[arg(long)]
+    pub scenes_as_text: bool,
+    /// Match replies in sentences, as a pretrained chat model gives them: yes/no by
+    /// POPE's rule (a "no" or "not" anywhere means no), a choice by the one option
+    /// named, an open answer when the reply contains it (default: the whole reply
+    /// must be the answer).
+    #[arg(long)]
+    pub relaxed: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let model = load_model(
-        &args.model,
-        &common::registry()?,
-        args.device.as_deref(),
-        &args.overrides,
-    )?;
-    let source = model.plan.eval_data()?.open()?;
+    let recipe = args.model.is_file();
+    if recipe && args.out.is_none() {
+        bail!(
+            "{}: a recipe has no run directory to write the evaluation into; give --out DIR",
+            args.model.display()
+        );
+    }
+    let model = if recipe {
+        let plan = common::plan(&args.model, &args.overrides)?;
+        untrained_model(plan, &args.model, args.device.as_deref())?
+    } else {
+        load_model(
+            &args.model,
+            &common::registry()?,
+            args.device.as_deref(),
+            &args.overrides,
+        )?
+    };
+    let data = model.plan.eval_data()?;
+    let source: Box<dyn ExampleSource> = if args.scenes_as_text {
+        match data.open_scenes_as_text()? {
+            Some(scenes) => Box::new(scenes),
+            None => bail!(
+                "--scenes-as-text needs the built-in shapes data, whose scenes have descriptions; this recipe's [data.eval] is not `kind = \"shapes\"`"
+            ),
+        }
+    } else {
+        data.open()?
+    };
     let defaults = EvalOptions::from_config(&model.plan.recipe.eval);
     let opts = EvalOptions {
         batch_size: args.batch_size.unwrap_or(defaults.batch_size),
         max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
         limit: args.samples.or(defaults.limit),
+        answers: if args.relaxed {
+            AnswerMatch::Relaxed
+        } else {
+            AnswerMatch::Exact
+        },
     };
     eprintln!(
         "evaluating {} on {}",

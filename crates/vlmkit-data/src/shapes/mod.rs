@@ -172,6 +172,30 @@ impl Sample {
     }
 }
 
+/// What a text-only question about a described scene asks for: LLaVA's
+/// instruction for short-answer VQA, so that answers can be matched exactly.
+pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";
+
+impl Sample {
+    /// The scene's description, as the `describe` family answers it: the count,
+    /// then every object (and the letter) with its cell.
+    pub fn description(&self) -> String {
+        questions::describe(&self.scene)
+    }
+
+    /// The sample with its image replaced by the scene's description as text, and
+    /// LLaVA's short-answer instruction: what a language model alone answers when
+    /// handed the scene in words.
+    pub fn to_scene_text_example(&self) -> Example {
+        let mut example = self.to_example();
+        example.image = None;
+        example.mask = None;
+        example.turns[0].value =
+            format!("{}\n{}\n{SHORT_ANSWER}", self.description(), self.question);
+        example
+    }
+}
+
 /// Separates sample streams from every other use of `hash_words`.
 const SAMPLE_DOMAIN: u64 = 0x5A3F_1E5E_ED00_0001;
 /// Redraws allowed per sample before concluding the configuration cannot produce the
