@@ -41,6 +41,22 @@ pub fn registry() -> Result<Registry> {
     Ok(registry)
 }
 
+/// The model `path` names: a recipe's as training would start it (pretrained
+/// parts from their checkpoints, the rest from the seed), else a run's or a
+/// checkpoint's. `overrides` apply to the recipe, or to a run's saved recipe.
+pub fn model_or_recipe(
+    path: &Path,
+    device: Option<&str>,
+    overrides: &[String],
+) -> Result<vlmkit_train::LoadedModel> {
+    Ok(if path.is_file() {
+        let plan = plan(path, overrides)?;
+        vlmkit_train::checkpoint::untrained_model(plan, path, device)?
+    } else {
+        vlmkit_train::load_model(path, &registry()?, device, overrides)?
+    })
+}
+
 /// The connectors compiled into vlmkit.
 pub fn builtin_registry() -> Registry {
     let mut registry = Registry::new();

@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use vlmkit_eval::{evaluate_and_save, AnswerMatch, EvalOptions};
-use vlmkit_train::checkpoint::untrained_model;
-use vlmkit_train::load_model;
 use vlmkit_train::source::ExampleSource;
 
 use crate::common;
@@ -50,24 +48,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    let recipe = args.model.is_file();
-    if recipe && args.out.is_none() {
+    if args.model.is_file() && args.out.is_none() {
         bail!(
             "{}: a recipe has no run directory to write the evaluation into; give --out DIR",
             args.model.display()
         );
     }
-    let model = if recipe {
-        let plan = common::plan(&args.model, &args.overrides)?;
-        untrained_model(plan, &args.model, args.device.as_deref())?
-    } else {
-        load_model(
-            &args.model,
-            &common::registry()?,
-            args.device.as_deref(),
-            &args.overrides,
-        )?
-    };
+    let model = common::model_or_recipe(&args.model, args.device.as_deref(), &args.overrides)?;
     let data = model.plan.eval_data()?;
     let source: Box<dyn ExampleSource> = if args.scenes_as_text {
         match data.open_scenes_as_text()? {

@@ -8,8 +8,6 @@ use clap::Args;
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
 use vlmkit_eval::generate_answers;
-use vlmkit_train::checkpoint::untrained_model;
-use vlmkit_train::load_model;
 
 use crate::common;
 
@@ -56,17 +54,7 @@ pub fn run(args: InferArgs) -> Result<()> {
         ),
         None => None,
     };
-    let model = if args.model.is_file() {
-        let plan = common::plan(&args.model, &[])?;
-        untrained_model(plan, &args.model, args.device.as_deref())?
-    } else {
-        load_model(
-            &args.model,
-            &common::registry()?,
-            args.device.as_deref(),
-            &[],
-        )?
-    };
+    let model = common::model_or_recipe(&args.model, args.device.as_deref(), &[])?;
     let example = Example::single_turn("infer", image, &args.question, "");
     let gen = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
