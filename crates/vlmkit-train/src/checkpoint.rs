@@ -66,7 +66,8 @@ pub struct FrozenSource {
 /// Identifies a model source (a Hugging Face directory or a GGUF file) without
 /// reading all of it: every weight file's name and size and its first and last
 /// MiB, and `config.json`, hashed with SHA-256. Another download of the same
-/// weights matches; a fine-tuned copy of the same shapes does not.
+/// weights matches. A fine-tuned copy of the same shapes is caught when the
+/// tensors at either end of a file changed, which a full fine-tune's do.
 pub fn source_fingerprint(path: &Path) -> Result<String, TrainError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
