@@ -713,7 +713,7 @@ impl Plan {
     /// trains: their weights are still exactly their source's, so a checkpoint
     /// leaves them out (as LLaVA's stage 1 saves only the projector) and they are
     /// read back from the source.
-    pub fn frozen_pretrained_parts(&self, stage: usize) -> Vec<(&'static str, &std::path::Path)> {
+    pub fn frozen_pretrained_parts(&self, stage: usize) -> Vec<&'static str> {
         let trained = |part: &str| {
             self.recipe.stages.iter().take(stage + 1).any(|s| {
                 s.trainable.iter().any(|pattern| {
@@ -725,7 +725,8 @@ impl Plan {
         };
         self.pretrained_parts()
             .into_iter()
-            .filter(|(part, _)| !trained(part))
+            .map(|(part, _)| part)
+            .filter(|part| !trained(part))
             .collect()
     }
 

@@ -467,11 +467,7 @@ pub fn train(
                     opt: Option<&AdamW>,
                     state: &TrainState|
      -> Result<CheckpointContents, TrainError> {
-        let frozen: Vec<&str> = plan
-            .frozen_pretrained_parts(state.stage)
-            .into_iter()
-            .map(|(part, _)| part)
-            .collect();
+        let frozen = plan.frozen_pretrained_parts(state.stage);
         let in_frozen = |name: &str| {
             frozen
                 .iter()
