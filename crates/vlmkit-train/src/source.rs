@@ -289,7 +289,7 @@ impl Order {
         if self.epoch != Some(epoch) {
             let mut rng = Rng::stream(self.seed, &format!("data/{}/epoch/{epoch}", self.stage));
             self.perm = (0..self.len).collect();
-            rng.shuffle(&mut self.perm);
+            rng.shuffle_by_remainder(&mut self.perm);
             self.epoch = Some(epoch);
         }
         self.perm[(position % self.len) as usize]

@@ -10,7 +10,6 @@
 pub mod config;
 mod questions;
 mod render;
-pub mod rng;
 pub mod scene;
 
 use std::collections::BTreeSet;
@@ -26,9 +25,9 @@ pub use config::{ImagePlacement, NegativeSampling, ShapesConfig, ShapesConfigErr
 use questions::{text, CountSubject, MaskTarget, Plan};
 pub use questions::{PopeMode, Relation};
 pub use render::shape_covers;
-use rng::{hash_words, Rng};
 use scene::SceneSampler;
 pub use scene::{Cell, Color, Quadrant, Scene, SceneGlyph, SceneKey, SceneObject, Shape};
+use vlmkit_core::rng::{hash_words, Rng};
 
 /// Which half of the world a dataset draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -254,7 +253,7 @@ impl ShapesDataset {
     /// Sample `index`: a pure function of the config, the split and `index`.
     pub fn get(&self, index: u64) -> Sample {
         let stream_seed = hash_words(&[SAMPLE_DOMAIN, self.config.seed, self.split as u64, index]);
-        let mut rng = Rng::from_seed(stream_seed);
+        let mut rng = Rng::new(stream_seed);
         let family = Family::ALL[rng
             .weighted(&self.family_weights)
             .expect("validated: some family has positive weight")];

@@ -6,9 +6,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::config::NegativeSampling;
-use super::rng::Rng;
 use super::scene::{Cell, Color, Scene, SceneRequirements, SceneSampler, Shape};
 use super::Family;
+use vlmkit_core::rng::Rng;
 
 /// POPE's negative samplers (Li et al., 2023), recorded for every existence question so
 /// results can be reported per subset.
@@ -671,7 +671,7 @@ mod tests {
 
     #[test]
     fn color_question_needs_a_unique_shape() {
-        let mut rng = Rng::from_seed(1);
+        let mut rng = Rng::new(1);
         let ambiguous = scene(
             vec![
                 object(0, 0, Color::Red, Shape::Circle),
@@ -692,7 +692,7 @@ mod tests {
 
     #[test]
     fn popular_negative_is_the_most_frequent_absent_pair() {
-        let mut rng = Rng::from_seed(2);
+        let mut rng = Rng::new(2);
         let s = scene(vec![object(0, 0, Color::Red, Shape::Circle)], None);
         // Red circle is present, so the next most frequent pair is red square (3 × 1.5).
         for _ in 0..20 {
@@ -710,7 +710,7 @@ mod tests {
 
     #[test]
     fn adversarial_negative_prefers_attribute_binding_confusions() {
-        let mut rng = Rng::from_seed(3);
+        let mut rng = Rng::new(3);
         let s = scene(
             vec![
                 object(0, 0, Color::Red, Shape::Square),
@@ -735,7 +735,7 @@ mod tests {
 
     #[test]
     fn random_negatives_are_absent_and_varied() {
-        let mut rng = Rng::from_seed(4);
+        let mut rng = Rng::new(4);
         let s = scene(vec![object(0, 0, Color::Red, Shape::Circle)], None);
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..500 {
@@ -748,7 +748,7 @@ mod tests {
 
     #[test]
     fn attribute_count_targets_make_answers_uniform_overall() {
-        let mut rng = Rng::from_seed(5);
+        let mut rng = Rng::new(5);
         let sampler = sampler();
         let n = 100_000;
         let mut counts = [0usize; 5];
@@ -764,7 +764,7 @@ mod tests {
 
     #[test]
     fn relation_plan_answers_match_the_geometry() {
-        let mut rng = Rng::from_seed(6);
+        let mut rng = Rng::new(6);
         let s = scene(
             vec![
                 object(0, 0, Color::Red, Shape::Circle),
@@ -807,7 +807,7 @@ mod tests {
 
     #[test]
     fn ocr_needs_a_glyph() {
-        let mut rng = Rng::from_seed(7);
+        let mut rng = Rng::new(7);
         let without = scene(vec![object(0, 0, Color::Red, Shape::Circle)], None);
         assert_eq!(Plan::Ocr.ask(&without, &sampler(), &mut rng), None);
         let with = scene(

@@ -3,9 +3,9 @@
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use vlmkit_plot::font;
 
-use super::rng::Rng;
 use super::scene::{Scene, Shape};
 use crate::mask::INSIDE;
+use vlmkit_core::rng::Rng;
 
 /// Mean background grey and how far it varies per image: dark, so every colour and
 /// the white glyph stand out.
@@ -43,7 +43,7 @@ pub fn shape_covers(shape: Shape, size: u32, dx: u32, dy: u32) -> bool {
 }
 
 fn noisy(rng: &mut Rng, value: i64, noise: f64) -> u8 {
-    let jitter = ((rng.unit() * 2.0 - 1.0) * noise).round() as i64;
+    let jitter = ((rng.uniform() * 2.0 - 1.0) * noise).round() as i64;
     (value + jitter).clamp(0, 255) as u8
 }
 

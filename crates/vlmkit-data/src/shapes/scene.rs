@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::rng::{hash_words, Rng};
 use super::Split;
+use vlmkit_core::rng::{hash_words, Rng};
 
 /// Object colours.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -362,7 +362,7 @@ mod tests {
     #[test]
     fn scenes_respect_the_world_rules() {
         let sampler = sampler();
-        let mut rng = Rng::from_seed(11);
+        let mut rng = Rng::new(11);
         for _ in 0..2_000 {
             let scene = sampler.sample(&mut rng, ANY);
             assert!((1..=4).contains(&scene.objects.len()));
@@ -404,7 +404,7 @@ mod tests {
     #[test]
     fn requirements_are_honoured() {
         let sampler = sampler();
-        let mut rng = Rng::from_seed(12);
+        let mut rng = Rng::new(12);
         for _ in 0..500 {
             let scene = sampler.sample(
                 &mut rng,
@@ -421,7 +421,7 @@ mod tests {
     #[test]
     fn frequent_colours_and_shapes_appear_more_often() {
         let sampler = sampler();
-        let mut rng = Rng::from_seed(13);
+        let mut rng = Rng::new(13);
         let (mut red, mut orange, mut circle, mut triangle) = (0, 0, 0, 0);
         for _ in 0..3_000 {
             let scene = sampler.sample(&mut rng, ANY);
@@ -443,7 +443,7 @@ mod tests {
     #[test]
     fn key_ignores_pixel_details_and_split_is_stable() {
         let sampler = sampler();
-        let mut rng = Rng::from_seed(14);
+        let mut rng = Rng::new(14);
         let scene = sampler.sample(&mut rng, ANY);
         let mut moved = scene.clone();
         for object in &mut moved.objects {
