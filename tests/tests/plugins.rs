@@ -282,8 +282,9 @@ fn scrub(text: &str) -> String {
 #[test]
 fn declarations_from_another_build_are_refused_before_loading() {
     let dir = tempfile::tempdir().unwrap();
-    let api = patched_example(dir.path(), "libapi2.so", |decl| {
-        decl[16..20].copy_from_slice(&2u32.to_le_bytes())
+    // A plugin built against the plugin API before the typed connector configs.
+    let api = patched_example(dir.path(), "libapi1.so", |decl| {
+        decl[16..20].copy_from_slice(&1u32.to_le_bytes())
     });
     let candle = patched_example(dir.path(), "libcandle.so", |decl| {
         set_text(&mut decl[CANDLE_AT..CANDLE_AT + 16], "0.10.2")

@@ -13,8 +13,9 @@ pub const MAGIC: [u8; 8] = *b"VLMKITPL";
 /// Layout version of [`PluginDecl`]; bumped whenever a field changes.
 pub const DECL_VERSION: u32 = 1;
 /// Version of the Rust API plugins are written against (the traits, `Registrar`).
-/// Bumped on any change a compiled plugin could observe.
-pub const PLUGIN_API_VERSION: u32 = 1;
+/// Bumped on any change a compiled plugin could observe. 2: factories take their
+/// settings parsed once, as a typed `Config`.
+pub const PLUGIN_API_VERSION: u32 = 2;
 
 /// The exported symbol holding a plugin's [`PluginDecl`].
 pub const PLUGIN_DECL_SYMBOL: &str = "VLMKIT_PLUGIN_DECL";

@@ -1,9 +1,10 @@
 //! What a connector author depends on.
 //!
-//! A connector is a [`ConnectorFactory`] that turns its recipe section into a
-//! [`Connector`]. It declares what it needs before any tensor exists (so a recipe
-//! that cannot work is refused up front), then builds its module from a
-//! `VarBuilder` — one code path for fresh initialisation, loading and training.
+//! A connector is a [`ConnectorFactory`] that turns its typed settings (parsed
+//! from its recipe section once, by the host) into a [`Connector`]. It declares
+//! what it needs before any tensor exists (so a recipe that cannot work is
+//! refused up front), then builds its module from a `VarBuilder` — one code path
+//! for fresh initialisation, loading and training.
 //! Built-in connectors register through [`export_connector!`] exactly as outside
 //! plugins do.
 //!
@@ -36,7 +37,7 @@ pub use loader::Registrar;
 
 /// Everything a connector author usually needs, in one import.
 pub mod prelude {
-    pub use super::{ConnectorEnv, ConnectorFactory, ParamGroup, Settings, SettingsError};
+    pub use super::{ConfigError, ConnectorEnv, ConnectorFactory, LayerSetting, ParamGroup};
     pub use candle_core::{DType, Device, Tensor, D};
     pub use candle_nn::VarBuilder;
     pub use vlmkit_core::nn;
@@ -67,26 +68,59 @@ pub struct ConnectorEnv {
     pub weight_dirs: BTreeMap<String, PathBuf>,
 }
 
+/// A problem with one of a connector's settings: the key inside its
+/// `[connector]` section (`base_layer`, `text_encoder.from`) and what is wrong,
+/// in words a user can act on. The host turns the key into the recipe's file,
+/// line and full key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<(&str, String)> for ConfigError {
+    /// The `(key, message)` pairs configs' own `validate` methods return.
+    fn from((key, message): (&str, String)) -> Self {
+        Self::new(key, message)
+    }
+}
+
+/// Resolving the vision layers a setting names, with the error naming the setting.
+pub trait LayerSetting {
+    /// Resolves the HF-style index `index` (negative from the end) that setting
+    /// `key` holds against the encoder: its absolute hidden-state index.
+    fn layer(&self, key: &str, index: i64) -> Result<usize, ConfigError>;
+}
+
+impl LayerSetting for VisionInfo {
+    fn layer(&self, key: &str, index: i64) -> Result<usize, ConfigError> {
+        self.resolve(index)
+            .map_err(|e| ConfigError::new(key, e.to_string()))
+    }
+}
+
 impl ConnectorEnv {
     /// Width of hidden state `abs` (absolute index).
     pub fn width(&self, abs: usize) -> usize {
         self.vision.widths[abs]
     }
 
-    /// Resolves a HF-style index (negative from the end) against the encoder, and
-    /// checks it is among the selected layers.
-    pub fn selected(
-        &self,
-        index: i64,
-        key: &str,
-        settings: &Settings,
-    ) -> Result<usize, SettingsError> {
-        let abs = self
-            .vision
-            .resolve(index)
-            .map_err(|e| settings.error(key, e.to_string()))?;
+    /// Resolves the HF-style index `index` that setting `key` holds against the
+    /// encoder, and checks it is among the selected layers.
+    pub fn selected(&self, key: &str, index: i64) -> Result<usize, ConfigError> {
+        let abs = self.vision.layer(key, index)?;
         if !self.layers.contains(&abs) {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 key,
                 format!(
                     "hs[{index}] (= hs[{abs}]) is not among the vision layers the recipe selects {:?}; add it to `vision.layers`",
@@ -96,9 +130,7 @@ impl ConnectorEnv {
         }
         Ok(abs)
     }
-}
 
-impl ConnectorEnv {
     /// Checks that hidden state `layer` is selected and has the width and grid of
     /// hidden state `base` (absolute indices): `who` names the connector in the
     /// message, `key` the setting that asked for the layer.
@@ -108,13 +140,12 @@ impl ConnectorEnv {
         base: usize,
         who: &str,
         key: &str,
-        settings: &Settings,
-    ) -> Result<(), SettingsError> {
-        self.selected(layer as i64, key, settings)?;
+    ) -> Result<(), ConfigError> {
+        self.selected(key, layer as i64)?;
         let shape = |l: usize| (self.width(l), self.vision.grids[l]);
         if shape(layer) != shape(base) {
             let ((w, g), (bw, bg)) = (shape(layer), shape(base));
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 key,
                 format!(
                     "{who} combines hs[{layer}] ({w}×{g:?}) with hs[{base}] ({bw}×{bg:?}); they must have the same width and grid"
@@ -122,6 +153,13 @@ impl ConnectorEnv {
             ));
         }
         Ok(())
+    }
+
+    /// Patches per image of the first selected layer: the visual tokens of a
+    /// prefix connector that places one per patch.
+    pub fn patches(&self) -> usize {
+        let (rows, cols) = self.vision.grids[self.layers[0]];
+        rows * cols
     }
 }
 
@@ -148,49 +186,64 @@ pub struct ParamGroup {
     pub prefixes: Vec<&'static str>,
 }
 
-/// Builds one kind of connector from its recipe section.
-pub trait ConnectorFactory: Send + Sync {
+/// Builds one kind of connector from its typed settings.
+///
+/// The host parses the recipe's `[connector]` section into [`Self::Config`] once,
+/// keeps it, and hands it to each method: `needs` first (it validates the
+/// settings and says what the connector reads), then `check` and
+/// `visual_tokens` against the selected layers and the language model, then
+/// `build`. A [`ConfigError`] names the setting; the host locates it in the
+/// recipe.
+pub trait ConnectorFactory: Send + Sync + 'static {
+    /// The `[connector]` settings (without `kind`). Derive `Deserialize` with
+    /// `deny_unknown_fields` so a misspelt key is refused; `Default` holds the
+    /// defaults `vlmkit plugins list` shows.
+    type Config: serde::de::DeserializeOwned
+        + serde::Serialize
+        + Default
+        + Clone
+        + Send
+        + Sync
+        + 'static;
+
     /// The `kind` a recipe names (`[connector] kind = "…"`).
     fn kind(&self) -> &'static str;
 
     /// One line on what it is.
     fn summary(&self) -> &'static str;
 
-    /// The settings it accepts, with their defaults (for `vlmkit plugins list`).
-    fn defaults(&self) -> toml::Table;
-
-    /// Validates the settings and declares what the connector needs. No tensors.
+    /// Validates the settings against the encoder and declares what the
+    /// connector needs. No tensors.
     fn needs(
         &self,
-        settings: &Settings,
+        config: &Self::Config,
         vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError>;
+    ) -> Result<ConnectorNeeds, ConfigError>;
 
     /// Checks the settings against the selected layers and model widths. No tensors.
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let _ = (settings, env);
+    fn check(&self, config: &Self::Config, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        let _ = (config, env);
         Ok(())
     }
-
-    /// Builds the connector; its weights live under `vb`.
-    fn build(
-        &self,
-        settings: &Settings,
-        env: &ConnectorEnv,
-        vb: VarBuilder,
-    ) -> Result<Box<dyn Connector>, BuildError>;
 
     /// How many visual tokens a prefix connector places in the sequence; by default
     /// one per patch of the first selected layer. No tensors.
     fn visual_tokens(
         &self,
-        settings: &Settings,
+        config: &Self::Config,
         env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
-        let _ = settings;
-        let (rows, cols) = env.vision.grids[env.layers[0]];
-        Ok(rows * cols)
+    ) -> Result<usize, ConfigError> {
+        let _ = config;
+        Ok(env.patches())
     }
+
+    /// Builds the connector; its weights live under `vb`.
+    fn build(
+        &self,
+        config: &Self::Config,
+        env: &ConnectorEnv,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Connector>, BuildError>;
 
     /// Named groups of its parameters, reported separately by `vlmkit params`.
     fn param_groups(&self) -> Vec<ParamGroup> {
@@ -198,19 +251,199 @@ pub trait ConnectorFactory: Send + Sync {
     }
 }
 
-impl std::fmt::Debug for dyn ConnectorFactory {
+/// Why a connector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A [`ConnectorFactory`] with its config type erased: what a [`Registry`] holds.
+pub trait DynConnectorFactory: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    /// The settings it accepts, with their defaults (for `vlmkit plugins list`).
+    fn defaults(&self) -> toml::Table;
+    fn param_groups(&self) -> Vec<ParamGroup>;
+    /// Parses a `[connector]` section (without `kind`) into the factory's config,
+    /// once; an unknown or mistyped key is refused with its full path.
+    fn configure(self: Arc<Self>, settings: &Settings) -> Result<ConnectorConfig, SettingsError>;
+}
+
+impl<F: ConnectorFactory> DynConnectorFactory for F {
+    fn kind(&self) -> &'static str {
+        ConnectorFactory::kind(self)
+    }
+
+    fn summary(&self) -> &'static str {
+        ConnectorFactory::summary(self)
+    }
+
+    fn defaults(&self) -> toml::Table {
+        settings_table(&F::Config::default())
+    }
+
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        ConnectorFactory::param_groups(self)
+    }
+
+    fn configure(self: Arc<Self>, settings: &Settings) -> Result<ConnectorConfig, SettingsError> {
+        let config: F::Config = settings.parse()?;
+        Ok(ConnectorConfig {
+            inner: Arc::new(Configured {
+                factory: self,
+                config,
+            }),
+            settings: settings.clone(),
+        })
+    }
+}
+
+impl std::fmt::Debug for dyn DynConnectorFactory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ConnectorFactory({})", self.kind())
     }
 }
 
-/// Why a connector could not be built.
+/// A factory and the config it parsed, behind the object-safe calls.
+trait ConfiguredConnector: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn table(&self) -> toml::Table;
+    fn needs(&self, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError>;
+    fn check(&self, env: &ConnectorEnv) -> Result<(), ConfigError>;
+    fn visual_tokens(&self, env: &ConnectorEnv) -> Result<usize, ConfigError>;
+    fn build(&self, env: &ConnectorEnv, vb: VarBuilder) -> Result<Box<dyn Connector>, BuildError>;
+    fn param_groups(&self) -> Vec<ParamGroup>;
+}
+
+struct Configured<F: ConnectorFactory> {
+    factory: Arc<F>,
+    config: F::Config,
+}
+
+impl<F: ConnectorFactory> ConfiguredConnector for Configured<F> {
+    fn kind(&self) -> &'static str {
+        self.factory.kind()
+    }
+
+    fn table(&self) -> toml::Table {
+        settings_table(&self.config)
+    }
+
+    fn needs(&self, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        self.factory.needs(&self.config, vision)
+    }
+
+    fn check(&self, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        self.factory.check(&self.config, env)
+    }
+
+    fn visual_tokens(&self, env: &ConnectorEnv) -> Result<usize, ConfigError> {
+        self.factory.visual_tokens(&self.config, env)
+    }
+
+    fn build(&self, env: &ConnectorEnv, vb: VarBuilder) -> Result<Box<dyn Connector>, BuildError> {
+        self.factory.build(&self.config, env, vb)
+    }
+
+    fn param_groups(&self) -> Vec<ParamGroup> {
+        self.factory.param_groups()
+    }
+}
+
+/// A recipe's connector: its factory and the settings it parsed once, which the
+/// host keeps and builds from (cheap to clone). Errors come back located at the
+/// recipe key.
+#[derive(Clone)]
+pub struct ConnectorConfig {
+    inner: Arc<dyn ConfiguredConnector>,
+    /// The section it was parsed from (the full keys of errors).
+    settings: Settings,
+}
+
+impl std::fmt::Debug for ConnectorConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorConfig")
+            .field("kind", &self.kind())
+            .field("settings", self.settings.table())
+            .finish()
+    }
+}
+
+impl ConnectorConfig {
+    /// The connector's `kind`.
+    pub fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    /// The section the settings were parsed from (without `kind`).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The settings as parsed, the defaults of those the recipe leaves out
+    /// filled in.
+    pub fn resolved_table(&self) -> toml::Table {
+        self.inner.table()
+    }
+
+    fn locate(&self, error: ConfigError) -> SettingsError {
+        self.settings.error(&error.key, error.message)
+    }
+
+    /// See [`ConnectorFactory::needs`].
+    pub fn needs(&self, vision: &VisionInfo) -> Result<ConnectorNeeds, SettingsError> {
+        self.inner.needs(vision).map_err(|e| self.locate(e))
+    }
+
+    /// See [`ConnectorFactory::check`].
+    pub fn check(&self, env: &ConnectorEnv) -> Result<(), SettingsError> {
+        self.inner.check(env).map_err(|e| self.locate(e))
+    }
+
+    /// See [`ConnectorFactory::visual_tokens`].
+    pub fn visual_tokens(&self, env: &ConnectorEnv) -> Result<usize, SettingsError> {
+        self.inner.visual_tokens(env).map_err(|e| self.locate(e))
+    }
+
+    /// Builds the connector under `vb`; a setting refused while building is
+    /// located like the other checks' errors.
+    pub fn build(
+        &self,
+        env: &ConnectorEnv,
+        vb: VarBuilder,
+    ) -> Result<Box<dyn Connector>, ConnectorBuildError> {
+        self.inner.build(env, vb).map_err(|e| match e {
+            BuildError::Config(e) => ConnectorBuildError::Setting(self.locate(e)),
+            BuildError::Candle(e) => ConnectorBuildError::Candle(e),
+        })
+    }
+
+    /// See [`ConnectorFactory::param_groups`].
+    pub fn param_groups(&self) -> Vec<ParamGroup> {
+        self.inner.param_groups()
+    }
+}
+
+/// Why a recipe's connector could not be built: a setting (located at its recipe
+/// key) or a tensor error.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum ConnectorBuildError {
     #[error(transparent)]
-    Settings(#[from] SettingsError),
+    Setting(SettingsError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<ConnectorBuildError> for candle_core::Error {
+    fn from(error: ConnectorBuildError) -> Self {
+        match error {
+            ConnectorBuildError::Candle(e) => e,
+            other => candle_core::Error::Msg(other.to_string()),
+        }
+    }
 }
 
 /// Where a registered connector came from.
@@ -244,7 +477,7 @@ pub enum RegistryError {
 /// A registered factory and its origin.
 #[derive(Clone)]
 pub struct Registered {
-    pub factory: Arc<dyn ConnectorFactory>,
+    pub factory: Arc<dyn DynConnectorFactory>,
     pub origin: Origin,
 }
 
@@ -269,7 +502,7 @@ impl Registry {
 
     pub fn register(
         &mut self,
-        factory: Arc<dyn ConnectorFactory>,
+        factory: Arc<dyn DynConnectorFactory>,
         origin: Origin,
     ) -> Result<(), RegistryError> {
         let kind = factory.kind().to_string();

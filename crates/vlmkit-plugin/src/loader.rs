@@ -19,7 +19,7 @@ use object::read::elf::ElfFile64;
 use object::{Object, ObjectSection, ObjectSymbol};
 
 use crate::decl::{DeclError, Mismatch, PluginDecl, PLUGIN_DECL_SYMBOL, REGISTER_SYMBOL};
-use crate::{ConnectorFactory, Origin, Registry, RegistryError};
+use crate::{ConnectorFactory, DynConnectorFactory, Origin, Registry, RegistryError};
 
 /// The file name of the shared API library every plugin links.
 pub const API_LIBRARY: &str = "libvlmkit_api.so";
@@ -28,7 +28,7 @@ pub const API_LIBRARY: &str = "libvlmkit_api.so";
 /// connectors; the host registers them once the function has returned.
 #[derive(Default)]
 pub struct Registrar {
-    factories: Vec<Arc<dyn ConnectorFactory>>,
+    factories: Vec<Arc<dyn DynConnectorFactory>>,
 }
 
 impl std::fmt::Debug for Registrar {
@@ -45,7 +45,7 @@ impl Registrar {
         self.factories.push(Arc::new(factory));
     }
 
-    pub fn into_factories(self) -> Vec<Arc<dyn ConnectorFactory>> {
+    pub fn into_factories(self) -> Vec<Arc<dyn DynConnectorFactory>> {
         self.factories
     }
 }
@@ -157,7 +157,7 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     pub sha256: String,
     pub decl: PluginDecl,
-    pub factories: Vec<Arc<dyn ConnectorFactory>>,
+    pub factories: Vec<Arc<dyn DynConnectorFactory>>,
 }
 
 impl LoadedPlugin {
@@ -517,7 +517,7 @@ pub fn load(
 fn open_and_register(
     path: &Path,
     file: &PluginFile,
-) -> Result<Vec<Arc<dyn ConnectorFactory>>, LoadError> {
+) -> Result<Vec<Arc<dyn DynConnectorFactory>>, LoadError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     let open_error = |e: libloading::Error| LoadError::Open {
         path: path.to_path_buf(),
@@ -577,7 +577,7 @@ fn open_and_register(
 fn open_and_register(
     path: &Path,
     _file: &PluginFile,
-) -> Result<Vec<Arc<dyn ConnectorFactory>>, LoadError> {
+) -> Result<Vec<Arc<dyn DynConnectorFactory>>, LoadError> {
     Err(LoadError::Host {
         reason: format!("plugins are loaded on Linux only ({})", path.display()),
     })

@@ -46,7 +46,7 @@ impl ParamCounts {
         };
         let shapes = plan.param_shapes()?;
         let trainable = stage_trainable(config, &shapes.unused);
-        let groups = plan.connector.factory.param_groups();
+        let groups = plan.connector.param_groups();
         let mut rows: BTreeMap<String, CountRow> = BTreeMap::new();
         for (name, shape) in &shapes.shapes {
             let n: usize = shape.iter().product();

@@ -77,7 +77,7 @@ struct Layout {
 }
 
 fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout, TrainError> {
-    let kind = plan.connector.factory.kind();
+    let kind = plan.connector.kind();
     if kind != "mlp" {
         return Err(refuse(format!(
             "the llava-hf format holds LLaVA-1.5's projector, the `mlp` connector; this run's connector is `{kind}`, which LlavaForConditionalGeneration has no place for"
@@ -90,11 +90,10 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         )));
     };
     // The projector reads one hidden state, by transformers' indexing as here.
-    let defaults = plan.connector.factory.defaults();
     let base_layer = plan
-        .connector_settings
+        .connector
+        .resolved_table()
         .get("base_layer")
-        .or_else(|| defaults.get("base_layer"))
         .and_then(toml::Value::as_integer)
         .ok_or_else(|| refuse("the mlp connector names no `base_layer`"))?;
     let has_cls = plan.env.vision.has_cls;

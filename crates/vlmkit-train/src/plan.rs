@@ -11,8 +11,8 @@ use vlmkit_core::{ConnectorNeeds, Placement, Vlm};
 use vlmkit_data::processor::ImageProcessor;
 use vlmkit_data::{ChatTemplate, Collator, TextTokenizer};
 use vlmkit_models::{LlmSpec, Source, TokenizerSource, VisionSpec};
-use vlmkit_plugin::{ConnectorEnv, Registered, Registry};
-use vlmkit_recipe::{Recipe, RecipeError, Settings};
+use vlmkit_plugin::{ConnectorBuildError, ConnectorConfig, ConnectorEnv, Registry};
+use vlmkit_recipe::{Recipe, RecipeError};
 
 use crate::batch::BatchBuilder;
 use crate::source::{eval_spec, train_spec, DataSpec};
@@ -65,9 +65,8 @@ pub struct Plan {
     pub recipe: Recipe,
     pub vision: VisionSpec,
     pub llm: LlmSpec,
-    pub connector: Registered,
-    /// The `[connector]` section without `kind`.
-    pub connector_settings: Settings,
+    /// The connector's factory and its settings, parsed once.
+    pub connector: ConnectorConfig,
     pub needs: ConnectorNeeds,
     pub env: ConnectorEnv,
     /// Visual tokens the connector places in the sequence (prefix connectors).
@@ -105,7 +104,7 @@ pub enum Purpose {
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plan")
-            .field("connector", &self.connector.factory.kind())
+            .field("connector", &self.connector.kind())
             .field("layers", &self.env.layers)
             .finish()
     }
@@ -162,19 +161,20 @@ impl Plan {
             .ok_or_else(|| {
                 recipe.error_at("connector.kind", "missing: which connector (e.g. \"mlp\")")
             })?;
-        let connector = registry.get(kind).cloned().ok_or_else(|| {
+        let factory = registry.get(kind).ok_or_else(|| {
             let known: Vec<&str> = registry.kinds().collect();
             recipe.error_at(
                 "connector.kind",
                 format!("unknown connector `{kind}` (known: {})", known.join(", ")),
             )
         })?;
-        let connector_settings = conn_section.without(&["kind"]);
-        let info = vision.info();
-        let needs = connector
+        let connector = factory
             .factory
-            .needs(&connector_settings, &info)
+            .clone()
+            .configure(&conn_section.without(&["kind"]))
             .map_err(|e| recipe.error_for(e))?;
+        let info = vision.info();
+        let needs = connector.needs(&info).map_err(|e| recipe.error_for(e))?;
         let mut weight_dirs = BTreeMap::new();
         if purpose == Purpose::Run {
             for ((setting, _), (key, dir)) in needs
@@ -286,13 +286,9 @@ impl Plan {
             llm_layers: llm.config.num_hidden_layers,
             weight_dirs,
         };
-        connector
-            .factory
-            .check(&connector_settings, &env)
-            .map_err(|e| recipe.error_for(e))?;
+        connector.check(&env).map_err(|e| recipe.error_for(e))?;
         let visual_tokens = connector
-            .factory
-            .visual_tokens(&connector_settings, &env)
+            .visual_tokens(&env)
             .map_err(|e| recipe.error_for(e))?;
         if needs.placement == Placement::Prefix
             && visual_tokens >= llm.config.max_position_embeddings
@@ -339,7 +335,6 @@ impl Plan {
             vision,
             llm,
             connector,
-            connector_settings,
             needs,
             env,
             visual_tokens,
@@ -568,11 +563,7 @@ impl Plan {
     ) -> TensorResult<Vlm> {
         let vision = self.vision.build(root.pp("vision"))?;
         let llm = self.llm.build(root.pp("llm"))?;
-        let connector = self
-            .connector
-            .factory
-            .build(&self.connector_settings, env, root.pp("connector"))
-            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let connector = self.connector.build(env, root.pp("connector"))?;
         Ok(Vlm {
             vision,
             connector,
@@ -599,10 +590,8 @@ impl Plan {
     pub fn build_connector(
         &self,
         vb: candle_nn::VarBuilder<'static>,
-    ) -> Result<Box<dyn vlmkit_core::Connector>, vlmkit_plugin::BuildError> {
-        self.connector
-            .factory
-            .build(&self.connector_settings, &self.env, vb)
+    ) -> Result<Box<dyn vlmkit_core::Connector>, ConnectorBuildError> {
+        self.connector.build(&self.env, vb)
     }
 
     /// The token grid region masks are compared on, when a stage weights the Dice

@@ -39,15 +39,15 @@ impl Default for PooledMlpConfig {
 pub struct PooledMlpFactory;
 
 impl PooledMlpFactory {
+    /// The pooled layer and its patch grid, which `pool` must divide.
     fn grid(
         cfg: &PooledMlpConfig,
         env: &ConnectorEnv,
-        settings: &Settings,
-    ) -> Result<(usize, (usize, usize)), SettingsError> {
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+    ) -> Result<(usize, (usize, usize)), ConfigError> {
+        let base = env.selected("base_layer", cfg.base_layer)?;
         let (rows, cols) = env.vision.grids[base];
         if cfg.pool == 0 || rows % cfg.pool != 0 || cols % cfg.pool != 0 {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "pool",
                 format!(
                     "pool = {} must divide the {rows}×{cols} patch grid of hs[{base}]",
@@ -60,6 +60,8 @@ impl PooledMlpFactory {
 }
 
 impl ConnectorFactory for PooledMlpFactory {
+    type Config = PooledMlpConfig;
+
     fn kind(&self) -> &'static str {
         "pooled-mlp"
     }
@@ -68,47 +70,37 @@ impl ConnectorFactory for PooledMlpFactory {
         "average-pools one vision layer's patch grid (pool × pool), then LLaVA's MLP (example plugin)"
     }
 
-    fn defaults(&self) -> vlmkit_api::toml::Table {
-        vlmkit_api::settings_table(&PooledMlpConfig::default())
-    }
-
     fn needs(
         &self,
-        settings: &Settings,
+        cfg: &PooledMlpConfig,
         vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let cfg: PooledMlpConfig = settings.parse()?;
-        vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
+    ) -> Result<ConnectorNeeds, ConfigError> {
+        vision.layer("base_layer", cfg.base_layer)?;
         Ok(ConnectorNeeds::prefix(vec![cfg.base_layer]))
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let cfg: PooledMlpConfig = settings.parse()?;
-        Self::grid(&cfg, env, settings).map(|_| ())
+    fn check(&self, cfg: &PooledMlpConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        Self::grid(cfg, env).map(|_| ())
     }
 
     fn visual_tokens(
         &self,
-        settings: &Settings,
+        cfg: &PooledMlpConfig,
         env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
-        let cfg: PooledMlpConfig = settings.parse()?;
-        let (_, (rows, cols)) = Self::grid(&cfg, env, settings)?;
+    ) -> Result<usize, ConfigError> {
+        let (_, (rows, cols)) = Self::grid(cfg, env)?;
         Ok((rows / cfg.pool) * (cols / cfg.pool))
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &PooledMlpConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let cfg: PooledMlpConfig = settings.parse()?;
-        let (base, grid) = Self::grid(&cfg, env, settings)?;
+        let (base, grid) = Self::grid(cfg, env)?;
         Ok(Box::new(PooledMlp::new(
-            &cfg,
+            cfg,
             grid,
             env.width(base),
             env.llm_hidden,

@@ -62,27 +62,12 @@ const NORM_EPS: f64 = 1e-5;
 pub struct AgeFactory;
 
 impl AgeFactory {
-    fn config(settings: &Settings, vision: &VisionInfo) -> Result<AgeConfig, SettingsError> {
-        let cfg: AgeConfig = settings.parse()?;
-        vision
-            .resolve(cfg.layer)
-            .map_err(|e| settings.error("layer", e.to_string()))?;
-        if cfg.heads == 0 {
-            return Err(settings.error("heads", "at least one head"));
-        }
-        Ok(cfg)
-    }
-
     /// Checks the block positions against the language model and the heads
     /// against its width; returns the positions.
-    fn check_llm(
-        cfg: &AgeConfig,
-        settings: &Settings,
-        env: &ConnectorEnv,
-    ) -> Result<Vec<usize>, SettingsError> {
+    fn check_llm(cfg: &AgeConfig, env: &ConnectorEnv) -> Result<Vec<usize>, ConfigError> {
         let positions = cfg.block_positions(env.llm_layers);
         if positions.is_empty() {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "layers",
                 format!(
                     "no decoder layer gets a cross-attention block (the language model has {} layers); list some, e.g. layers = [0]",
@@ -91,7 +76,7 @@ impl AgeFactory {
             ));
         }
         if let Some(&deep) = positions.iter().find(|&&p| p >= env.llm_layers) {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "layers",
                 format!(
                     "decoder layer {deep} does not exist: the language model has {} layers (0-based positions 0..{})",
@@ -101,13 +86,13 @@ impl AgeFactory {
             ));
         }
         if positions.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "layers",
                 format!("positions must increase, each once: {positions:?}"),
             ));
         }
         if env.llm_hidden % cfg.heads != 0 {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "heads",
                 format!(
                     "{} heads do not divide the language model's width {}",
@@ -120,6 +105,8 @@ impl AgeFactory {
 }
 
 impl ConnectorFactory for AgeFactory {
+    type Config = AgeConfig;
+
     fn kind(&self) -> &'static str {
         "age"
     }
@@ -128,16 +115,11 @@ impl ConnectorFactory for AgeFactory {
         "AGE-style: tanh-gated cross-attention blocks inside the language model read the adapted vision layer (no visual tokens in the sequence); exposes its attention for the Dice loss"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::settings_table(&AgeConfig::default())
-    }
-
-    fn needs(
-        &self,
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let cfg = Self::config(settings, vision)?;
+    fn needs(&self, cfg: &AgeConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        vision.layer("layer", cfg.layer)?;
+        if cfg.heads == 0 {
+            return Err(ConfigError::new("heads", "at least one head"));
+        }
         Ok(ConnectorNeeds {
             placement: Placement::Interleaved,
             grounding_map: Some(GROUNDING_MAP.to_string()),
@@ -145,31 +127,29 @@ impl ConnectorFactory for AgeFactory {
         })
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let cfg = Self::config(settings, &env.vision)?;
-        env.selected(cfg.layer, "layer", settings)?;
-        Self::check_llm(&cfg, settings, env)?;
+    fn check(&self, cfg: &AgeConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        env.selected("layer", cfg.layer)?;
+        Self::check_llm(cfg, env)?;
         Ok(())
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &AgeConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let cfg = Self::config(settings, &env.vision)?;
-        let layer = env.selected(cfg.layer, "layer", settings)?;
-        let positions = Self::check_llm(&cfg, settings, env)?;
+        let layer = env.selected("layer", cfg.layer)?;
+        let positions = Self::check_llm(cfg, env)?;
         let dims = AgeDims {
             vision: env.width(layer),
             llm: env.llm_hidden,
         };
-        Ok(Box::new(AgeConnector::new(&cfg, positions, dims, vb)?))
+        Ok(Box::new(AgeConnector::new(cfg, positions, dims, vb)?))
     }
 
     /// No tokens enter the sequence.
-    fn visual_tokens(&self, _: &Settings, _: &ConnectorEnv) -> Result<usize, SettingsError> {
+    fn visual_tokens(&self, _: &AgeConfig, _: &ConnectorEnv) -> Result<usize, ConfigError> {
         Ok(0)
     }
 

@@ -18,24 +18,13 @@ use vlmkit_plugin::BuildError;
 pub struct CcraFactory;
 
 impl CcraFactory {
-    fn config(settings: &Settings) -> Result<CcraConfig, SettingsError> {
-        let cfg: CcraConfig = settings.parse()?;
-        cfg.validate()
-            .map_err(|(key, message)| settings.error(key, message))?;
-        Ok(cfg)
-    }
-
     /// Position in the selected layers of the layer fused with the regional
     /// features: `residual_layer`, or the last selected one.
-    fn residual_position(
-        cfg: &CcraConfig,
-        settings: &Settings,
-        env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
+    fn residual_position(cfg: &CcraConfig, env: &ConnectorEnv) -> Result<usize, ConfigError> {
         match cfg.residual_layer {
             None => Ok(env.layers.len() - 1),
             Some(index) => {
-                let abs = env.selected(index, "residual_layer", settings)?;
+                let abs = env.selected("residual_layer", index)?;
                 Ok(env.layers.iter().position(|&l| l == abs).expect("selected"))
             }
         }
@@ -43,6 +32,8 @@ impl CcraFactory {
 }
 
 impl ConnectorFactory for CcraFactory {
+    type Config = CcraConfig;
+
     fn kind(&self) -> &'static str {
         "ccra"
     }
@@ -51,20 +42,10 @@ impl ConnectorFactory for CcraFactory {
         "CCRA: text-guided layer-patch, Gaussian-smoothed layer and patch attentions over many vision layers, fused with the last one by an MLP"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::settings_table(&CcraConfig::default())
-    }
-
-    fn needs(
-        &self,
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let cfg = Self::config(settings)?;
+    fn needs(&self, cfg: &CcraConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        cfg.validate()?;
         if let Some(index) = cfg.residual_layer {
-            vision
-                .resolve(index)
-                .map_err(|e| settings.error("residual_layer", e.to_string()))?;
+            vision.layer("residual_layer", index)?;
         }
         // PWCA's patch map is text→patch attention a grounding loss can train;
         // raw scores (`map_norm = "none"`) can be negative, so not then.
@@ -78,27 +59,25 @@ impl ConnectorFactory for CcraFactory {
         })
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let cfg = Self::config(settings)?;
-        Self::residual_position(&cfg, settings, env)?;
+    fn check(&self, cfg: &CcraConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        Self::residual_position(cfg, env)?;
         Ok(())
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &CcraConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let cfg = Self::config(settings)?;
-        let residual = Self::residual_position(&cfg, settings, env)?;
+        let residual = Self::residual_position(cfg, env)?;
         let dims = CcraDims {
             layers: env.layers.len(),
             vision: env.width(env.layers[0]),
             text: env.text_hidden,
             llm: env.llm_hidden,
         };
-        Ok(Box::new(CcraConnector::new(&cfg, dims, residual, vb)?))
+        Ok(Box::new(CcraConnector::new(cfg, dims, residual, vb)?))
     }
 
     fn param_groups(&self) -> Vec<ParamGroup> {

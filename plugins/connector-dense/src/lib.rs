@@ -131,37 +131,24 @@ pub struct DenseFactory;
 /// The settings resolved against the encoder: what the variant reads, and the
 /// base layer as an absolute index.
 struct Resolved {
-    cfg: DenseConfig,
     integration: Integration,
     base: usize,
 }
 
 impl Resolved {
-    fn new(settings: &Settings, vision: &VisionInfo) -> Result<Self, SettingsError> {
-        let cfg: DenseConfig = settings.parse()?;
-        let base = vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
-        let integration = cfg
-            .integration(vision.depth)
-            .map_err(|(key, message)| settings.error(key, message))?;
+    fn new(cfg: &DenseConfig, vision: &VisionInfo) -> Result<Self, ConfigError> {
         Ok(Self {
-            cfg,
-            integration,
-            base,
+            base: vision.layer("base_layer", cfg.base_layer)?,
+            integration: cfg.integration(vision.depth)?,
         })
     }
 
     /// The base layer's patch count, after checking every layer the variant
     /// reads is selected and shaped like the base layer.
-    fn checked_patches(
-        &self,
-        settings: &Settings,
-        env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
-        env.selected(self.cfg.base_layer, "base_layer", settings)?;
+    fn checked_patches(&self, cfg: &DenseConfig, env: &ConnectorEnv) -> Result<usize, ConfigError> {
+        env.selected("base_layer", cfg.base_layer)?;
         for layer in self.integration.layers() {
-            env.check_same_shape(layer, self.base, "the Dense Connector", "variant", settings)?;
+            env.check_same_shape(layer, self.base, "the Dense Connector", "variant")?;
         }
         let (rows, cols) = env.vision.grids[self.base];
         if let Integration::Sparse {
@@ -169,7 +156,7 @@ impl Resolved {
         } = self.integration
         {
             if pool > rows * cols {
-                return Err(settings.error(
+                return Err(ConfigError::new(
                     "pool",
                     format!(
                         "a window of {pool} tokens is longer than the {} patches",
@@ -183,6 +170,8 @@ impl Resolved {
 }
 
 impl ConnectorFactory for DenseFactory {
+    type Config = DenseConfig;
+
     fn kind(&self) -> &'static str {
         "dense"
     }
@@ -191,46 +180,34 @@ impl ConnectorFactory for DenseFactory {
         "Dense Connector: several vision layers fused without parameters (channel means, sparse channels or pooled tokens), then LLaVA's MLP"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::settings_table(&DenseConfig::default())
-    }
-
-    fn needs(
-        &self,
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let r = Resolved::new(settings, vision)?;
+    fn needs(&self, cfg: &DenseConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        let r = Resolved::new(cfg, vision)?;
         Ok(ConnectorNeeds::prefix(vlmkit_plugin::default_layers(
             r.integration.layers(),
             r.base,
         )))
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        Resolved::new(settings, &env.vision)?.checked_patches(settings, env)?;
+    fn check(&self, cfg: &DenseConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        Resolved::new(cfg, &env.vision)?.checked_patches(cfg, env)?;
         Ok(())
     }
 
-    fn visual_tokens(
-        &self,
-        settings: &Settings,
-        env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
-        let r = Resolved::new(settings, &env.vision)?;
-        Ok(r.integration.tokens(r.checked_patches(settings, env)?))
+    fn visual_tokens(&self, cfg: &DenseConfig, env: &ConnectorEnv) -> Result<usize, ConfigError> {
+        let r = Resolved::new(cfg, &env.vision)?;
+        Ok(r.integration.tokens(r.checked_patches(cfg, env)?))
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &DenseConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let r = Resolved::new(settings, &env.vision)?;
-        r.checked_patches(settings, env)?;
+        let r = Resolved::new(cfg, &env.vision)?;
+        r.checked_patches(cfg, env)?;
         Ok(Box::new(DenseConnector::new(
-            r.cfg.base_layer,
+            cfg.base_layer,
             r.integration,
             env.width(r.base),
             env.llm_hidden,

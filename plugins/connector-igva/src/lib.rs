@@ -171,35 +171,19 @@ impl IgvaConfig {
 pub struct IgvaFactory;
 
 impl IgvaFactory {
-    fn config(
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<(IgvaConfig, Vec<Vec<usize>>, usize), SettingsError> {
-        let cfg: IgvaConfig = settings.parse()?;
-        cfg.check()
-            .map_err(|(key, message)| settings.error(key, message))?;
-        let base = vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
-        let groups = cfg
-            .resolve_groups(vision)
-            .map_err(|(key, message)| settings.error(key, message))?;
-        Ok((cfg, groups, base))
-    }
-
-    /// Every grouped layer must be selected and shaped like the base layer.
+    /// Every grouped layer must be selected and shaped like the base layer; the
+    /// heads must divide its width. Returns the groups and the base layer.
     fn check_layers(
         cfg: &IgvaConfig,
-        groups: &[Vec<usize>],
-        settings: &Settings,
         env: &ConnectorEnv,
-    ) -> Result<usize, SettingsError> {
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+    ) -> Result<(Vec<Vec<usize>>, usize), ConfigError> {
+        let groups = cfg.resolve_groups(&env.vision)?;
+        let base = env.selected("base_layer", cfg.base_layer)?;
         for &layer in groups.iter().flatten() {
-            env.check_same_shape(layer, base, "IGVA", "groups", settings)?;
+            env.check_same_shape(layer, base, "IGVA", "groups")?;
         }
         if env.width(base) % cfg.heads != 0 {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "heads",
                 format!(
                     "{} heads do not divide the vision width {}",
@@ -208,11 +192,13 @@ impl IgvaFactory {
                 ),
             ));
         }
-        Ok(base)
+        Ok((groups, base))
     }
 }
 
 impl ConnectorFactory for IgvaFactory {
+    type Config = IgvaConfig;
+
     fn kind(&self) -> &'static str {
         "igva"
     }
@@ -221,16 +207,10 @@ impl ConnectorFactory for IgvaFactory {
         "IGVA-like: the instruction weighs groups of vision layers (a small transformer over the groups' class tokens), the weighted patches join hs[-2], then LLaVA's MLP"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::settings_table(&IgvaConfig::default())
-    }
-
-    fn needs(
-        &self,
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let (cfg, groups, base) = Self::config(settings, vision)?;
+    fn needs(&self, cfg: &IgvaConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        cfg.check()?;
+        let base = vision.layer("base_layer", cfg.base_layer)?;
+        let groups = cfg.resolve_groups(vision)?;
         Ok(ConnectorNeeds {
             reads_text: true,
             // The class token is used when there is one, else the mean patch:
@@ -248,45 +228,42 @@ impl ConnectorFactory for IgvaFactory {
         })
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let (cfg, groups, _) = Self::config(settings, &env.vision)?;
-        Self::check_layers(&cfg, &groups, settings, env)?;
+    fn check(&self, cfg: &IgvaConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        Self::check_layers(cfg, env)?;
         Ok(())
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &IgvaConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let (cfg, groups, _) = Self::config(settings, &env.vision)?;
-        let base = Self::check_layers(&cfg, &groups, settings, env)?;
+        let (groups, base) = Self::check_layers(cfg, env)?;
         let text = match &cfg.text_encoder {
             None => TextSource::QueryEmbeddings,
             // Shapes only (`vlmkit params`): the frozen encoder has no trainable part.
             Some(_) if env.weight_dirs.is_empty() => TextSource::NotLoaded,
             Some(enc) => {
                 let dir = env.weight_dirs.get("text_encoder.from").ok_or_else(|| {
-                    settings.error(
+                    ConfigError::new(
                         "text_encoder.from",
                         "the host did not resolve this directory",
                     )
                 })?;
                 let encoder = SentenceEncoder::load_shared(dir, enc.pooling)
-                    .map_err(|e| settings.error("text_encoder.from", e.to_string()))?;
+                    .map_err(|e| ConfigError::new("text_encoder.from", e.to_string()))?;
                 if encoder.hidden_size() != enc.hidden_size {
-                    return Err(settings
-                        .error(
-                            "text_encoder.hidden_size",
-                            format!(
-                                "is {}, but {} says the encoder's width is {}",
-                                enc.hidden_size,
-                                dir.join("config.json").display(),
-                                encoder.hidden_size()
-                            ),
-                        )
-                        .into());
+                    return Err(ConfigError::new(
+                        "text_encoder.hidden_size",
+                        format!(
+                            "is {}, but {} says the encoder's width is {}",
+                            enc.hidden_size,
+                            dir.join("config.json").display(),
+                            encoder.hidden_size()
+                        ),
+                    )
+                    .into());
                 }
                 TextSource::Encoder(encoder)
             }
@@ -299,7 +276,7 @@ impl ConnectorFactory for IgvaFactory {
                 .map_or(env.text_hidden, |enc| enc.hidden_size),
             llm: env.llm_hidden,
         };
-        Ok(Box::new(IgvaConnector::new(&cfg, groups, dims, text, vb)?))
+        Ok(Box::new(IgvaConnector::new(cfg, groups, dims, text, vb)?))
     }
 
     fn param_groups(&self) -> Vec<ParamGroup> {

@@ -1,13 +1,13 @@
 //! LLaVA-1.5's `mlp2x_gelu` projector: `Y = W2·GELU(W1·X + b1) + b2` on the patch
 //! tokens of one hidden state (`hs[-2]` by default). Weights `proj.0.*`, `proj.2.*`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use vlmkit_plugin::candle_core::Result as TensorResult;
 use vlmkit_plugin::prelude::*;
 use vlmkit_plugin::BuildError;
 
 /// `[connector]` settings of `kind = "mlp"`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MlpConfig {
     /// The hidden state projected (HF index, negative from the end).
@@ -23,6 +23,8 @@ impl Default for MlpConfig {
 pub struct MlpFactory;
 
 impl ConnectorFactory for MlpFactory {
+    type Config = MlpConfig;
+
     fn kind(&self) -> &'static str {
         "mlp"
     }
@@ -31,40 +33,25 @@ impl ConnectorFactory for MlpFactory {
         "LLaVA-1.5 mlp2x_gelu: a two-layer GELU MLP on one vision layer's patch tokens"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        let mut t = vlmkit_plugin::toml::Table::new();
-        t.insert("base_layer".into(), MlpConfig::default().base_layer.into());
-        t
-    }
-
-    fn needs(
-        &self,
-        settings: &Settings,
-        vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let cfg: MlpConfig = settings.parse()?;
-        vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
+    fn needs(&self, cfg: &MlpConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
+        vision.layer("base_layer", cfg.base_layer)?;
         Ok(ConnectorNeeds::prefix(vec![cfg.base_layer]))
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let cfg: MlpConfig = settings.parse()?;
-        env.selected(cfg.base_layer, "base_layer", settings)?;
+    fn check(&self, cfg: &MlpConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        env.selected("base_layer", cfg.base_layer)?;
         Ok(())
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &MlpConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let cfg: MlpConfig = settings.parse()?;
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+        let base = env.selected("base_layer", cfg.base_layer)?;
         Ok(Box::new(MlpConnector::new(
-            &cfg,
+            cfg,
             env.width(base),
             env.llm_hidden,
             vb,

@@ -60,44 +60,19 @@ const NORM_EPS: f64 = 1e-6;
 pub struct MmfuserFactory;
 
 impl MmfuserFactory {
-    fn config(settings: &Settings, vision: &VisionInfo) -> Result<MmfuserConfig, SettingsError> {
-        let cfg: MmfuserConfig = settings.parse()?;
-        vision
-            .resolve(cfg.base_layer)
-            .map_err(|e| settings.error("base_layer", e.to_string()))?;
-        if cfg.levels.is_empty() {
-            return Err(settings.error("levels", "name at least one level layer"));
-        }
-        for &level in &cfg.levels {
-            vision.resolve(level).map_err(|e| {
-                settings.error(
-                    "levels",
-                    format!(
-                        "{e}; the default levels [-22, -17, -12, -7] assume a 24-block encoder"
-                    ),
-                )
-            })?;
-        }
-        if cfg.heads == 0 {
-            return Err(settings.error("heads", "at least one head"));
-        }
-        Ok(cfg)
-    }
-
     /// Positions resolved and checked against the selected layers: the query layer
     /// and the levels, all of one width that the heads divide.
     fn resolve(
         cfg: &MmfuserConfig,
-        settings: &Settings,
         env: &ConnectorEnv,
-    ) -> Result<(usize, Vec<usize>), SettingsError> {
-        let base = env.selected(cfg.base_layer, "base_layer", settings)?;
+    ) -> Result<(usize, Vec<usize>), ConfigError> {
+        let base = env.selected("base_layer", cfg.base_layer)?;
         let width = env.width(base);
         let mut levels = Vec::with_capacity(cfg.levels.len());
         for &level in &cfg.levels {
-            let abs = env.selected(level, "levels", settings)?;
+            let abs = env.selected("levels", level)?;
             if env.width(abs) != width {
-                return Err(settings.error(
+                return Err(ConfigError::new(
                     "levels",
                     format!(
                         "level hs[{level}] is {} channels wide but the query layer hs[{}] is {width}; MMFuser attends across levels of one width",
@@ -109,7 +84,7 @@ impl MmfuserFactory {
             levels.push(abs);
         }
         if width % cfg.heads != 0 {
-            return Err(settings.error(
+            return Err(ConfigError::new(
                 "heads",
                 format!("{} heads do not divide the vision width {width}", cfg.heads),
             ));
@@ -119,6 +94,8 @@ impl MmfuserFactory {
 }
 
 impl ConnectorFactory for MmfuserFactory {
+    type Config = MmfuserConfig;
+
     fn kind(&self) -> &'static str {
         "mmfuser"
     }
@@ -127,16 +104,29 @@ impl ConnectorFactory for MmfuserFactory {
         "MMFuser-like: the deep layer cross-attends to shallow levels, then self-attends, through zero-initialised gates; then LLaVA's MLP"
     }
 
-    fn defaults(&self) -> vlmkit_plugin::toml::Table {
-        vlmkit_plugin::settings_table(&MmfuserConfig::default())
-    }
-
     fn needs(
         &self,
-        settings: &Settings,
+        cfg: &MmfuserConfig,
         vision: &VisionInfo,
-    ) -> Result<ConnectorNeeds, SettingsError> {
-        let cfg = Self::config(settings, vision)?;
+    ) -> Result<ConnectorNeeds, ConfigError> {
+        vision.layer("base_layer", cfg.base_layer)?;
+        if cfg.levels.is_empty() {
+            return Err(ConfigError::new("levels", "name at least one level layer"));
+        }
+        for &level in &cfg.levels {
+            vision.layer("levels", level).map_err(|e| {
+                ConfigError::new(
+                    "levels",
+                    format!(
+                        "{}; the default levels [-22, -17, -12, -7] assume a 24-block encoder",
+                        e.message
+                    ),
+                )
+            })?;
+        }
+        if cfg.heads == 0 {
+            return Err(ConfigError::new("heads", "at least one head"));
+        }
         let mut layers = cfg.levels.clone();
         layers.push(cfg.base_layer);
         // Levels may differ in grid (they are concatenated along tokens), not in
@@ -144,22 +134,20 @@ impl ConnectorFactory for MmfuserFactory {
         Ok(ConnectorNeeds::prefix(layers))
     }
 
-    fn check(&self, settings: &Settings, env: &ConnectorEnv) -> Result<(), SettingsError> {
-        let cfg = Self::config(settings, &env.vision)?;
-        Self::resolve(&cfg, settings, env)?;
+    fn check(&self, cfg: &MmfuserConfig, env: &ConnectorEnv) -> Result<(), ConfigError> {
+        Self::resolve(cfg, env)?;
         Ok(())
     }
 
     fn build(
         &self,
-        settings: &Settings,
+        cfg: &MmfuserConfig,
         env: &ConnectorEnv,
         vb: VarBuilder,
     ) -> Result<Box<dyn Connector>, BuildError> {
-        let cfg = Self::config(settings, &env.vision)?;
-        let (base, _) = Self::resolve(&cfg, settings, env)?;
+        let (base, _) = Self::resolve(cfg, env)?;
         Ok(Box::new(MmfuserConnector::new(
-            &cfg,
+            cfg,
             env.width(base),
             env.llm_hidden,
             vb,

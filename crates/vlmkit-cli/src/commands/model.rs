@@ -352,7 +352,7 @@ fn forward_run(
     if model.vlm.needs.reads_text {
         bail!(
             "the connector `{}` reads the question, which input_ids do not mark; ask this model with `vlmkit infer`",
-            plan.connector.factory.kind()
+            plan.connector.kind()
         );
     }
     let Some(ids) = inputs.get("input_ids") else {

@@ -43,7 +43,7 @@ pub fn run(args: RecipeArgs) -> Result<()> {
             };
             eprintln!(
                 "ok: connector `{}` ({:?}, reads text: {}), vision layers {:?}, {vocabulary}",
-                plan.connector.factory.kind(),
+                plan.connector.kind(),
                 needs.placement,
                 needs.reads_text,
                 plan.env.layers,

@@ -44,30 +44,32 @@ mod collide {
     /// Claims the built-in kind `mlp`.
     pub struct Mlp;
 
+    #[derive(Clone, Default, vlmkit_api::serde::Serialize, vlmkit_api::serde::Deserialize)]
+    #[serde(crate = "vlmkit_api::serde")]
+    pub struct NoSettings {}
+
     impl ConnectorFactory for Mlp {
+        type Config = NoSettings;
         fn kind(&self) -> &'static str {
             "mlp"
         }
         fn summary(&self) -> &'static str {
             "an impostor"
         }
-        fn defaults(&self) -> vlmkit_api::toml::Table {
-            vlmkit_api::toml::Table::new()
-        }
         fn needs(
             &self,
-            _settings: &Settings,
+            _config: &NoSettings,
             _vision: &VisionInfo,
-        ) -> Result<ConnectorNeeds, SettingsError> {
+        ) -> Result<ConnectorNeeds, ConfigError> {
             Ok(ConnectorNeeds::prefix(vec![-2]))
         }
         fn build(
             &self,
-            settings: &Settings,
+            _config: &NoSettings,
             _env: &ConnectorEnv,
             _vb: VarBuilder,
         ) -> Result<Box<dyn Connector>, vlmkit_api::BuildError> {
-            Err(settings.error("kind", "never built").into())
+            Err(ConfigError::new("kind", "never built").into())
         }
     }
 }
