@@ -207,10 +207,10 @@ pub trait ConnectorFactory: Send + Sync + 'static {
         + 'static;
 
     /// The `kind` a recipe names (`[connector] kind = "…"`).
-    fn kind(&self) -> &'static str;
+    const KIND: &'static str;
 
-    /// One line on what it is.
-    fn summary(&self) -> &'static str;
+    /// One line on what it is (for `vlmkit plugins list`).
+    const SUMMARY: &'static str;
 
     /// Validates the settings against the encoder and declares what the
     /// connector needs. No tensors.
@@ -274,11 +274,11 @@ pub trait DynConnectorFactory: Send + Sync {
 
 impl<F: ConnectorFactory> DynConnectorFactory for F {
     fn kind(&self) -> &'static str {
-        ConnectorFactory::kind(self)
+        F::KIND
     }
 
     fn summary(&self) -> &'static str {
-        ConnectorFactory::summary(self)
+        F::SUMMARY
     }
 
     fn defaults(&self) -> toml::Table {
@@ -325,7 +325,7 @@ struct Configured<F: ConnectorFactory> {
 
 impl<F: ConnectorFactory> ConfiguredConnector for Configured<F> {
     fn kind(&self) -> &'static str {
-        self.factory.kind()
+        F::KIND
     }
 
     fn table(&self) -> toml::Table {

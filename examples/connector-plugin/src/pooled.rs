@@ -62,13 +62,9 @@ impl PooledMlpFactory {
 impl ConnectorFactory for PooledMlpFactory {
     type Config = PooledMlpConfig;
 
-    fn kind(&self) -> &'static str {
-        "pooled-mlp"
-    }
-
-    fn summary(&self) -> &'static str {
-        "average-pools one vision layer's patch grid (pool × pool), then LLaVA's MLP (example plugin)"
-    }
+    const KIND: &'static str = "pooled-mlp";
+    const SUMMARY: &'static str =
+        "average-pools one vision layer's patch grid (pool × pool), then LLaVA's MLP (example plugin)";
 
     fn needs(
         &self,

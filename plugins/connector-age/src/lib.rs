@@ -107,13 +107,9 @@ impl AgeFactory {
 impl ConnectorFactory for AgeFactory {
     type Config = AgeConfig;
 
-    fn kind(&self) -> &'static str {
-        "age"
-    }
-
-    fn summary(&self) -> &'static str {
-        "AGE-style: tanh-gated cross-attention blocks inside the language model read the adapted vision layer (no visual tokens in the sequence); exposes its attention for the Dice loss"
-    }
+    const KIND: &'static str = "age";
+    const SUMMARY: &'static str =
+        "AGE-style: tanh-gated cross-attention blocks inside the language model read the adapted vision layer (no visual tokens in the sequence); exposes its attention for the Dice loss";
 
     fn needs(&self, cfg: &AgeConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
         vision.layer("layer", cfg.layer)?;

@@ -34,13 +34,9 @@ impl CcraFactory {
 impl ConnectorFactory for CcraFactory {
     type Config = CcraConfig;
 
-    fn kind(&self) -> &'static str {
-        "ccra"
-    }
-
-    fn summary(&self) -> &'static str {
-        "CCRA: text-guided layer-patch, Gaussian-smoothed layer and patch attentions over many vision layers, fused with the last one by an MLP"
-    }
+    const KIND: &'static str = "ccra";
+    const SUMMARY: &'static str =
+        "CCRA: text-guided layer-patch, Gaussian-smoothed layer and patch attentions over many vision layers, fused with the last one by an MLP";
 
     fn needs(&self, cfg: &CcraConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
         cfg.validate()?;

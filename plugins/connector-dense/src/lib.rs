@@ -172,13 +172,9 @@ impl Resolved {
 impl ConnectorFactory for DenseFactory {
     type Config = DenseConfig;
 
-    fn kind(&self) -> &'static str {
-        "dense"
-    }
-
-    fn summary(&self) -> &'static str {
-        "Dense Connector: several vision layers fused without parameters (channel means, sparse channels or pooled tokens), then LLaVA's MLP"
-    }
+    const KIND: &'static str = "dense";
+    const SUMMARY: &'static str =
+        "Dense Connector: several vision layers fused without parameters (channel means, sparse channels or pooled tokens), then LLaVA's MLP";
 
     fn needs(&self, cfg: &DenseConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
         let r = Resolved::new(cfg, vision)?;

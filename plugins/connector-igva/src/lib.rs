@@ -199,13 +199,9 @@ impl IgvaFactory {
 impl ConnectorFactory for IgvaFactory {
     type Config = IgvaConfig;
 
-    fn kind(&self) -> &'static str {
-        "igva"
-    }
-
-    fn summary(&self) -> &'static str {
-        "IGVA-like: the instruction weighs groups of vision layers (a small transformer over the groups' class tokens), the weighted patches join hs[-2], then LLaVA's MLP"
-    }
+    const KIND: &'static str = "igva";
+    const SUMMARY: &'static str =
+        "IGVA-like: the instruction weighs groups of vision layers (a small transformer over the groups' class tokens), the weighted patches join hs[-2], then LLaVA's MLP";
 
     fn needs(&self, cfg: &IgvaConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
         cfg.check()?;

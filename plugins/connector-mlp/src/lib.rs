@@ -25,13 +25,9 @@ pub struct MlpFactory;
 impl ConnectorFactory for MlpFactory {
     type Config = MlpConfig;
 
-    fn kind(&self) -> &'static str {
-        "mlp"
-    }
-
-    fn summary(&self) -> &'static str {
-        "LLaVA-1.5 mlp2x_gelu: a two-layer GELU MLP on one vision layer's patch tokens"
-    }
+    const KIND: &'static str = "mlp";
+    const SUMMARY: &'static str =
+        "LLaVA-1.5 mlp2x_gelu: a two-layer GELU MLP on one vision layer's patch tokens";
 
     fn needs(&self, cfg: &MlpConfig, vision: &VisionInfo) -> Result<ConnectorNeeds, ConfigError> {
         vision.layer("base_layer", cfg.base_layer)?;

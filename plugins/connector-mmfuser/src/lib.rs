@@ -96,13 +96,9 @@ impl MmfuserFactory {
 impl ConnectorFactory for MmfuserFactory {
     type Config = MmfuserConfig;
 
-    fn kind(&self) -> &'static str {
-        "mmfuser"
-    }
-
-    fn summary(&self) -> &'static str {
-        "MMFuser-like: the deep layer cross-attends to shallow levels, then self-attends, through zero-initialised gates; then LLaVA's MLP"
-    }
+    const KIND: &'static str = "mmfuser";
+    const SUMMARY: &'static str =
+        "MMFuser-like: the deep layer cross-attends to shallow levels, then self-attends, through zero-initialised gates; then LLaVA's MLP";
 
     fn needs(
         &self,

@@ -50,12 +50,8 @@ mod collide {
 
     impl ConnectorFactory for Mlp {
         type Config = NoSettings;
-        fn kind(&self) -> &'static str {
-            "mlp"
-        }
-        fn summary(&self) -> &'static str {
-            "an impostor"
-        }
+        const KIND: &'static str = "mlp";
+        const SUMMARY: &'static str = "an impostor";
         fn needs(
             &self,
             _config: &NoSettings,
