@@ -2194,9 +2194,12 @@ fn exports_a_run_as_llava_hf_that_reads_back_exactly() {
     )
     .unwrap();
     let mut read_back = vision.config.clone();
-    if let (vlmkit_models::VisionConfig::Vit(ours), vlmkit_models::VisionConfig::Vit(run)) =
-        (&mut read_back, &plan.vision.config)
-    {
+    if let (Some(ours), Some(run)) = (
+        read_back.downcast_mut::<vlmkit_models::VitConfig>(),
+        plan.vision
+            .config
+            .downcast_ref::<vlmkit_models::VitConfig>(),
+    ) {
         // How fresh position embeddings start is vlmkit's, not the model's.
         ours.position_embedding_init = run.position_embedding_init;
     }

@@ -20,6 +20,11 @@ use serde::{Deserialize, Serialize};
 use vlmkit_core::nn::{self, LayerNorm, Linear, LinearInit};
 use vlmkit_core::ops::{self, Activation};
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
+use vlmkit_data::processor::ImageProcessor;
+use vlmkit_recipe::{Settings, SettingsError};
+
+use crate::hf::{self, ConfigJson, HfError};
+use crate::vision::{activation_name, HfModelType, VisionArch, VisionConfig, VisionFactory};
 
 /// `ConvNextConfig`'s fields (same names and defaults as Hugging Face), plus the
 /// input normalisation.
@@ -369,6 +374,158 @@ impl VisionEncoder for ConvNext {
             .collect();
         unused.push("layernorm.".into());
         unused
+    }
+}
+
+/// The ConvNeXt factory: recipe kind `convnext`; reads `ConvNextModel` and
+/// `ConvNextForImageClassification` checkpoints.
+pub struct ConvNextFactory;
+
+impl VisionFactory for ConvNextFactory {
+    fn kinds(&self) -> &'static [(&'static str, &'static str)] {
+        &[("convnext", "convnext")]
+    }
+
+    fn summary(&self) -> &'static str {
+        "ConvNeXt: its stages are the hidden states (they differ in width and grid)"
+    }
+
+    fn parse_settings(
+        &self,
+        _kind: &str,
+        settings: &Settings,
+    ) -> std::result::Result<VisionConfig, SettingsError> {
+        let cfg: ConvNextConfig = settings.parse()?;
+        cfg.validate()
+            .map_err(|(key, msg)| settings.error(key, msg))?;
+        Ok(VisionConfig::new(cfg))
+    }
+
+    fn hf_model_types(&self) -> &'static [HfModelType] {
+        &[HfModelType {
+            model_type: "convnext",
+            nested: false,
+            in_llava: false,
+        }]
+    }
+
+    fn read_hf_config(
+        &self,
+        _model_type: &str,
+        json: &ConfigJson,
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<VisionConfig, HfError> {
+        let mut cfg = ConvNextConfig::default();
+        let list = |k: &str, v: &serde_json::Value| -> std::result::Result<Vec<usize>, HfError> {
+            v.as_array()
+                .ok_or_else(|| json.err(k, format!("expected a list of whole numbers, got {v}")))?
+                .iter()
+                .map(|n| json.usize(k, n))
+                .collect()
+        };
+        json.read_keys(settings, hf::vision::IGNORED, |k, v| {
+            match k {
+                "num_channels" => cfg.num_channels = json.usize(k, v)?,
+                "patch_size" => cfg.patch_size = json.usize(k, v)?,
+                "num_stages" => cfg.num_stages = json.usize(k, v)?,
+                "hidden_sizes" => cfg.hidden_sizes = list(k, v)?,
+                "depths" => cfg.depths = list(k, v)?,
+                "hidden_act" => cfg.hidden_act = hf::vision::activation(json, k, v)?,
+                "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
+                "layer_norm_eps" => cfg.layer_norm_eps = json.f64(k, v)?,
+                "layer_scale_init_value" => cfg.layer_scale_init_value = json.f64(k, v)?,
+                "drop_path_rate" => cfg.drop_path_rate = json.f64(k, v)?,
+                "image_size" => cfg.image_size = json.usize(k, v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| json.err(key, message))?;
+        Ok(VisionConfig::new(cfg))
+    }
+
+    /// The classifier's `convnext.` prefix dropped; its head skipped.
+    fn hf_weight_name(&self, name: &str) -> Option<String> {
+        if name.starts_with("classifier.") {
+            return None;
+        }
+        Some(name.strip_prefix("convnext.").unwrap_or(name).to_string())
+    }
+}
+
+impl VisionArch for ConvNextConfig {
+    fn family(&self) -> &'static str {
+        "convnext"
+    }
+
+    fn info(&self) -> VisionInfo {
+        ConvNextConfig::info(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn VisionEncoder>> {
+        Ok(Box::new(ConvNext::new(self, vb)?))
+    }
+
+    fn settings_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("vision configs serialise as tables")
+    }
+
+    fn set_normalisation(&mut self, mean: [f32; 3], std: [f32; 3]) {
+        self.image_mean = mean;
+        self.image_std = std;
+    }
+
+    /// CLIP's resize and centre crop: transformers' ConvNeXt processor
+    /// (`crop_pct`) applies only to a checkpoint that brings its own
+    /// `preprocessor_config.json`.
+    fn default_processor(&self) -> ImageProcessor {
+        let size = self.image_size as u32;
+        ImageProcessor::clip(size, size)
+    }
+
+    /// Stage `N`'s blocks and the downsampling in front of it.
+    fn blocks_prefix(&self) -> &'static str {
+        "encoder.stages"
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        let list = |v: &[usize]| {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        vec![
+            (
+                "read as",
+                "vlmkit ConvNext (vision kind `convnext`)".to_string(),
+            ),
+            (
+                "image",
+                format!(
+                    "{0}×{0} pixels, stem patch {1}",
+                    self.image_size, self.patch_size
+                ),
+            ),
+            ("hidden_sizes", list(&self.hidden_sizes)),
+            ("depths", list(&self.depths)),
+            ("hidden_act", activation_name(self.hidden_act)),
+        ]
+    }
+
+    /// `B×C×H×W`, as transformers' `channels_first` hidden states.
+    fn hf_hidden_state(
+        &self,
+        layer: &Tensor,
+        _cls: Option<&Tensor>,
+        (h, w): (usize, usize),
+    ) -> Result<Tensor> {
+        let (b, _, c) = layer.dims3()?;
+        layer
+            .reshape((b, h, w, c))?
+            .permute((0, 3, 1, 2))?
+            .contiguous()
     }
 }
 

@@ -5,16 +5,19 @@ pub mod convnext;
 pub mod gguf;
 pub mod hf;
 pub mod llama;
+pub mod vision;
 pub mod vit;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use vlmkit_core::{LanguageModel, LlmInfo, VisionEncoder, VisionInfo};
 use vlmkit_recipe::{Recipe, Settings, SettingsError};
 
-pub use convnext::{ConvNext, ConvNextConfig};
+pub use convnext::{ConvNext, ConvNextConfig, ConvNextFactory};
 pub use llama::{Llama, LlamaConfig};
-pub use vit::{PositionInit, VisionTransformer, VitConfig, VitFamily};
+pub use vision::{VisionArch, VisionConfig, VisionFactory, VisionRegistry};
+pub use vit::{PositionInit, VisionTransformer, VitConfig, VitFactory, VitFamily};
 
 /// Where a model's weights come from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -55,84 +58,53 @@ fn parse_source(settings: &Settings, recipe: &Recipe) -> Result<Source, Settings
 
 /// The `[vision]` section: which encoder, where its weights come from, which hidden
 /// states a connector receives, and the encoder's configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct VisionSpec {
     pub kind: String,
+    /// The factory of `kind`: how its checkpoints' weights are named.
+    pub factory: Arc<dyn VisionFactory>,
     pub source: Source,
     /// Hidden states handed to the connector (HF indices, negative from the end);
     /// `None` lets the connector choose.
     pub layers: Option<Vec<i64>>,
+    /// The encoder's configuration, typed by its factory.
     pub config: VisionConfig,
     /// Settings (`vision.key`) inherited from a base recipe that gave way to the
     /// checkpoint `from` names.
     pub given_way: Vec<String>,
 }
 
-/// Vision encoder kinds this build knows.
-pub const VISION_KINDS: &[&str] = &["vit", "clip", "siglip", "convnext"];
-
-/// The encoder's configuration, by kind.
-#[derive(Debug, Clone, PartialEq)]
-pub enum VisionConfig {
-    /// `vit` / `clip`: `CLIPVisionConfig`; `siglip`: `SiglipVisionConfig` (the same
-    /// fields, SigLIP's defaults, [`vit::VitFamily::Siglip`]).
-    Vit(VitConfig),
-    /// `convnext`: `ConvNextConfig`.
-    ConvNext(ConvNextConfig),
-}
-
-impl VisionConfig {
-    fn parse(kind: &str, settings: &Settings) -> Result<Self, SettingsError> {
-        let (config, checked) = match kind {
-            "convnext" => {
-                let cfg: ConvNextConfig = settings.parse()?;
-                let checked = cfg.validate();
-                (Self::ConvNext(cfg), checked)
-            }
-            "siglip" => {
-                // SigLIP's defaults under the recipe's keys.
-                let mut table = toml::Table::try_from(VitConfig::siglip())
-                    .expect("the vision config serialises as a table");
-                table.extend(settings.table().clone());
-                let mut cfg: VitConfig = Settings::new(settings.path(), table).parse()?;
-                cfg.family = vit::VitFamily::Siglip;
-                let checked = cfg.validate();
-                (Self::Vit(cfg), checked)
-            }
-            _ => {
-                let cfg: VitConfig = settings.parse()?;
-                let checked = cfg.validate();
-                (Self::Vit(cfg), checked)
-            }
-        };
-        checked.map_err(|(key, msg)| settings.error(key, msg))?;
-        Ok(config)
-    }
-
-    pub fn info(&self) -> VisionInfo {
-        match self {
-            Self::Vit(cfg) => cfg.info(),
-            Self::ConvNext(cfg) => cfg.info(),
-        }
+impl PartialEq for VisionSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind
+            && self.source == other.source
+            && self.layers == other.layers
+            && self.config == other.config
+            && self.given_way == other.given_way
     }
 }
 
 impl VisionSpec {
-    /// Parses `settings` (the `[vision]` table of `recipe`).
-    pub fn from_settings(settings: &Settings, recipe: &Recipe) -> Result<Self, SettingsError> {
+    /// Parses `settings` (the `[vision]` table of `recipe`) with the encoders
+    /// `registry` knows.
+    pub fn from_settings(
+        settings: &Settings,
+        recipe: &Recipe,
+        registry: &VisionRegistry,
+    ) -> Result<Self, SettingsError> {
         let kind = settings
             .get_str("kind")?
             .ok_or_else(|| settings.error("kind", "missing: which vision encoder (e.g. \"vit\")"))?
             .to_string();
-        if !VISION_KINDS.contains(&kind.as_str()) {
-            return Err(settings.error(
+        let factory = registry.get(&kind).cloned().ok_or_else(|| {
+            settings.error(
                 "kind",
                 format!(
                     "unknown vision encoder `{kind}` (known: {})",
-                    VISION_KINDS.join(", ")
+                    registry.kinds().collect::<Vec<_>>().join(", ")
                 ),
-            ));
-        }
+            )
+        })?;
         let source = parse_source(settings, recipe)?;
         let layers = match settings.get("layers") {
             None => None,
@@ -148,16 +120,17 @@ impl VisionSpec {
         }
         let (config, given_way) = match &source {
             Source::Local(dir) if dir.join("config.json").is_file() => (
-                pretrained_vision_config(settings, recipe, &kind, dir)?,
+                pretrained_vision_config(settings, recipe, &kind, dir, registry)?,
                 inherited_keys(settings, recipe, &VISION_NOT_ARCHITECTURE),
             ),
             _ => (
-                VisionConfig::parse(&kind, &settings.without(&["kind", "from", "layers"]))?,
+                factory.parse_settings(&kind, &settings.without(&["kind", "from", "layers"]))?,
                 Vec::new(),
             ),
         };
         let spec = Self {
             kind,
+            factory,
             source,
             layers,
             config,
@@ -180,18 +153,12 @@ impl VisionSpec {
     /// Parameters (names under the encoder root) that start from a table instead
     /// of a random draw.
     pub fn initial_values(&self) -> candle_core::Result<Vec<(String, candle_core::Tensor)>> {
-        match &self.config {
-            VisionConfig::Vit(cfg) => cfg.initial_values(),
-            VisionConfig::ConvNext(_) => Ok(Vec::new()),
-        }
+        self.config.initial_values()
     }
 
     /// Builds the encoder (weights under the given builder's prefix).
     pub fn build(&self, vb: candle_nn::VarBuilder) -> candle_core::Result<Box<dyn VisionEncoder>> {
-        Ok(match &self.config {
-            VisionConfig::Vit(cfg) => Box::new(VisionTransformer::new(cfg, vb)?),
-            VisionConfig::ConvNext(cfg) => Box::new(ConvNext::new(cfg, vb)?),
-        })
+        self.config.build(vb)
     }
 }
 
@@ -204,14 +171,11 @@ fn pretrained_vision_config(
     recipe: &Recipe,
     kind: &str,
     dir: &std::path::Path,
+    registry: &VisionRegistry,
 ) -> Result<VisionConfig, SettingsError> {
-    let checkpoint =
-        hf::vision::read_vision_config(dir).map_err(|e| settings.error("from", e.to_string()))?;
-    let family = match kind {
-        "vit" | "clip" => "clip",
-        other => other,
-    };
-    if family != checkpoint.kind {
+    let checkpoint = hf::vision::read_vision_config_with(dir, registry)
+        .map_err(|e| settings.error("from", e.to_string()))?;
+    if registry.family(kind) != Some(checkpoint.kind) {
         return Err(settings.error(
             "kind",
             format!(
@@ -223,15 +187,10 @@ fn pretrained_vision_config(
             ),
         ));
     }
-    let theirs = match &checkpoint.config {
-        VisionConfig::Vit(cfg) => toml::Table::try_from(cfg),
-        VisionConfig::ConvNext(cfg) => toml::Table::try_from(cfg),
-    }
-    .expect("vision configs serialise as tables");
     agree_with_checkpoint(
         settings,
         recipe,
-        &theirs,
+        &checkpoint.config.settings_table(),
         &VISION_NOT_ARCHITECTURE,
         &format!("a {} encoder", checkpoint.kind),
         dir,

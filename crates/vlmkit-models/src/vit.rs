@@ -18,6 +18,13 @@ use vlmkit_core::nn::{
 };
 use vlmkit_core::ops::{cast_like, Activation};
 use vlmkit_core::{VisionEncoder, VisionInfo, VisualFeatures};
+use vlmkit_data::processor::ImageProcessor;
+use vlmkit_recipe::{Settings, SettingsError};
+
+use crate::hf::{self, ConfigJson, HfError};
+use crate::vision::{
+    activation_name, HfModelType, LlavaTower, VisionArch, VisionConfig, VisionFactory,
+};
 
 /// `CLIPVisionConfig`'s fields (same names and defaults as Hugging Face).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -458,5 +465,202 @@ impl VisionEncoder for VisionTransformer {
             .collect();
         unused.push("vision_model.post_layernorm.".into());
         unused
+    }
+}
+
+/// The ViT factory: recipe kinds `vit` and `clip` (CLIP's layout) and `siglip`;
+/// reads `CLIPVisionModel`, `CLIPModel`, `SiglipVisionModel` and `SiglipModel`
+/// checkpoints.
+pub struct VitFactory;
+
+impl VisionFactory for VitFactory {
+    fn kinds(&self) -> &'static [(&'static str, &'static str)] {
+        &[("vit", "clip"), ("clip", "clip"), ("siglip", "siglip")]
+    }
+
+    fn summary(&self) -> &'static str {
+        "vision transformer with CLIP's (class token, pre-norm) or SigLIP's layout"
+    }
+
+    fn parse_settings(
+        &self,
+        kind: &str,
+        settings: &Settings,
+    ) -> std::result::Result<VisionConfig, SettingsError> {
+        let cfg = if kind == "siglip" {
+            // SigLIP's defaults under the recipe's keys.
+            let mut table = toml::Table::try_from(VitConfig::siglip())
+                .expect("the vision config serialises as a table");
+            table.extend(settings.table().clone());
+            let mut cfg: VitConfig = Settings::new(settings.path(), table).parse()?;
+            cfg.family = VitFamily::Siglip;
+            cfg
+        } else {
+            settings.parse()?
+        };
+        cfg.validate()
+            .map_err(|(key, msg)| settings.error(key, msg))?;
+        Ok(VisionConfig::new(cfg))
+    }
+
+    fn hf_model_types(&self) -> &'static [HfModelType] {
+        const fn ty(model_type: &'static str, nested: bool) -> HfModelType {
+            HfModelType {
+                model_type,
+                nested,
+                in_llava: !nested,
+            }
+        }
+        const TYPES: [HfModelType; 4] = [
+            ty("clip_vision_model", false),
+            ty("clip", true),
+            ty("siglip_vision_model", false),
+            ty("siglip", true),
+        ];
+        &TYPES
+    }
+
+    fn read_hf_config(
+        &self,
+        model_type: &str,
+        json: &ConfigJson,
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> std::result::Result<VisionConfig, HfError> {
+        let mut cfg = if model_type.starts_with("siglip") {
+            VitConfig::siglip()
+        } else {
+            VitConfig::default()
+        };
+        json.read_keys(settings, hf::vision::IGNORED, |k, v| {
+            match k {
+                "hidden_size" => cfg.hidden_size = json.usize(k, v)?,
+                "intermediate_size" => cfg.intermediate_size = json.usize(k, v)?,
+                "num_hidden_layers" => cfg.num_hidden_layers = json.usize(k, v)?,
+                "num_attention_heads" => cfg.num_attention_heads = json.usize(k, v)?,
+                "num_channels" => cfg.num_channels = json.usize(k, v)?,
+                "image_size" => cfg.image_size = json.usize(k, v)?,
+                "patch_size" => cfg.patch_size = json.usize(k, v)?,
+                "hidden_act" => cfg.hidden_act = hf::vision::activation(json, k, v)?,
+                "layer_norm_eps" => cfg.layer_norm_eps = json.f64(k, v)?,
+                "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
+                "initializer_factor" => cfg.initializer_factor = json.f64(k, v)?,
+                "attention_dropout" | "dropout" => json.zero(k, v)?,
+                _ => return Ok(false),
+            }
+            Ok(true)
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| json.err(key, message))?;
+        Ok(VisionConfig::new(cfg))
+    }
+
+    /// Every prefix transformers has written (`vision_model.`, none,
+    /// `vision_tower.vision_model.`) to `vision_model.`; a CLIP text tower and
+    /// projections, SigLIP's pooling head and a LLaVA's other parts are skipped.
+    fn hf_weight_name(&self, name: &str) -> Option<String> {
+        const NOT_VISION: &[&str] = &[
+            "text_model.",
+            "visual_projection.",
+            "text_projection.",
+            "logit_scale",
+            "logit_bias",
+            // A LLaVA model's other parts.
+            "language_model.",
+            "multi_modal_projector.",
+        ];
+        if NOT_VISION.iter().any(|p| name.starts_with(p)) {
+            return None;
+        }
+        let name = name.strip_prefix("vision_tower.").unwrap_or(name);
+        let name = if name.starts_with("vision_model.") {
+            name.to_string()
+        } else {
+            format!("vision_model.{name}")
+        };
+        // SigLIP's attention-pooling head makes the pooled output, which no
+        // connector reads.
+        (!name.starts_with("vision_model.head.")).then_some(name)
+    }
+}
+
+impl VisionArch for VitConfig {
+    fn family(&self) -> &'static str {
+        match self.family {
+            VitFamily::Clip => "clip",
+            VitFamily::Siglip => "siglip",
+        }
+    }
+
+    fn info(&self) -> VisionInfo {
+        VitConfig::info(self)
+    }
+
+    fn build(&self, vb: VarBuilder) -> Result<Box<dyn VisionEncoder>> {
+        Ok(Box::new(VisionTransformer::new(self, vb)?))
+    }
+
+    fn initial_values(&self) -> Result<Vec<(String, Tensor)>> {
+        VitConfig::initial_values(self)
+    }
+
+    fn settings_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("vision configs serialise as tables")
+    }
+
+    fn set_normalisation(&mut self, mean: [f32; 3], std: [f32; 3]) {
+        self.image_mean = mean;
+        self.image_std = std;
+    }
+
+    /// SigLIP's exact resize; CLIP's resize of the short side and centre crop.
+    fn default_processor(&self) -> ImageProcessor {
+        let size = self.image_size as u32;
+        match self.family {
+            VitFamily::Siglip => ImageProcessor::siglip(size),
+            VitFamily::Clip => ImageProcessor::clip(size, size),
+        }
+    }
+
+    fn blocks_prefix(&self) -> &'static str {
+        "vision_model.encoder.layers"
+    }
+
+    fn describe(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "read as",
+                format!(
+                    "vlmkit VisionTransformer, {} layout (vision kind `{}`)",
+                    if self.has_cls() { "CLIP" } else { "SigLIP" },
+                    VisionArch::family(self)
+                ),
+            ),
+            (
+                "image",
+                format!(
+                    "{0}×{0} pixels, {1}-pixel patches: {2}×{2} grid",
+                    self.image_size,
+                    self.patch_size,
+                    self.grid()
+                ),
+            ),
+            (
+                "class token",
+                if self.has_cls() { "yes" } else { "no" }.to_string(),
+            ),
+            ("hidden_size", self.hidden_size.to_string()),
+            ("intermediate_size", self.intermediate_size.to_string()),
+            ("num_hidden_layers", self.num_hidden_layers.to_string()),
+            ("num_attention_heads", self.num_attention_heads.to_string()),
+            ("hidden_act", activation_name(self.hidden_act)),
+            ("layer_norm_eps", self.layer_norm_eps.to_string()),
+        ]
+    }
+
+    fn llava_tower(&self) -> std::result::Result<LlavaTower, String> {
+        Ok(LlavaTower {
+            vision_config: hf::llava::vision_config_json(self),
+            patch_size: self.patch_size,
+        })
     }
 }

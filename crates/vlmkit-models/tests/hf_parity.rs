@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use vlmkit_core::gradcheck::max_abs_diff;
 use vlmkit_models::hf::vision::{load_vision_model, read_vision_config, vision_hidden_states};
 use vlmkit_models::hf::{hidden_states, load_language_model, read_language_config, HfError};
-use vlmkit_models::VisionConfig;
+use vlmkit_models::VitConfig;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -164,8 +164,12 @@ fn vision_encoders_match_transformers_hidden_state_by_hidden_state() {
         assert_eq!(checkpoint.kind, kind, "{name}");
         let expected =
             candle_core::safetensors::load(dir.join("expected.safetensors"), &Device::Cpu).unwrap();
-        let states =
-            vision_hidden_states(encoder.as_ref(), kind, &expected["pixel_values"]).unwrap();
+        let states = vision_hidden_states(
+            encoder.as_ref(),
+            &*checkpoint.config,
+            &expected["pixel_values"],
+        )
+        .unwrap();
         let stored = expected
             .keys()
             .filter(|k| k.starts_with("hidden_states."))
@@ -193,7 +197,7 @@ fn vision_encoders_match_transformers_hidden_state_by_hidden_state() {
 #[test]
 fn siglip_reads_without_a_class_token_and_floors_its_patch_grid() {
     let checkpoint = read_vision_config(&fixture("siglip-vision")).unwrap();
-    let VisionConfig::Vit(cfg) = &checkpoint.config else {
+    let Some(cfg) = checkpoint.config.downcast_ref::<VitConfig>() else {
         panic!("SigLIP reads as a vision transformer");
     };
     // 30-pixel images, 8-pixel patches: a 3×3 grid, the last 6 pixels unused.

@@ -17,7 +17,6 @@ use vlmkit_core::fsutil::{sync_dir, write_atomic};
 use vlmkit_core::params::save_safetensors_atomic;
 use vlmkit_data::TextTokenizer;
 use vlmkit_models::hf::llava::{self, LlavaSettings};
-use vlmkit_models::VisionConfig;
 use vlmkit_plugin::Registry;
 
 use crate::checkpoint::{checkpoint_plan, io, pt_metadata};
@@ -83,12 +82,7 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
             "the llava-hf format holds LLaVA-1.5's projector, the `mlp` connector; this run's connector is `{kind}`, which LlavaForConditionalGeneration has no place for"
         )));
     }
-    let VisionConfig::Vit(vit) = &plan.vision.config else {
-        return Err(refuse(format!(
-            "the llava-hf format holds a CLIP or SigLIP tower; this run's vision encoder is `{}`, whose hidden states LlavaForConditionalGeneration cannot select patches from",
-            plan.vision.kind
-        )));
-    };
+    let tower = plan.vision.config.llava_tower().map_err(refuse)?;
     // The projector reads one hidden state, by transformers' indexing as here.
     let base_layer = plan
         .connector
@@ -116,11 +110,15 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         },
     };
     Ok(Layout {
-        vision: llava::vision_config_json(vit),
+        vision: tower.vision_config,
         text,
         // What evaluation and inference preprocess with: the last stage's.
         preprocessor: plan.processor().to_preprocessor_config(),
-        processor: llava::processor_config_json(vit, has_cls, vlmkit_data::IMAGE_TOKEN),
+        processor: llava::processor_config_json(
+            tower.patch_size,
+            has_cls,
+            vlmkit_data::IMAGE_TOKEN,
+        ),
         settings,
         embedding_rows,
         vocab_rows,

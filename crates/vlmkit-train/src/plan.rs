@@ -32,12 +32,10 @@ fn base_processor(
         .source
         .local_dir()
         .filter(|dir| dir.join("preprocessor_config.json").is_file());
-    let siglip = matches!(&vision.config, vlmkit_models::VisionConfig::Vit(c) if !c.has_cls());
     let mut processor = match config {
         Some(dir) => ImageProcessor::from_preprocessor_config(dir)
             .map_err(|e| recipe.error_at("vision.from", e.to_string()))?,
-        None if siglip => ImageProcessor::siglip(size),
-        None => ImageProcessor::clip(size, size),
+        None => vision.config.default_processor(),
     };
     // Padding is a stage's choice (`image_aspect_ratio`).
     processor.pad_to_square = false;
@@ -138,8 +136,12 @@ impl Plan {
         let registry = &registry
             .with_plugins(&recipe.plugins.paths, &recipe.plugins.sha256)
             .map_err(|(key, err)| recipe.error_at(&key, err.to_string()))?;
-        let vision = VisionSpec::from_settings(&recipe.section("vision"), &recipe)
-            .map_err(|e| recipe.error_for(e))?;
+        let vision = VisionSpec::from_settings(
+            &recipe.section("vision"),
+            &recipe,
+            &vlmkit_models::VisionRegistry::builtin(),
+        )
+        .map_err(|e| recipe.error_for(e))?;
         let llm_settings = recipe.section("llm");
         let mut llm =
             LlmSpec::from_settings(&llm_settings, &recipe).map_err(|e| recipe.error_for(e))?;
@@ -684,13 +686,12 @@ impl Plan {
         part: &str,
     ) -> Result<(), vlmkit_models::hf::HfError> {
         match (part, &self.vision.source, &self.llm.source) {
-            ("vision", Source::Local(dir), _) => {
-                let kind = match self.vision.config {
-                    vlmkit_models::VisionConfig::ConvNext(_) => "convnext",
-                    _ => "clip",
-                };
-                vlmkit_models::hf::vision::insert_vision_weights(dir, store, "vision.", kind)
-            }
+            ("vision", Source::Local(dir), _) => vlmkit_models::hf::vision::insert_vision_weights(
+                dir,
+                store,
+                "vision.",
+                self.vision.factory.as_ref(),
+            ),
             ("llm", _, Source::Local(path)) => {
                 vlmkit_models::hf::insert_weights(path, store, "llm.")
             }

@@ -9,7 +9,6 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use vlmkit_core::hub;
 use vlmkit_data::processor::ImageProcessor;
-use vlmkit_models::VisionConfig;
 use vlmkit_models::{gguf, hf};
 use vlmkit_train::counts::thousands;
 use vlmkit_train::trainer::select_device;
@@ -140,59 +139,7 @@ fn inspect_vision(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> 
         ("model_type", checkpoint.model_type.clone()),
         ("architectures", checkpoint.architectures.join(", ")),
     ];
-    let list = |v: &[usize]| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match &checkpoint.config {
-        VisionConfig::Vit(cfg) => rows.extend([
-            (
-                "read as",
-                format!(
-                    "vlmkit VisionTransformer, {} layout (vision kind `{}`)",
-                    if cfg.has_cls() { "CLIP" } else { "SigLIP" },
-                    checkpoint.kind
-                ),
-            ),
-            (
-                "image",
-                format!(
-                    "{0}×{0} pixels, {1}-pixel patches: {2}×{2} grid",
-                    cfg.image_size,
-                    cfg.patch_size,
-                    cfg.grid()
-                ),
-            ),
-            (
-                "class token",
-                if cfg.has_cls() { "yes" } else { "no" }.to_string(),
-            ),
-            ("hidden_size", cfg.hidden_size.to_string()),
-            ("intermediate_size", cfg.intermediate_size.to_string()),
-            ("num_hidden_layers", cfg.num_hidden_layers.to_string()),
-            ("num_attention_heads", cfg.num_attention_heads.to_string()),
-            ("hidden_act", activation_name(cfg.hidden_act)),
-            ("layer_norm_eps", cfg.layer_norm_eps.to_string()),
-        ]),
-        VisionConfig::ConvNext(cfg) => rows.extend([
-            (
-                "read as",
-                "vlmkit ConvNext (vision kind `convnext`)".to_string(),
-            ),
-            (
-                "image",
-                format!(
-                    "{0}×{0} pixels, stem patch {1}",
-                    cfg.image_size, cfg.patch_size
-                ),
-            ),
-            ("hidden_sizes", list(&cfg.hidden_sizes)),
-            ("depths", list(&cfg.depths)),
-            ("hidden_act", activation_name(cfg.hidden_act)),
-        ]),
-    }
+    rows.extend(checkpoint.config.describe());
     rows.extend([
         (
             "hidden states",
@@ -205,14 +152,6 @@ fn inspect_vision(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> 
     ]);
     rows.extend(stored_rows(dir)?);
     Ok(rows)
-}
-
-/// An activation as config.json spells it (`gelu_pytorch_tanh`).
-fn activation_name(act: vlmkit_core::ops::Activation) -> String {
-    serde_json::to_value(act)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_else(|| format!("{act:?}"))
 }
 
 fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
@@ -299,7 +238,8 @@ fn forward(args: ForwardArgs) -> Result<()> {
             );
         };
         let pixels = pixels.to_dtype(candle_core::DType::F32)?;
-        let states = hf::vision::vision_hidden_states(encoder.as_ref(), checkpoint.kind, &pixels)?;
+        let states =
+            hf::vision::vision_hidden_states(encoder.as_ref(), &*checkpoint.config, &pixels)?;
         for (i, h) in states.into_iter().enumerate() {
             written.insert(format!("hidden_states.{i}"), h);
         }

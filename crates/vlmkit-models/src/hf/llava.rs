@@ -182,13 +182,14 @@ pub fn config_json(vision: Value, text: Value, settings: &LlavaSettings) -> Valu
 
 /// `processor_config.json`: how `LlavaProcessor` expands one `<image>` into
 /// `image_seq_length` tokens.
-pub fn processor_config_json(cfg: &VitConfig, drop_cls: bool, image_token: &str) -> Value {
+/// `has_cls`: the tower has a class token, which the projector drops.
+pub fn processor_config_json(patch_size: usize, has_cls: bool, image_token: &str) -> Value {
     json!({
         "processor_class": "LlavaProcessor",
         "image_token": image_token,
-        "patch_size": cfg.patch_size,
-        "vision_feature_select_strategy": if drop_cls { "default" } else { "full" },
-        "num_additional_image_tokens": usize::from(cfg.has_cls()),
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": if has_cls { "default" } else { "full" },
+        "num_additional_image_tokens": usize::from(has_cls),
     })
 }
 

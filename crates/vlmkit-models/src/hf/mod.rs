@@ -220,14 +220,14 @@ pub(crate) fn architectures(config: &Value) -> Vec<String> {
 }
 
 /// Typed reads of one `config.json`, every error naming the file and the key.
-pub(crate) struct ConfigJson {
+pub struct ConfigJson {
     path: PathBuf,
     /// Prepended to key names in messages (`vision_config.` for a nested config).
     key_prefix: String,
 }
 
 impl ConfigJson {
-    pub(crate) fn new(dir: &Path) -> Self {
+    pub fn new(dir: &Path) -> Self {
         Self {
             path: dir.join("config.json"),
             key_prefix: String::new(),
@@ -235,14 +235,14 @@ impl ConfigJson {
     }
 
     /// The same file, reading the table under `key`.
-    pub(crate) fn nested(&self, key: &str) -> Self {
+    pub fn nested(&self, key: &str) -> Self {
         Self {
             path: self.path.clone(),
             key_prefix: format!("{}{key}.", self.key_prefix),
         }
     }
 
-    pub(crate) fn err(&self, key: &str, message: impl Into<String>) -> HfError {
+    pub fn err(&self, key: &str, message: impl Into<String>) -> HfError {
         HfError::Config {
             path: self.path.clone(),
             key: format!("{}{key}", self.key_prefix),
@@ -250,24 +250,24 @@ impl ConfigJson {
         }
     }
 
-    pub(crate) fn usize(&self, key: &str, v: &Value) -> Result<usize, HfError> {
+    pub fn usize(&self, key: &str, v: &Value) -> Result<usize, HfError> {
         v.as_u64()
             .map(|n| n as usize)
             .ok_or_else(|| self.err(key, format!("expected a whole number, got {v}")))
     }
 
-    pub(crate) fn f64(&self, key: &str, v: &Value) -> Result<f64, HfError> {
+    pub fn f64(&self, key: &str, v: &Value) -> Result<f64, HfError> {
         v.as_f64()
             .ok_or_else(|| self.err(key, format!("expected a number, got {v}")))
     }
 
-    pub(crate) fn bool(&self, key: &str, v: &Value) -> Result<bool, HfError> {
+    pub fn bool(&self, key: &str, v: &Value) -> Result<bool, HfError> {
         v.as_bool()
             .ok_or_else(|| self.err(key, format!("expected true or false, got {v}")))
     }
 
     /// A setting vlmkit does not train with (dropout) must be zero.
-    pub(crate) fn zero(&self, key: &str, v: &Value) -> Result<(), HfError> {
+    pub fn zero(&self, key: &str, v: &Value) -> Result<(), HfError> {
         if v.as_f64() == Some(0.0) {
             Ok(())
         } else {
@@ -280,7 +280,7 @@ impl ConfigJson {
 
     /// Hands every key of `settings` to `set`; a key `set` does not take (it
     /// returns `false`) and `ignored` does not list is refused by name.
-    pub(crate) fn read_keys(
+    pub fn read_keys(
         &self,
         settings: &serde_json::Map<String, Value>,
         ignored: &[&str],

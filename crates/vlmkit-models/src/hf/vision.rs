@@ -1,7 +1,10 @@
 //! Hugging Face vision checkpoints — CLIP (`CLIPVisionModel`, or the vision half
 //! of a `CLIPModel`), SigLIP (`SiglipVisionModel` / `SiglipModel`) and ConvNeXt
-//! (`ConvNextModel` / `ConvNextForImageClassification`) — read into vlmkit's
-//! [`VisionTransformer`] and [`ConvNext`], exactly or not at all.
+//! (`ConvNextModel` / `ConvNextForImageClassification`), or whatever else a
+//! [`VisionRegistry`]'s factories read — into vlmkit's encoders, exactly or not
+//! at all. Each factory reads its own settings and names its own weights
+//! ([`crate::vision::VisionFactory`]); this module finds the factory and the
+//! settings, and checks the weights one for one.
 //!
 //! The weights may carry any of the prefixes transformers has written:
 //! `vision_model.` (4.x, and full CLIP/SigLIP models), none (5.x vision models),
@@ -21,9 +24,7 @@ use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_core::VisionEncoder;
 
 use super::{architectures, check_unexpected, ConfigJson, HfError};
-use crate::convnext::{ConvNext, ConvNextConfig};
-use crate::vit::{VisionTransformer, VitConfig, VitFamily};
-use crate::VisionConfig;
+use crate::vision::{VisionArch, VisionConfig, VisionFactory, VisionRegistry};
 
 /// A vision checkpoint's architecture, as read from its `config.json` (and its
 /// normalisation from `preprocessor_config.json`).
@@ -32,13 +33,15 @@ pub struct VisionCheckpoint {
     pub dir: PathBuf,
     pub model_type: String,
     pub architectures: Vec<String>,
-    /// The recipe `kind` it reads as: `clip`, `siglip` or `convnext`.
+    /// The family it reads as: `clip`, `siglip`, `convnext`.
     pub kind: &'static str,
+    /// The factory that read it.
+    pub factory: Arc<dyn VisionFactory>,
     pub config: VisionConfig,
 }
 
 /// Config keys that change nothing the encoder computes.
-const IGNORED: &[&str] = &[
+pub(crate) const IGNORED: &[&str] = &[
     "_name_or_path",
     "architectures",
     "dtype",
@@ -59,23 +62,24 @@ const IGNORED: &[&str] = &[
     "problem_type",
 ];
 
-/// The model types read, and the recipe kind each becomes; `nested` when the
-/// vision settings sit under `vision_config`.
-const VISION_MODEL_TYPES: &[(&str, &str, bool)] = &[
-    ("clip_vision_model", "clip", false),
-    ("clip", "clip", true),
-    ("siglip_vision_model", "siglip", false),
-    ("siglip", "siglip", true),
-    ("convnext", "convnext", false),
-];
-
-/// Whether a `config.json`'s `model_type` is a vision encoder vlmkit reads.
+/// Whether a `config.json`'s `model_type` is a vision encoder vlmkit's built-in
+/// encoders read.
 pub fn is_vision_model_type(model_type: &str) -> bool {
-    VISION_MODEL_TYPES.iter().any(|(t, _, _)| *t == model_type)
+    VisionRegistry::builtin()
+        .for_model_type(model_type, false)
+        .is_some()
 }
 
-/// Reads `dir/config.json` as a vision encoder.
+/// Reads `dir/config.json` as one of the built-in vision encoders.
 pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
+    read_vision_config_with(dir, &VisionRegistry::builtin())
+}
+
+/// Reads `dir/config.json` as a vision encoder `registry` knows.
+pub fn read_vision_config_with(
+    dir: &Path,
+    registry: &VisionRegistry,
+) -> Result<VisionCheckpoint, HfError> {
     let json = ConfigJson::new(dir);
     let raw = hub::read_config(dir)?;
     let model_type = raw
@@ -91,28 +95,26 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
     } else {
         model_type.as_str()
     };
-    let &(_, kind, nested) = VISION_MODEL_TYPES
-        .iter()
-        .find(|(t, kind, nested)| *t == tower_type && !(llava && (*nested || *kind == "convnext")))
-        .ok_or_else(|| {
-            json.err(
-                if llava {
-                    "vision_config.model_type"
-                } else {
-                    "model_type"
-                },
-                format!(
-                    "`{tower_type}` is not a vision encoder vlmkit reads (it reads {})",
-                    VISION_MODEL_TYPES
-                        .iter()
-                        .map(|(t, _, _)| format!("`{t}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })?;
+    let (factory, read) = registry.for_model_type(tower_type, llava).ok_or_else(|| {
+        json.err(
+            if llava {
+                "vision_config.model_type"
+            } else {
+                "model_type"
+            },
+            format!(
+                "`{tower_type}` is not a vision encoder vlmkit reads (it reads {})",
+                registry
+                    .model_types()
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
     let architectures = architectures(&raw);
-    let (json, settings) = if nested || llava {
+    let (json, settings) = if read.nested || llava {
         let json = json.nested("vision_config");
         let settings = raw
             .get("vision_config")
@@ -124,21 +126,19 @@ pub fn read_vision_config(dir: &Path) -> Result<VisionCheckpoint, HfError> {
     let settings = settings
         .as_object()
         .ok_or_else(|| json.err("", "not a JSON object"))?;
-    let mut config = match kind {
-        "convnext" => VisionConfig::ConvNext(read_convnext(&json, settings)?),
-        _ => VisionConfig::Vit(read_vit(&json, settings, kind)?),
-    };
-    read_normalisation(dir, &mut config)?;
+    let mut config = factory.read_hf_config(tower_type, &json, settings)?;
+    read_normalisation(dir, &mut *config)?;
     Ok(VisionCheckpoint {
         dir: dir.to_path_buf(),
         model_type,
         architectures,
-        kind,
+        kind: config.family(),
+        factory: factory.clone(),
         config,
     })
 }
 
-fn activation(json: &ConfigJson, key: &str, v: &Value) -> Result<Activation, HfError> {
+pub(crate) fn activation(json: &ConfigJson, key: &str, v: &Value) -> Result<Activation, HfError> {
     serde_json::from_value(v.clone()).map_err(|_| {
         json.err(
             key,
@@ -147,78 +147,9 @@ fn activation(json: &ConfigJson, key: &str, v: &Value) -> Result<Activation, HfE
     })
 }
 
-fn read_vit(
-    json: &ConfigJson,
-    settings: &serde_json::Map<String, Value>,
-    kind: &str,
-) -> Result<VitConfig, HfError> {
-    let mut cfg = match kind {
-        "siglip" => VitConfig::siglip(),
-        _ => VitConfig {
-            family: VitFamily::Clip,
-            ..VitConfig::default()
-        },
-    };
-    json.read_keys(settings, IGNORED, |k, v| {
-        match k {
-            "hidden_size" => cfg.hidden_size = json.usize(k, v)?,
-            "intermediate_size" => cfg.intermediate_size = json.usize(k, v)?,
-            "num_hidden_layers" => cfg.num_hidden_layers = json.usize(k, v)?,
-            "num_attention_heads" => cfg.num_attention_heads = json.usize(k, v)?,
-            "num_channels" => cfg.num_channels = json.usize(k, v)?,
-            "image_size" => cfg.image_size = json.usize(k, v)?,
-            "patch_size" => cfg.patch_size = json.usize(k, v)?,
-            "hidden_act" => cfg.hidden_act = activation(json, k, v)?,
-            "layer_norm_eps" => cfg.layer_norm_eps = json.f64(k, v)?,
-            "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
-            "initializer_factor" => cfg.initializer_factor = json.f64(k, v)?,
-            "attention_dropout" | "dropout" => json.zero(k, v)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
-    cfg.validate()
-        .map_err(|(key, message)| json.err(key, message))?;
-    Ok(cfg)
-}
-
-fn read_convnext(
-    json: &ConfigJson,
-    settings: &serde_json::Map<String, Value>,
-) -> Result<ConvNextConfig, HfError> {
-    let mut cfg = ConvNextConfig::default();
-    let list = |k: &str, v: &Value| -> Result<Vec<usize>, HfError> {
-        v.as_array()
-            .ok_or_else(|| json.err(k, format!("expected a list of whole numbers, got {v}")))?
-            .iter()
-            .map(|n| json.usize(k, n))
-            .collect()
-    };
-    json.read_keys(settings, IGNORED, |k, v| {
-        match k {
-            "num_channels" => cfg.num_channels = json.usize(k, v)?,
-            "patch_size" => cfg.patch_size = json.usize(k, v)?,
-            "num_stages" => cfg.num_stages = json.usize(k, v)?,
-            "hidden_sizes" => cfg.hidden_sizes = list(k, v)?,
-            "depths" => cfg.depths = list(k, v)?,
-            "hidden_act" => cfg.hidden_act = activation(json, k, v)?,
-            "initializer_range" => cfg.initializer_range = json.f64(k, v)?,
-            "layer_norm_eps" => cfg.layer_norm_eps = json.f64(k, v)?,
-            "layer_scale_init_value" => cfg.layer_scale_init_value = json.f64(k, v)?,
-            "drop_path_rate" => cfg.drop_path_rate = json.f64(k, v)?,
-            "image_size" => cfg.image_size = json.usize(k, v)?,
-            _ => return Ok(false),
-        }
-        Ok(true)
-    })?;
-    cfg.validate()
-        .map_err(|(key, message)| json.err(key, message))?;
-    Ok(cfg)
-}
-
 /// `image_mean` / `image_std` from `preprocessor_config.json`, when the directory
 /// has one (transformers keeps the normalisation there, not in config.json).
-fn read_normalisation(dir: &Path, config: &mut VisionConfig) -> Result<(), HfError> {
+fn read_normalisation(dir: &Path, config: &mut dyn VisionArch) -> Result<(), HfError> {
     let path = dir.join("preprocessor_config.json");
     if !path.exists() {
         return Ok(());
@@ -247,68 +178,43 @@ fn read_normalisation(dir: &Path, config: &mut VisionConfig) -> Result<(), HfErr
             }),
         }
     };
-    let (mean, std) = (triple("image_mean")?, triple("image_std")?);
-    let (image_mean, image_std) = match config {
-        VisionConfig::Vit(cfg) => (&mut cfg.image_mean, &mut cfg.image_std),
-        VisionConfig::ConvNext(cfg) => (&mut cfg.image_mean, &mut cfg.image_std),
-    };
-    if let Some(mean) = mean {
-        *image_mean = mean;
-    }
-    if let Some(std) = std {
-        *image_std = std;
-    }
+    let info = config.info();
+    let mean = triple("image_mean")?.unwrap_or(info.image_mean);
+    let std = triple("image_std")?.unwrap_or(info.image_std);
+    config.set_normalisation(mean, std);
     Ok(())
 }
 
-/// The name a checkpoint weight has in vlmkit's encoder of `kind`, or `None` for
-/// a weight that is not part of the encoder.
+/// The name a checkpoint weight has in vlmkit's encoder of family `kind`
+/// (`clip`, `siglip`, `convnext`), or `None` for a weight that is not part of
+/// the encoder.
 pub fn vision_weight_name(kind: &str, name: &str) -> Option<String> {
+    let registry = VisionRegistry::builtin();
+    let factory = registry.get(kind)?;
+    weight_name(factory.as_ref(), name)
+}
+
+/// `factory`'s name for checkpoint weight `name`; an index buffer some
+/// checkpoints save (`position_ids`) is never a weight.
+fn weight_name(factory: &dyn VisionFactory, name: &str) -> Option<String> {
     if name.ends_with("position_ids") {
-        return None; // an index buffer some checkpoints save
-    }
-    if kind == "convnext" {
-        if name.starts_with("classifier.") {
-            return None;
-        }
-        return Some(name.strip_prefix("convnext.").unwrap_or(name).to_string());
-    }
-    const NOT_VISION: &[&str] = &[
-        "text_model.",
-        "visual_projection.",
-        "text_projection.",
-        "logit_scale",
-        "logit_bias",
-        // A LLaVA model's other parts.
-        "language_model.",
-        "multi_modal_projector.",
-    ];
-    if NOT_VISION.iter().any(|p| name.starts_with(p)) {
         return None;
     }
-    let name = name.strip_prefix("vision_tower.").unwrap_or(name);
-    let name = if name.starts_with("vision_model.") {
-        name.to_string()
-    } else {
-        format!("vision_model.{name}")
-    };
-    // SigLIP's attention-pooling head makes the pooled output, which no
-    // connector reads.
-    (!name.starts_with("vision_model.head.")).then_some(name)
+    factory.hf_weight_name(name)
 }
 
 /// Puts the vision weights of `dir` into `store` under `prefix`, renamed to
-/// vlmkit's names (see [`vision_weight_name`]).
+/// `factory`'s names.
 pub fn insert_vision_weights(
     dir: &Path,
     store: &ParamStore,
     prefix: &str,
-    kind: &str,
+    factory: &dyn VisionFactory,
 ) -> Result<(), HfError> {
     let weights = hub::read_weights(dir)?
         .into_iter()
         .filter_map(|(name, tensor)| {
-            vision_weight_name(kind, &name).map(|n| (format!("{prefix}{n}"), tensor))
+            weight_name(factory, &name).map(|n| (format!("{prefix}{n}"), tensor))
         });
     store.insert_tensors(weights)?;
     Ok(())
@@ -321,14 +227,10 @@ pub fn load_vision_model(
 ) -> Result<(VisionCheckpoint, Box<dyn VisionEncoder>), HfError> {
     let checkpoint = read_vision_config(dir)?;
     let store = ParamStore::new(device.clone(), DType::F32);
-    insert_vision_weights(dir, &store, "", checkpoint.kind)?;
+    insert_vision_weights(dir, &store, "", checkpoint.factory.as_ref())?;
     store.begin_build();
     let vb = store.builder(Missing::Error, Arc::new(|_| false));
-    let built: candle_core::Result<Box<dyn VisionEncoder>> = match &checkpoint.config {
-        VisionConfig::Vit(cfg) => VisionTransformer::new(cfg, vb).map(|m| Box::new(m) as _),
-        VisionConfig::ConvNext(cfg) => ConvNext::new(cfg, vb).map(|m| Box::new(m) as _),
-    };
-    let model = built.map_err(|e| HfError::Weights {
+    let model = checkpoint.config.build(vb).map_err(|e| HfError::Weights {
         dir: dir.to_path_buf(),
         message: e.to_string(),
     })?;
@@ -336,12 +238,13 @@ pub fn load_vision_model(
     Ok((checkpoint, model))
 }
 
-/// Every hidden state of `encoder` on `pixels` (`B×C×H×W`), laid out as
-/// transformers' `output_hidden_states`: `B×(1+N)×D` with the class token first
-/// (CLIP), `B×N×D` (SigLIP), `B×C×H×W` (ConvNeXt, `channels_first`).
+/// Every hidden state of `encoder` (of architecture `arch`) on `pixels`
+/// (`B×C×H×W`), laid out as transformers' `output_hidden_states`: `B×(1+N)×D`
+/// with the class token first (CLIP), `B×N×D` (SigLIP), `B×C×H×W` (ConvNeXt,
+/// `channels_first`).
 pub fn vision_hidden_states(
     encoder: &dyn VisionEncoder,
-    kind: &str,
+    arch: &dyn VisionArch,
     pixels: &Tensor,
 ) -> Result<Vec<Tensor>, HfError> {
     let info = encoder.info().clone();
@@ -349,19 +252,8 @@ pub fn vision_hidden_states(
     let features = encoder.forward(pixels, &all)?;
     let mut states = Vec::with_capacity(all.len());
     for (i, layer) in features.layers.iter().enumerate() {
-        let state = match (&features.cls, kind) {
-            (Some(cls), _) => Tensor::cat(&[&cls[i].unsqueeze(1)?, layer], 1)?,
-            (None, "convnext") => {
-                let (b, _, c) = layer.dims3()?;
-                let (h, w) = info.grids[i];
-                layer
-                    .reshape((b, h, w, c))?
-                    .permute((0, 3, 1, 2))?
-                    .contiguous()?
-            }
-            (None, _) => layer.clone(),
-        };
-        states.push(state);
+        let cls = features.cls.as_ref().map(|cls| &cls[i]);
+        states.push(arch.hf_hidden_state(layer, cls, info.grids[i])?);
     }
     Ok(states)
 }
