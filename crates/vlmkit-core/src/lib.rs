@@ -7,6 +7,7 @@ pub mod error;
 pub mod fsutil;
 pub mod gradcheck;
 pub mod hub;
+pub mod loss;
 pub mod model;
 pub mod nn;
 pub mod ops;
@@ -17,6 +18,7 @@ pub mod vlm;
 pub use candle_core;
 pub use candle_nn;
 pub use error::{Error, Result};
+pub use loss::{Average, HostLoss, LossRegistry};
 pub use model::{
     Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel,
     LlmInfo, Placement, TextContext, VisionEncoder, VisionInfo, VisualFeatures,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Result, Tensor};
 
+use crate::loss::{Average, BatchCounts, HostLoss, LossInput};
 use crate::model::{
     Connector, ConnectorNeeds, ConnectorOutput, DecoderHooks, DecoderInput, KvCache, LanguageModel,
     Placement, TextContext, VisionEncoder,
@@ -55,38 +56,36 @@ pub struct VlmBatch {
 /// The loss terms of one batch and what the connector exposed.
 #[derive(Debug, Clone)]
 pub struct LossOutput {
-    /// Each term before weighting: `lm` (mean over the batch's supervised tokens;
-    /// absent when it has none) and any auxiliary loss (mean over samples).
+    /// Each term before weighting (f32 scalars): the host losses the stage
+    /// names (each absent when the batch holds nothing it averages over) and the
+    /// connector's own terms.
     pub terms: BTreeMap<String, Tensor>,
+    /// What each term averages over.
+    pub averages: BTreeMap<String, Average>,
     /// Number of supervised tokens in the batch.
     pub supervised_tokens: usize,
     /// Number of samples in the batch.
     pub samples: usize,
-    /// Number of samples with a region mask (what `dice` averages over).
+    /// Number of samples with a region mask.
     pub masked_samples: usize,
     pub maps: BTreeMap<String, Tensor>,
 }
 
-/// What loss term `name` averages over, given a batch's supervised tokens,
-/// samples, and samples with a region mask: tokens for `lm`, masked samples for
-/// `dice`, samples for a connector's own terms.
-pub fn term_count(name: &str, tokens: usize, samples: usize, masked: usize) -> usize {
-    match name {
-        "lm" => tokens,
-        "dice" => masked,
-        _ => samples,
-    }
-}
-
 impl LossOutput {
-    /// How many items term `name` averages over (see [`term_count`]).
+    /// The counts of this batch that terms average over.
+    pub fn counts(&self) -> BatchCounts {
+        BatchCounts {
+            supervised_tokens: self.supervised_tokens,
+            samples: self.samples,
+            masked_samples: self.masked_samples,
+        }
+    }
+
+    /// How many items term `name` averages over in this batch.
     pub fn count_of(&self, name: &str) -> usize {
-        term_count(
-            name,
-            self.supervised_tokens,
-            self.samples,
-            self.masked_samples,
-        )
+        self.averages
+            .get(name)
+            .map_or(0, |average| average.count(&self.counts()))
     }
 
     /// The training objective: `Σ weight · share(term) · term`. When a batch is
@@ -147,9 +146,11 @@ pub struct Vlm {
     /// Hidden states handed to the connector (absolute, recipe order).
     pub layers: Vec<usize>,
     pub needs: ConnectorNeeds,
-    /// Weight of each loss term by name (`lm`, auxiliary losses); terms not listed
-    /// are computed but not trained on.
+    /// Weight of each loss term by name (host losses, the connector's own
+    /// terms); a term weighted 0 is computed and logged but not trained on.
     pub loss_weights: BTreeMap<String, f64>,
+    /// The host losses [`Vlm::loss`] computes (those the stage's `losses` names).
+    pub host_losses: Vec<Arc<dyn HostLoss>>,
     /// Where the weights live (batches are built there).
     pub device: Device,
     /// The dtype activations are computed in. Weights stay in the store's dtype
@@ -366,110 +367,68 @@ impl Vlm {
         self.llm.logits(&hidden)?.to_dtype(DType::F32)
     }
 
-    /// The loss terms of a batch: next-token cross-entropy over supervised
-    /// positions (logits are computed only there), plus the connector's auxiliary
-    /// losses. Weight them with [`LossOutput::objective`].
+    /// The loss terms of a batch: each of [`Vlm::host_losses`] and the
+    /// connector's own terms. Weight them with [`LossOutput::objective`].
     pub fn loss(&self, batch: &VlmBatch) -> Result<LossOutput> {
         let device = self.device(batch);
         let out = self.encode(&batch.pixels, &batch.sequences)?;
         let prepared = self.prepare(&batch.sequences, out.tokens.as_ref(), false, &device)?;
-        let (b, s, d) = prepared.embeds.dims3()?;
         let hidden = self.decode(&prepared, None, out.hooks.as_deref())?;
-        // Rows whose next token is supervised, and those targets.
-        let mut rows = Vec::new();
-        let mut targets = Vec::new();
-        for (i, labels) in prepared.labels.iter().enumerate() {
-            for p in 0..s.saturating_sub(1) {
-                let target = labels[p + 1];
-                if target != IGNORE_INDEX {
-                    rows.push((i * s + p) as u32);
-                    targets.push(target);
-                }
-            }
-        }
-        let mut terms = BTreeMap::new();
-        if !rows.is_empty() {
-            let picked = hidden
-                .reshape((b * s, d))?
-                .index_select(&Tensor::from_vec(rows, targets.len(), &device)?, 0)?;
-            let logits = self.llm.logits(&picked)?.to_dtype(DType::F32)?;
-            terms.insert("lm".to_string(), ops::cross_entropy(&logits, &targets)?);
-        }
-        for (name, value) in &out.aux_losses {
-            terms.insert(name.clone(), value.to_dtype(DType::F32)?);
-        }
         let mut maps = out.maps;
         if let Some(hooks) = &out.hooks {
             maps.extend(hooks.maps());
         }
-        let mut masked_samples = 0;
-        if self.loss_weights.get("dice").is_some_and(|&w| w != 0.0) {
-            if let Some(dice) = self.grounding_loss(&maps, batch, &prepared.valid)? {
-                masked_samples = batch.regions.iter().filter(|r| r.is_some()).count();
-                terms.insert("dice".to_string(), dice.to_dtype(DType::F32)?);
+        let input = LossInput {
+            vlm: self,
+            batch,
+            hidden: &hidden,
+            labels: &prepared.labels,
+            valid: &prepared.valid,
+            maps: &maps,
+        };
+        let mut terms = BTreeMap::new();
+        let mut averages = BTreeMap::new();
+        for loss in &self.host_losses {
+            if let Some(value) = loss.compute(&input)? {
+                terms.insert(loss.name().to_string(), value.to_dtype(DType::F32)?);
+                averages.insert(loss.name().to_string(), loss.averages_over());
             }
         }
+        for (name, value) in &out.aux_losses {
+            terms.insert(name.clone(), value.to_dtype(DType::F32)?);
+            averages.insert(name.clone(), Average::Samples);
+        }
+        let supervised_tokens = prepared
+            .labels
+            .iter()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .skip(1)
+                    .filter(|&&l| l != IGNORE_INDEX)
+                    .count()
+            })
+            .sum();
         Ok(LossOutput {
             terms,
-            supervised_tokens: targets.len(),
-            samples: b,
-            masked_samples,
+            averages,
+            supervised_tokens,
+            samples: batch.sequences.len(),
+            masked_samples: batch.regions.iter().filter(|r| r.is_some()).count(),
             maps,
         })
     }
 
-    /// The Dice loss between the connector's grounding map and the batch's region
-    /// masks; `None` when no sample has a mask.
-    fn grounding_loss(
-        &self,
-        maps: &BTreeMap<String, Tensor>,
-        batch: &VlmBatch,
-        valid: &[Vec<bool>],
-    ) -> Result<Option<Tensor>> {
-        let Some(name) = &self.needs.grounding_map else {
-            candle_core::bail!("the Dice loss needs a connector that exposes a grounding map");
-        };
-        let map = maps.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "the connector declared the grounding map `{name}` but did not produce it"
-            ))
-        })?;
-        // The loss is computed in f32 whatever the compute dtype.
-        let map = &map.to_dtype(DType::F32)?;
-        let map = if map.rank() == 4 {
-            // B×K×S×N: the mean over each sequence's tokens (padding excluded).
-            let (b, _k, s, _n) = map.dims4()?;
-            let mut weights = vec![0f32; b * s];
-            for (i, row) in valid.iter().enumerate() {
-                let count = row.iter().filter(|&&v| v).count().max(1) as f32;
-                for (p, &v) in row.iter().enumerate().take(s) {
-                    if v {
-                        weights[i * s + p] = 1.0 / count;
-                    }
-                }
-            }
-            let weights =
-                Tensor::from_vec(weights, (b, 1, s, 1), map.device())?.to_dtype(map.dtype())?;
-            map.broadcast_mul(&weights)?.sum(2)?
-        } else {
-            map.clone()
-        };
-        let n = *map.dims().last().unwrap_or(&0);
-        let mut values = vec![0f32; batch.regions.len() * n];
-        for (i, region) in batch.regions.iter().enumerate() {
-            if let Some(region) = region {
-                if region.len() != n {
-                    candle_core::bail!(
-                        "a region mask covers {} grid cells, the grounding map `{name}` {n} tokens",
-                        region.len()
-                    );
-                }
-                values[i * n..(i + 1) * n].copy_from_slice(region);
-            }
-        }
-        let regions = Tensor::from_vec(values, (batch.regions.len(), n), map.device())?;
-        let present: Vec<bool> = batch.regions.iter().map(Option::is_some).collect();
-        ops::dice_loss(&map, &regions, &present)
+    /// Whether a term this model trains on averages over supervised tokens, so
+    /// that a batch without one cannot be trained on.
+    pub fn trains_on_tokens(&self) -> bool {
+        self.host_losses.iter().any(|loss| {
+            loss.averages_over() == Average::SupervisedTokens
+                && self
+                    .loss_weights
+                    .get(loss.name())
+                    .is_some_and(|&w| w != 0.0)
+        })
     }
 
     /// Generates a continuation of each prompt (sequences ending where the answer

@@ -54,9 +54,6 @@ fn base_processor(
     }
 }
 
-/// Loss terms the host computes itself (connectors may add their own).
-pub const HOST_LOSSES: &[&str] = &["lm", "dice"];
-
 /// Everything a run needs to know, validated.
 #[derive(Clone)]
 pub struct Plan {
@@ -304,20 +301,15 @@ impl Plan {
             ));
         }
 
+        let losses = vlmkit_core::LossRegistry::builtin();
         for (i, stage) in recipe.stages.iter().enumerate() {
             for name in stage.losses.keys() {
-                let known = HOST_LOSSES.contains(&name.as_str())
-                    || needs.aux_losses.iter().any(|a| a == name);
-                if name == "dice" && needs.grounding_map.is_none() {
-                    return Err(recipe.error_at(
-                        &format!("stage.{i}.losses.{name}"),
-                        format!(
-                            "the Dice loss compares a text→patch attention map with the region masks, and connector `{kind}` exposes none (age does: its blocks' attention; ccra: its `patch` map)"
-                        ),
-                    ));
-                }
-                if !known {
-                    let mut all: Vec<String> = HOST_LOSSES.iter().map(|s| s.to_string()).collect();
+                let key = format!("stage.{i}.losses.{name}");
+                if let Some(loss) = losses.get(name) {
+                    loss.check(kind, &needs)
+                        .map_err(|why| recipe.error_at(&key, why))?;
+                } else if !needs.aux_losses.iter().any(|a| a == name) {
+                    let mut all: Vec<String> = losses.names().map(str::to_string).collect();
                     all.extend(needs.aux_losses.iter().cloned());
                     return Err(recipe.error_at(
                         &format!("stage.{i}.losses.{name}"),
@@ -566,6 +558,11 @@ impl Plan {
         let vision = self.vision.build(root.pp("vision"))?;
         let llm = self.llm.build(root.pp("llm"))?;
         let connector = self.connector.build(env, root.pp("connector"))?;
+        let losses = vlmkit_core::LossRegistry::builtin();
+        let host_losses = loss_weights
+            .keys()
+            .filter_map(|name| losses.get(name).cloned())
+            .collect();
         Ok(Vlm {
             vision,
             connector,
@@ -573,6 +570,7 @@ impl Plan {
             layers: self.env.layers.clone(),
             needs: self.needs.clone(),
             loss_weights,
+            host_losses,
             device,
             compute_dtype: self.compute_dtype(),
         })
@@ -601,11 +599,12 @@ impl Plan {
     /// map covers.
     pub fn grounding_grid(&self) -> Option<(usize, usize)> {
         self.needs.grounding_map.as_ref()?;
-        let weighted = self
-            .recipe
-            .stages
-            .iter()
-            .any(|s| s.losses.get("dice").is_some_and(|&w| w != 0.0));
+        let losses = vlmkit_core::LossRegistry::builtin();
+        let weighted = self.recipe.stages.iter().any(|s| {
+            s.losses
+                .keys()
+                .any(|name| losses.get(name).is_some_and(|l| l.reads_region_masks()))
+        });
         weighted.then(|| self.env.vision.grids[self.env.layers[0]])
     }
 

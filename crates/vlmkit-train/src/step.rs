@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor, Var};
+use vlmkit_core::loss::BatchCounts;
 use vlmkit_core::{TokenSequence, Vlm};
 use vlmkit_data::Example;
 
@@ -118,16 +119,18 @@ pub fn forward_backward(
         .map(|e| builder.collator.sequence(e))
         .collect::<Result<_, _>>()?;
     let tokens: usize = sequences.iter().map(TokenSequence::supervised).sum();
-    let lm_weight = vlm.loss_weights.get("lm").copied().unwrap_or(0.0);
-    if tokens == 0 && lm_weight != 0.0 {
+    if tokens == 0 && vlm.trains_on_tokens() {
         return Err(TrainError::Invalid(format!(
             "a batch of {} examples has no supervised token (ids {}…): every answer is empty or was cut by the length limit",
             examples.len(),
             examples.iter().take(3).map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")
         )));
     }
-    let n = examples.len();
-    let masked = builder.masked(examples);
+    let whole = BatchCounts {
+        supervised_tokens: tokens,
+        samples: examples.len(),
+        masked_samples: builder.masked(examples),
+    };
     let lengths: Vec<usize> = sequences.iter().map(|s| s.ids.len()).collect();
     let plan = schedule(&lengths, parallelism.parts, parallelism.workers);
 
@@ -139,7 +142,7 @@ pub fn forward_backward(
         let out = vlm.loss(&batch)?;
         // This part's share of what each term averages over in the whole batch.
         let share = |name: &str| {
-            let whole = vlmkit_core::vlm::term_count(name, tokens, n, masked);
+            let whole = out.averages.get(name).map_or(0, |a| a.count(&whole));
             if whole == 0 {
                 0.0
             } else {
