@@ -87,6 +87,11 @@ pub fn set_args(overrides: &[String]) -> Vec<String> {
 }
 
 /// Every built-in connector, registered as the CLI registers them.
+/// The built-in connectors, vision encoders and losses.
+pub fn components() -> vlmkit_pipeline::Components {
+    vlmkit_pipeline::Components::new(registry())
+}
+
 pub fn registry() -> vlmkit_plugin::Registry {
     let mut registry = vlmkit_plugin::Registry::new();
     connector_mlp::register(&mut registry).unwrap();

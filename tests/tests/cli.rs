@@ -2182,9 +2182,9 @@ fn exports_a_run_as_llava_hf_that_reads_back_exactly() {
     let (vision, _) = vlmkit_models::hf::vision::load_vision_model(&export, &Device::Cpu).unwrap();
     let (language, _) = vlmkit_models::hf::load_language_model(&export, &Device::Cpu).unwrap();
     let plan_recipe = vlmkit_recipe::Recipe::load(&run_dir.join("recipe.toml"), &[]).unwrap();
-    let plan = vlmkit_train::Plan::new(
+    let plan = vlmkit_pipeline::Plan::new(
         plan_recipe,
-        &vlmkit_tests::registry(),
+        &vlmkit_tests::components(),
         Some(
             vlmkit_data::TextTokenizer::from_json(
                 &std::fs::read_to_string(run_dir.join("final/tokenizer.json")).unwrap(),
@@ -2196,15 +2196,16 @@ fn exports_a_run_as_llava_hf_that_reads_back_exactly() {
     let mut read_back = vision.config.clone();
     if let (Some(ours), Some(run)) = (
         read_back.downcast_mut::<vlmkit_models::VitConfig>(),
-        plan.vision
+        plan.model
+            .vision
             .config
             .downcast_ref::<vlmkit_models::VitConfig>(),
     ) {
         // How fresh position embeddings start is vlmkit's, not the model's.
         ours.position_embedding_init = run.position_embedding_init;
     }
-    assert_eq!(read_back, plan.vision.config);
-    assert_eq!(language.config, plan.llm.config);
+    assert_eq!(read_back, plan.model.vision.config);
+    assert_eq!(language.config, plan.model.llm.config);
 
     // The exported decoder computes what the run's does on text, and the run
     // reads transformers' expanded image tokens as its own placeholder.

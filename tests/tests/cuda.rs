@@ -8,15 +8,15 @@
 use candle_core::{DType, Device};
 use vlmkit_core::gradcheck::{max_abs, max_abs_diff};
 use vlmkit_core::params::{Missing, ParamStore};
+use vlmkit_pipeline::{Plan, RunDir};
 use vlmkit_recipe::Recipe;
-use vlmkit_tests::{examples, open_gates, registry, repo, tiny, CONNECTORS};
+use vlmkit_tests::{components, examples, open_gates, repo, tiny, CONNECTORS};
 use vlmkit_train::step::{forward_backward, Parallelism};
 use vlmkit_train::trainer::{Observer, StageModel, StepRecord};
-use vlmkit_train::{Plan, RunDir};
 
 fn plan(recipe: &str, overrides: &[String]) -> Plan {
     let recipe = Recipe::load(&repo().join(recipe), overrides).unwrap();
-    Plan::new(recipe, &registry(), None).unwrap()
+    Plan::new(recipe, &components(), None).unwrap()
 }
 
 #[test]
@@ -32,6 +32,7 @@ fn every_connector_gives_the_same_loss_and_gradients_on_the_gpu() {
             let plan = plan("recipes/mlp.toml", &overrides);
             let cpu_store = ParamStore::new(Device::Cpu, DType::F32);
             let unused = plan
+                .model
                 .create_params(&cpu_store, Missing::Initialize { seed: 3 })
                 .unwrap();
             // Gates that start closed are opened so that every block computes.

@@ -6,20 +6,20 @@ use candle_core::{DType, Device, Tensor, Var};
 use vlmkit_core::gradcheck::{max_abs, max_abs_diff};
 use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_data::Example;
+use vlmkit_pipeline::batch::BatchBuilder;
+use vlmkit_pipeline::Plan;
 use vlmkit_recipe::Recipe;
 use vlmkit_tests::{
-    examples, open_gates, registry, repo, tiny, AGE_WITH_DICE, CCRA_WITH_DICE, CONNECTORS,
+    components, examples, open_gates, repo, tiny, AGE_WITH_DICE, CCRA_WITH_DICE, CONNECTORS,
 };
-use vlmkit_train::batch::BatchBuilder;
 use vlmkit_train::step::{forward_backward, Parallelism};
 use vlmkit_train::trainer::StageModel;
-use vlmkit_train::Plan;
 
 fn plan(extra: &[&str]) -> Plan {
     let mut overrides = tiny(1);
     overrides.extend(extra.iter().map(|s| s.to_string()));
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
-    Plan::new(recipe, &registry(), None).unwrap()
+    Plan::new(recipe, &components(), None).unwrap()
 }
 
 struct Built {
@@ -34,6 +34,7 @@ fn build(extra: &[&str]) -> Built {
     let plan = plan(extra);
     let store = ParamStore::new(Device::Cpu, DType::F32);
     let unused = plan
+        .model
         .create_params(&store, Missing::Initialize { seed: 3 })
         .unwrap();
     let StageModel { vlm, params } =
@@ -98,7 +99,7 @@ fn every_trainable_parameter_receives_a_nonzero_gradient() {
     }
     let last_block = format!(
         "vision.vision_model.encoder.layers.{}.",
-        b.plan.vision.info().depth - 1
+        b.plan.model.vision.info().depth - 1
     );
     assert!(
         !trainable.iter().any(|n| n.starts_with(&last_block)),
@@ -161,7 +162,10 @@ fn every_parameter_trains_through_the_baseline_connectors() {
 #[test]
 fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open() {
     let b = build(&AGE_WITH_DICE);
-    assert_eq!(b.plan.visual_tokens, 0, "no visual tokens in the sequence");
+    assert_eq!(
+        b.plan.model.visual_tokens, 0,
+        "no visual tokens in the sequence"
+    );
     // Closed gates (step 0): what lies behind them gets no gradient yet. The
     // gates, and through the Dice term the attention's queries and keys, do.
     let behind_gates: Vec<String> = b
@@ -283,7 +287,7 @@ fn every_parameter_trains_through_a_text_reading_connector() {
     let trainable: Vec<&str> = b.params.iter().map(|(n, _)| n.as_str()).collect();
     let last_block = format!(
         "vision.vision_model.encoder.layers.{}.",
-        b.plan.vision.info().depth - 1
+        b.plan.model.vision.info().depth - 1
     );
     assert!(trainable.iter().any(|n| n.starts_with(&last_block)));
     assert!(trainable
@@ -566,7 +570,10 @@ fn a_padding_stage_moves_the_mask_with_the_image() {
     let batch = builder.train(&[example]).unwrap();
 
     let mut expected = ImageProcessor::clip(32, 32).with_pad_to_square();
-    expected.normalize = Some((plan.env.vision.image_mean, plan.env.vision.image_std));
+    expected.normalize = Some((
+        plan.model.env.vision.image_mean,
+        plan.model.env.vision.image_std,
+    ));
     let (pixels, _) = expected.pixel_values(&image);
     let ours = batch
         .pixels

@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use vlmkit_pipeline::{Components, Plan, RunDir};
 use vlmkit_plugin::loader::{self, Host, LoadError};
 use vlmkit_plugin::{Origin, Registry};
 use vlmkit_recipe::Recipe;
 use vlmkit_tests::{repo, run, set_args, tiny, vlmkit};
 use vlmkit_train::progress::Progress;
-use vlmkit_train::{train, Plan, RunDir};
+use vlmkit_train::train;
 
 /// The example's connector, compiled into this test binary from the same source.
 #[path = "../../examples/connector-plugin/src/pooled.rs"]
@@ -152,7 +153,7 @@ fn train_example(registry: &Registry, probe: bool, out: &Path) -> (Vec<f64>, Vec
         format!("connector.probe={probe}"),
     ]);
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
-    let plan = Plan::new(recipe, registry, None).unwrap();
+    let plan = Plan::new(recipe, &Components::new(registry.clone()), None).unwrap();
     let run_dir = RunDir::new(out.to_path_buf());
     train(&plan, &run_dir, &mut Progress::new(1000)).unwrap();
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))

@@ -1,14 +1,15 @@
-//! Pieces every command uses: the connector registry, recipe loading, threads.
+//! Pieces every command uses: the components (connectors and plugins, vision
+//! encoders, losses), recipe loading, threads.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use anyhow::{Context, Result};
+use vlmkit_pipeline::{Components, Plan};
 use vlmkit_plugin::loader::Host;
 use vlmkit_plugin::Registry;
 use vlmkit_recipe::Recipe;
-use vlmkit_train::Plan;
 
 /// Plugins named with `--plugin` (loaded into every registry of this process).
 static COMMAND_LINE_PLUGINS: OnceLock<Vec<PathBuf>> = OnceLock::new();
@@ -41,6 +42,12 @@ pub fn registry() -> Result<Registry> {
     Ok(registry)
 }
 
+/// [`registry`]'s connectors with vlmkit's vision encoders and losses: what a
+/// recipe's names are looked up in.
+pub fn components() -> Result<Components> {
+    Ok(Components::new(registry()?))
+}
+
 /// The model `path` names: a recipe's as training would start it (pretrained
 /// parts from their checkpoints, the rest from the seed), else a run's or a
 /// checkpoint's. `overrides` apply to the recipe, or to a run's saved recipe.
@@ -48,12 +55,12 @@ pub fn model_or_recipe(
     path: &Path,
     device: Option<&str>,
     overrides: &[String],
-) -> Result<vlmkit_train::LoadedModel> {
+) -> Result<vlmkit_pipeline::LoadedModel> {
     Ok(if path.is_file() {
         let plan = plan(path, overrides)?;
-        vlmkit_train::checkpoint::untrained_model(plan, path, device)?
+        vlmkit_pipeline::untrained_model(plan, path, device)?
     } else {
-        vlmkit_train::load_model(path, &registry()?, device, overrides)?
+        vlmkit_pipeline::load_model(path, &components()?, device, overrides)?
     })
 }
 
@@ -86,14 +93,14 @@ pub fn link_allocator() {
 /// Loads and validates a recipe with `--set` overrides.
 pub fn plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
     let recipe = Recipe::load(recipe, overrides)?;
-    Ok(Plan::new(recipe, &registry()?, None)?)
+    Ok(Plan::new(recipe, &components()?, None)?)
 }
 
 /// Loads a recipe for inspection only: pretrained weights and the tokenizer file
 /// need not exist (`vlmkit params`, `vlmkit recipe check`).
 pub fn inspect_plan(recipe: &Path, overrides: &[String]) -> Result<Plan> {
     let recipe = Recipe::load(recipe, overrides)?;
-    Ok(Plan::inspect(recipe, &registry()?)?)
+    Ok(Plan::inspect(recipe, &components()?)?)
 }
 
 /// Runs every op single-threaded: the trainer (and evaluation) parallelise over

@@ -1,14 +1,74 @@
-//! Evaluation: generate answers for an eval split, score them per question family
-//! against chance and majority baselines, POPE metrics for yes/no existence
-//! questions, and reports (table, JSON, PNG).
+//! Evaluation: generate answers for an eval split, score them with every scorer
+//! that applies — accuracy per question family against chance and majority
+//! baselines, POPE metrics for yes/no existence questions, and whatever scorers
+//! a user registers — and write the reports (table, JSON, PNG).
+//!
+//! - [`run`]: answering an eval split with a loaded model, writing the outputs.
+//! - [`scorer`]: the [`Scorer`] trait, the built-in scorers and their registry.
+//! - [`EvalReport`]: the overall numbers and each scorer's results.
 
+mod prediction;
+mod report;
 pub mod run;
-pub mod score;
+pub mod scorer;
 
+use std::path::PathBuf;
+
+pub use prediction::{normalize_answer, AnswerMatch, Prediction};
+pub use report::{score, score_with, EvalReport};
 pub use run::{
     evaluate, evaluate_and_save, generate_answers, read_predictions, save_outputs, EvalOptions,
     CHART_FILE, PREDICTIONS_FILE, REPORT_FILE,
 };
-pub use score::{
-    normalize_answer, score, AnswerMatch, EvalReport, FamilyScore, PopeScore, Prediction,
+pub use scorer::{
+    DynScorer, FamilyScore, FamilyScorer, FamilyScores, PopeScore, PopeScorer, PopeScores, Scorer,
+    ScorerRegistry,
 };
+use vlmkit_pipeline::PipelineError;
+
+/// Why an evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    // Boxed: located diagnostics are large.
+    #[error(transparent)]
+    Recipe(Box<vlmkit_recipe::RecipeError>),
+    #[error(transparent)]
+    Data(Box<vlmkit_data::DataError>),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// The model, its run directory or its checkpoint.
+    #[error(transparent)]
+    Pipeline(Box<PipelineError>),
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
+}
+
+impl From<vlmkit_recipe::RecipeError> for EvalError {
+    fn from(error: vlmkit_recipe::RecipeError) -> Self {
+        EvalError::Recipe(Box::new(error))
+    }
+}
+
+impl From<vlmkit_data::DataError> for EvalError {
+    fn from(error: vlmkit_data::DataError) -> Self {
+        EvalError::Data(Box::new(error))
+    }
+}
+
+impl From<PipelineError> for EvalError {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Recipe(e) => EvalError::Recipe(e),
+            PipelineError::Data(e) => EvalError::Data(e),
+            PipelineError::Candle(e) => EvalError::Candle(e),
+            PipelineError::Io { path, source } => EvalError::Io { path, source },
+            other => EvalError::Pipeline(Box::new(other)),
+        }
+    }
+}

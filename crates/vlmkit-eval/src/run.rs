@@ -5,10 +5,10 @@ use std::path::Path;
 
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
-use vlmkit_train::source::ExampleSource;
-use vlmkit_train::{LoadedModel, TrainError};
+use vlmkit_pipeline::data::ExampleSource;
+use vlmkit_pipeline::LoadedModel;
 
-use crate::score::{score, AnswerMatch, EvalReport, Prediction};
+use crate::{score_with, AnswerMatch, EvalError, EvalReport, Prediction, ScorerRegistry};
 
 /// How to evaluate.
 #[derive(Debug, Clone)]
@@ -18,6 +18,8 @@ pub struct EvalOptions {
     /// Evaluate at most this many examples (the split's first ones).
     pub limit: Option<u64>,
     pub answers: AnswerMatch,
+    /// What scores the answers (and which example metadata the predictions keep).
+    pub scorers: ScorerRegistry,
 }
 
 impl EvalOptions {
@@ -28,6 +30,7 @@ impl EvalOptions {
             max_new_tokens: config.max_new_tokens,
             limit: config.samples,
             answers: AnswerMatch::Exact,
+            scorers: ScorerRegistry::default(),
         }
     }
 }
@@ -63,10 +66,10 @@ pub fn save_outputs(
     title: &str,
     predictions: &[Prediction],
     report: &EvalReport,
-) -> Result<(), TrainError> {
+) -> Result<(), EvalError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| TrainError::Io { path, source }
+        move |source| EvalError::Io { path, source }
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let mut jsonl = Vec::new();
@@ -79,7 +82,10 @@ pub fn save_outputs(
     let path = dir.join(CHART_FILE);
     report
         .save_chart(title, &path)
-        .map_err(|e| TrainError::Invalid(format!("{}: {e}", path.display())))?;
+        .map_err(|e| EvalError::Plot {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
     let path = dir.join(REPORT_FILE);
     let json = serde_json::to_string_pretty(report).expect("reports serialise");
     vlmkit_core::fsutil::write_atomic(&path, json.as_bytes()).map_err(io(&path))?;
@@ -92,7 +98,7 @@ pub fn generate_answers(
     model: &LoadedModel,
     examples: &[Example],
     gen: &GenerateOptions,
-) -> Result<Vec<String>, TrainError> {
+) -> Result<Vec<String>, EvalError> {
     let batch = model
         .plan
         .batch_builder(model.vlm.device.clone())?
@@ -112,7 +118,7 @@ pub fn evaluate(
     source: &dyn ExampleSource,
     opts: &EvalOptions,
     mut on_batch: impl FnMut(usize, usize),
-) -> Result<Vec<Prediction>, TrainError> {
+) -> Result<Vec<Prediction>, EvalError> {
     let n = opts.limit.map_or(source.len(), |l| l.min(source.len()));
     let gen = GenerateOptions {
         max_new_tokens: opts.max_new_tokens,
@@ -137,7 +143,11 @@ pub fn evaluate(
             predictions.push(Prediction {
                 id: ex.id.clone(),
                 family: ex.family.clone().unwrap_or_else(|| "all".into()),
-                pope: ex.meta.get("pope").cloned(),
+                tags: opts
+                    .scorers
+                    .tags()
+                    .filter_map(|tag| Some((tag.to_string(), ex.meta.get(tag)?.clone())))
+                    .collect(),
                 question: ex.question().unwrap_or_default(),
                 options,
                 correct,
@@ -161,9 +171,13 @@ pub fn evaluate_and_save(
     out: &Path,
     title: &str,
     on_batch: impl FnMut(usize, usize),
-) -> Result<EvalReport, TrainError> {
+) -> Result<EvalReport, EvalError> {
     let predictions = evaluate(model, source, opts, on_batch)?;
-    let report = score(&model.dir.display().to_string(), &predictions);
+    let report = score_with(
+        &model.dir.display().to_string(),
+        &predictions,
+        &opts.scorers,
+    );
     save_outputs(out, title, &predictions, &report)?;
     Ok(report)
 }

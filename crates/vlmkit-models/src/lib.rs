@@ -477,6 +477,12 @@ impl LlmSpec {
         self.config.info()
     }
 
+    /// The name (under the language model) of its decoder blocks, for
+    /// `llm.blocks.N` in `trainable` patterns.
+    pub fn blocks_prefix(&self) -> &'static str {
+        "model.layers"
+    }
+
     pub fn build(&self, vb: candle_nn::VarBuilder) -> candle_core::Result<Box<dyn LanguageModel>> {
         Ok(Box::new(Llama::new(&self.config, vb)?))
     }

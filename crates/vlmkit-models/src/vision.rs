@@ -11,7 +11,6 @@
 //! [`VisionRegistry`] holds the factories a process knows.
 
 use std::any::Any;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use candle_core::{Result, Tensor};
@@ -236,15 +235,16 @@ impl std::ops::DerefMut for VisionConfig {
 #[error("vision encoder kind `{0}` is registered twice")]
 pub struct DuplicateVisionKind(pub String);
 
-/// The vision encoders a process knows, by recipe kind.
+/// The vision encoders a process knows, by recipe kind, in the order they were
+/// registered.
 #[derive(Clone, Default)]
 pub struct VisionRegistry {
-    factories: BTreeMap<&'static str, Arc<dyn VisionFactory>>,
+    factories: Vec<(&'static str, Arc<dyn VisionFactory>)>,
 }
 
 impl std::fmt::Debug for VisionRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.factories.keys()).finish()
+        f.debug_list().entries(self.kinds()).finish()
     }
 }
 
@@ -268,24 +268,27 @@ impl VisionRegistry {
         if let Some((kind, _)) = factory
             .kinds()
             .iter()
-            .find(|(kind, _)| self.factories.contains_key(kind))
+            .find(|(kind, _)| self.get(kind).is_some())
         {
             return Err(DuplicateVisionKind(kind.to_string()));
         }
         for (kind, _) in factory.kinds() {
-            self.factories.insert(kind, factory.clone());
+            self.factories.push((kind, factory.clone()));
         }
         Ok(())
     }
 
     /// The factory of recipe kind `kind`.
     pub fn get(&self, kind: &str) -> Option<&Arc<dyn VisionFactory>> {
-        self.factories.get(kind)
+        self.factories
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, factory)| factory)
     }
 
-    /// Every recipe kind, sorted.
+    /// Every recipe kind, in registration order.
     pub fn kinds(&self) -> impl Iterator<Item = &str> {
-        self.factories.keys().copied()
+        self.factories.iter().map(|(kind, _)| *kind)
     }
 
     /// The family checkpoints of recipe kind `kind` read as.
@@ -304,7 +307,7 @@ impl VisionRegistry {
         model_type: &str,
         in_llava: bool,
     ) -> Option<(&Arc<dyn VisionFactory>, HfModelType)> {
-        self.factories.values().find_map(|factory| {
+        self.factories.iter().find_map(|(_, factory)| {
             factory
                 .hf_model_types()
                 .iter()
@@ -315,13 +318,14 @@ impl VisionRegistry {
 
     /// Every Hugging Face `model_type` some factory reads, each once.
     pub fn model_types(&self) -> Vec<&'static str> {
-        let mut types: Vec<&'static str> = self
-            .factories
-            .values()
-            .flat_map(|f| f.hf_model_types().iter().map(|t| t.model_type))
-            .collect();
-        types.sort_unstable();
-        types.dedup();
+        let mut types: Vec<&'static str> = Vec::new();
+        for (_, factory) in &self.factories {
+            for t in factory.hf_model_types() {
+                if !types.contains(&t.model_type) {
+                    types.push(t.model_type);
+                }
+            }
+        }
         types
     }
 }

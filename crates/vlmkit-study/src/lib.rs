@@ -29,7 +29,7 @@ use std::path::PathBuf;
 
 pub use design::{Arm, GridAxis, StudyKind, StudySpec};
 pub use measure::RunMeasures;
-pub use report::{ArmSummary, RunResult, StudyReport};
+pub use report::{ArmSummary, RunResult, RunScores, StudyReport};
 pub use runner::{PlannedRun, RunAction, RunState, Study, StudyObserver};
 pub use stats::{t_975, Estimate};
 
@@ -42,6 +42,10 @@ pub enum StudyError {
     Recipe(Box<vlmkit_recipe::RecipeError>),
     #[error(transparent)]
     Train(Box<vlmkit_train::TrainError>),
+    #[error(transparent)]
+    Eval(Box<vlmkit_eval::EvalError>),
+    #[error(transparent)]
+    Pipeline(Box<vlmkit_pipeline::PipelineError>),
     /// A run failed while training or evaluating (the reason is the source).
     #[error("{run} ({}) failed", dir.display())]
     Run {
@@ -73,6 +77,24 @@ impl From<vlmkit_train::TrainError> for StudyError {
         match error {
             vlmkit_train::TrainError::Recipe(e) => StudyError::Recipe(e),
             other => StudyError::Train(Box::new(other)),
+        }
+    }
+}
+
+impl From<vlmkit_eval::EvalError> for StudyError {
+    fn from(error: vlmkit_eval::EvalError) -> Self {
+        match error {
+            vlmkit_eval::EvalError::Recipe(e) => StudyError::Recipe(e),
+            other => StudyError::Eval(Box::new(other)),
+        }
+    }
+}
+
+impl From<vlmkit_pipeline::PipelineError> for StudyError {
+    fn from(error: vlmkit_pipeline::PipelineError) -> Self {
+        match error {
+            vlmkit_pipeline::PipelineError::Recipe(e) => StudyError::Recipe(e),
+            other => StudyError::Pipeline(Box::new(other)),
         }
     }
 }

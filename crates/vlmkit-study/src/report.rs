@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use vlmkit_eval::{EvalReport, FamilyScore};
 
-use vlmkit_train::counts::thousands;
+use vlmkit_pipeline::counts::thousands;
 
 use crate::design::{StudyKind, StudySpec};
 use crate::measure::RunMeasures;
@@ -35,10 +35,45 @@ pub struct RunResult {
     pub seed: u64,
     /// The run directory relative to the study directory.
     pub dir: String,
-    pub eval: EvalReport,
+    pub eval: RunScores,
     /// `None` when the run has no `summary.json` (trained outside a study, or
     /// interrupted between training and writing it).
     pub measures: Option<RunMeasures>,
+}
+
+/// A run's evaluation as a study compares it: every question, and the accuracy
+/// per question family and form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunScores {
+    /// Eval questions answered.
+    pub samples: usize,
+    /// Accuracy over every question.
+    pub accuracy: f64,
+    pub families: Vec<FamilyScore>,
+    pub forms: Vec<FamilyScore>,
+}
+
+impl RunScores {
+    /// The families scorer's results of `report`.
+    pub fn of(report: &EvalReport) -> Self {
+        let families = report.families();
+        Self {
+            samples: report.samples,
+            accuracy: report.accuracy,
+            families: families.families,
+            forms: families.forms,
+        }
+    }
+
+    /// Every family's score, then every form's.
+    pub fn scores(&self) -> impl Iterator<Item = &FamilyScore> {
+        self.families.iter().chain(&self.forms)
+    }
+
+    /// The family's (`color`) or form's (`relation: above/below`) score.
+    pub fn score_of(&self, key: &str) -> Option<&FamilyScore> {
+        self.scores().find(|f| f.has_key(key))
+    }
 }
 
 /// One run in the report.
@@ -776,7 +811,7 @@ mod tests {
     use crate::design::Arm;
     use vlmkit_eval::FamilyScore;
 
-    fn eval(scores: &[(&str, f64, f64)]) -> EvalReport {
+    fn eval(scores: &[(&str, f64, f64)]) -> RunScores {
         let families: Vec<FamilyScore> = scores
             .iter()
             .map(|&(family, accuracy, chance)| FamilyScore {
@@ -803,13 +838,11 @@ mod tests {
                 })
             })
             .collect();
-        EvalReport {
-            checkpoint: String::new(),
+        RunScores {
             samples: 200 * families.len(),
             accuracy: families.iter().map(|f| f.accuracy).sum::<f64>() / families.len() as f64,
             families,
             forms,
-            pope: Vec::new(),
         }
     }
 

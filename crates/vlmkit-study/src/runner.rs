@@ -8,15 +8,15 @@ use vlmkit_eval::{
     evaluate_and_save, read_predictions, score, EvalOptions, EvalReport, PREDICTIONS_FILE,
     REPORT_FILE,
 };
-use vlmkit_plugin::Registry;
+use vlmkit_pipeline::checkpoint::{read_state, STATE_FILE};
+use vlmkit_pipeline::counts::ParamCounts;
+use vlmkit_pipeline::{load_model, Components, Plan, RunDir};
 use vlmkit_recipe::Recipe;
-use vlmkit_train::checkpoint::{read_state, STATE_FILE};
-use vlmkit_train::counts::ParamCounts;
-use vlmkit_train::{load_model, train, Observer, Plan, RunDir};
+use vlmkit_train::{train, Observer};
 
 use crate::design::{slug, StudySpec};
 use crate::measure::{PeakMemory, RunMeasures, StepTimer};
-use crate::report::{RunResult, StudyReport};
+use crate::report::{RunResult, RunScores, StudyReport};
 use crate::StudyError;
 
 /// Where a run's evaluation goes, inside its directory.
@@ -98,7 +98,7 @@ pub struct Study {
     pub runs: Vec<PlannedRun>,
     /// Parameters under `connector.` per arm, counted from shapes.
     pub connector_params: Vec<usize>,
-    registry: Registry,
+    components: Components,
     release_memory: Option<fn()>,
 }
 
@@ -107,7 +107,7 @@ impl Study {
     /// checks that no run directory holds a different recipe — all before
     /// anything trains. Recipe errors name the file, line and key (or the
     /// override).
-    pub fn plan(spec: StudySpec, dir: &Path, registry: &Registry) -> Result<Study, StudyError> {
+    pub fn plan(spec: StudySpec, dir: &Path, components: &Components) -> Result<Study, StudyError> {
         let mut runs = Vec::new();
         let mut connector_params = Vec::new();
         for (index, arm) in spec.arms.iter().enumerate() {
@@ -119,7 +119,7 @@ impl Study {
                 let mut run_overrides = overrides.clone();
                 run_overrides.push(format!("run.seed={seed}"));
                 let recipe = Recipe::load(&arm.recipe, &run_overrides)?;
-                let plan = Plan::new(recipe, registry, None)?;
+                let plan = Plan::new(recipe, components, None)?;
                 if k == 0 {
                     let counts = ParamCounts::of(&plan, 0)?;
                     connector_params.push(counts.get("connector").map_or(0, |r| r.total()));
@@ -143,7 +143,7 @@ impl Study {
             dir: dir.to_path_buf(),
             runs,
             connector_params,
-            registry: registry.clone(),
+            components: components.clone(),
             release_memory: None,
         })
     }
@@ -243,12 +243,12 @@ impl Study {
         run: &PlannedRun,
         observer: &mut dyn StudyObserver,
     ) -> Result<EvalReport, StudyError> {
-        let model = load_model(&run.dir, &self.registry, None, &[])?;
+        let model = load_model(&run.dir, &self.components, None, &[])?;
         let source = model
             .plan
-            .eval_data()?
+            .eval_data()
             .open()
-            .map_err(vlmkit_train::TrainError::from)?;
+            .map_err(vlmkit_pipeline::PipelineError::from)?;
         let opts = EvalOptions::from_config(&model.plan.recipe.eval);
         Ok(evaluate_and_save(
             &model,
@@ -289,7 +289,7 @@ impl Study {
                 arm: run.arm,
                 seed: run.seed,
                 dir: run.rel_dir.clone(),
-                eval,
+                eval: RunScores::of(&eval),
                 measures: RunMeasures::read(&run.dir)?,
             });
         }

@@ -8,11 +8,12 @@ use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 use vlmkit_core::params::{Missing, ParamStore};
 
+use vlmkit_pipeline::{select_device, PipelineError, Plan};
+
 use crate::optim::global_grad_norm;
-use crate::plan::Plan;
-use crate::source::Order;
+use crate::order::Order;
 use crate::step::{forward_backward, Parallelism};
-use crate::trainer::{select_device, worker_threads, StageModel};
+use crate::trainer::{worker_threads, StageModel};
 use crate::TrainError;
 
 /// What to measure.
@@ -108,21 +109,24 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
     let stage = recipe
         .stages
         .get(opts.stage)
-        .ok_or_else(|| TrainError::Invalid(format!("the recipe has no stage {}", opts.stage)))?;
+        .ok_or(PipelineError::NoStage {
+            stages: recipe.stages.len(),
+            stage: opts.stage,
+        })?;
     let device = select_device(&recipe.run.device)?;
     let store = ParamStore::new(device.clone(), DType::F32);
-    let unused = plan.create_params(
+    let unused = plan.model.create_params(
         &store,
         Missing::Initialize {
             seed: recipe.run.seed,
         },
     )?;
     let model = StageModel::build(plan, &store, stage, &unused)?;
-    let mut opt = model.optimizer(stage)?;
+    let mut opt = model.optimizer(&plan.stages, stage)?;
     let StageModel { vlm, params } = model;
     let trainable_params = params.iter().map(|(_, v)| v.elem_count()).sum();
     let frozen_params = store.count(|_| true) - trainable_params;
-    let source = plan.train_data(opts.stage)?.open()?;
+    let source = plan.train_data(opts.stage).open()?;
     let builder = plan.batch_builder(device.clone())?;
     let bs = opts.batch_size.unwrap_or(stage.batch_size);
     let mut order = Order::new(source.len(), recipe.run.seed, &stage.name);
@@ -147,7 +151,7 @@ pub fn bench(plan: &Plan, opts: &BenchOptions) -> Result<BenchReport, TrainError
         let out = vlm.loss(&batch)?;
         let objective = out
             .objective(&vlm.loss_weights, |_| 1.0)?
-            .ok_or_else(|| TrainError::Invalid("every loss term has weight 0".into()))?;
+            .ok_or(TrainError::NothingToTrain)?;
         // Force the forward to finish before timing (asynchronous devices).
         let _ = objective.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t2 = Instant::now();

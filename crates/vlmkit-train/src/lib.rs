@@ -1,35 +1,25 @@
-//! vlmkit's trainer.
+//! vlmkit's trainer: the training loop over a [`vlmkit_pipeline::Plan`].
 //!
-//! - [`plan`]: recipe → validated components (no tensors yet).
-//! - [`source`]: where examples come from, and in which order.
-//! - [`batch`]: examples → tensors.
+//! - [`trainer`]: the stage loop, in named pieces (resume, reading, accumulation,
+//!   checks, logging, checkpointing), reporting to an [`Observer`].
+//! - [`step`]: one batch's forward and backward, split into parts on worker threads.
 //! - [`optim`]: AdamW, schedules, clipping.
-//! - [`checkpoint`]: run directories, atomic checkpoints, resume.
-//! - [`trainer`]: the stage loop, reporting to an [`trainer::Observer`].
+//! - [`order`]: the seeded order a stage reads its data in.
+//! - [`progress`]: the progress display; [`bench`]: the phases of a step, timed.
 
-pub mod batch;
 pub mod bench;
-pub mod checkpoint;
-pub mod counts;
-pub mod export;
 pub mod optim;
-pub mod parity;
-pub mod plan;
+pub mod order;
 pub mod progress;
-pub mod source;
 pub mod step;
 pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use checkpoint::{
-    load_checkpoint, load_model, resolve_checkpoint, source_fingerprint, FrozenSource, LoadedModel,
-    RunDir, TrainState,
-};
-pub use plan::Plan;
-pub use trainer::{train, Observer, StepRecord, TrainSummary};
+pub use trainer::{train, Observer, StageModel, StepRecord, TrainSummary};
+use vlmkit_pipeline::PipelineError;
 
-/// Why training (or loading a model) failed.
+/// Why training failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     // Boxed: located recipe and data diagnostics are large, and every fallible
@@ -46,18 +36,9 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
-    #[error("checkpoint: {0}")]
-    Checkpoint(String),
-    #[error(
-        "{} holds a run of a different recipe{}; delete it, or train into another directory (--out)",
-        dir.display(),
-        if differences.is_empty() { String::new() } else { format!(" ({})", differences.join("; ")) }
-    )]
-    DifferentRecipe {
-        dir: PathBuf,
-        /// `key: value there, value here` for the keys that differ (at most 8).
-        differences: Vec<String>,
-    },
+    /// The model, the run directory or a checkpoint.
+    #[error(transparent)]
+    Pipeline(Box<PipelineError>),
     #[error(
         "the loss became {value} at step {step} (stage `{stage}`); training stopped. The last good checkpoint is {}",
         last_checkpoint.as_ref().map_or("none (no checkpoint was written yet)".to_string(), |p| p.display().to_string())
@@ -68,8 +49,39 @@ pub enum TrainError {
         value: f64,
         last_checkpoint: Option<PathBuf>,
     },
-    #[error("{0}")]
-    Invalid(String),
+    #[error(
+        "stage `{stage}`: {} trainable parameter(s) receive no gradient, e.g. {}; they do not influence the loss with this recipe",
+        missing.len(),
+        missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+    )]
+    NoGradient { stage: String, missing: Vec<String> },
+    #[error(
+        "a batch of {examples} examples has no supervised token (ids {ids}…): every answer is empty or was cut by the length limit"
+    )]
+    NoSupervisedToken { examples: usize, ids: String },
+    #[error(
+        "{skipped} of the {read} examples read so far were skipped for a missing or corrupt image (the data's `max_skipped` allows {:.1}%); the last: {last}",
+        100.0 * allowed
+    )]
+    TooManySkipped {
+        skipped: u64,
+        read: u64,
+        /// The share the data allows.
+        allowed: f64,
+        last: Box<vlmkit_data::DataError>,
+    },
+    #[error("every loss term has weight 0")]
+    NothingToTrain,
+    #[error("a training worker thread panicked")]
+    WorkerPanicked,
+    #[error("{}: line {line}: {message}", path.display())]
+    Metrics {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{}: {message}", path.display())]
+    Plot { path: PathBuf, message: String },
 }
 
 impl From<vlmkit_recipe::RecipeError> for TrainError {
@@ -81,5 +93,27 @@ impl From<vlmkit_recipe::RecipeError> for TrainError {
 impl From<vlmkit_data::DataError> for TrainError {
     fn from(error: vlmkit_data::DataError) -> Self {
         TrainError::Data(Box::new(error))
+    }
+}
+
+impl From<PipelineError> for TrainError {
+    fn from(error: PipelineError) -> Self {
+        match error {
+            PipelineError::Recipe(e) => TrainError::Recipe(e),
+            PipelineError::Data(e) => TrainError::Data(e),
+            PipelineError::Candle(e) => TrainError::Candle(e),
+            PipelineError::Io { path, source } => TrainError::Io { path, source },
+            other => TrainError::Pipeline(Box::new(other)),
+        }
+    }
+}
+
+impl TrainError {
+    /// An I/O error about `path`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+        move |source| TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

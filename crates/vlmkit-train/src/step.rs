@@ -18,7 +18,8 @@ use vlmkit_core::loss::BatchCounts;
 use vlmkit_core::{TokenSequence, Vlm};
 use vlmkit_data::Example;
 
-use crate::batch::BatchBuilder;
+use vlmkit_pipeline::batch::BatchBuilder;
+
 use crate::TrainError;
 
 /// The summed result of a batch.
@@ -120,11 +121,15 @@ pub fn forward_backward(
         .collect::<Result<_, _>>()?;
     let tokens: usize = sequences.iter().map(TokenSequence::supervised).sum();
     if tokens == 0 && vlm.trains_on_tokens() {
-        return Err(TrainError::Invalid(format!(
-            "a batch of {} examples has no supervised token (ids {}…): every answer is empty or was cut by the length limit",
-            examples.len(),
-            examples.iter().take(3).map(|e| e.id.as_str()).collect::<Vec<_>>().join(", ")
-        )));
+        return Err(TrainError::NoSupervisedToken {
+            examples: examples.len(),
+            ids: examples
+                .iter()
+                .take(3)
+                .map(|e| e.id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
     }
     let whole = BatchCounts {
         supervised_tokens: tokens,
@@ -190,9 +195,7 @@ pub fn forward_backward(
                 .into_iter()
                 .map(|h| match h.join() {
                     Ok(r) => r,
-                    Err(_) => Err(TrainError::Invalid(
-                        "a training worker thread panicked".into(),
-                    )),
+                    Err(_) => Err(TrainError::WorkerPanicked),
                 })
                 .collect()
         })

@@ -43,7 +43,7 @@ pub fn run(args: CompareArgs) -> Result<()> {
 /// each run and writes the report; `dry_run` stops after listing the runs.
 pub fn run_study(spec: StudySpec, out: Option<PathBuf>, dry_run: bool) -> Result<()> {
     let dir = out.unwrap_or_else(|| PathBuf::from("studies").join(&spec.name));
-    let study = Study::plan(spec, &dir, &common::registry()?)
+    let study = Study::plan(spec, &dir, &common::components()?)
         .map_err(study_error)?
         .release_memory_with(release_cached_memory);
     let states = study.states().map_err(study_error)?;

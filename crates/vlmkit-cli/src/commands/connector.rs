@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
-use vlmkit_train::parity::{self, StandaloneConnector, Weights};
-use vlmkit_train::trainer::select_device;
+use vlmkit_pipeline::parity::{self, StandaloneConnector, Weights};
+use vlmkit_pipeline::select_device;
 
 use crate::common;
 

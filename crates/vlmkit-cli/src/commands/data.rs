@@ -54,7 +54,7 @@ pub fn run(args: DataArgs) -> Result<()> {
                     let recipe = Recipe::load(path, &[])?;
                     let section = match split {
                         Split::Train => recipe.data_section("train"),
-                        Split::Eval => vlmkit_train::source::eval_settings(&recipe),
+                        Split::Eval => vlmkit_pipeline::data::eval_settings(&recipe),
                     };
                     if section.get_str("kind").map_err(|e| recipe.error_for(e))? != Some("shapes") {
                         return Err(recipe.error_at(section.path(), "`data export` writes the built-in shapes data; this section is not `kind = \"shapes\"`").into());

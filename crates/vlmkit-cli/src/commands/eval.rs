@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 use vlmkit_eval::{evaluate_and_save, AnswerMatch, EvalOptions};
-use vlmkit_train::source::ExampleSource;
+use vlmkit_pipeline::data::ExampleSource;
 
 use crate::common;
 
@@ -55,7 +55,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     let model = common::model_or_recipe(&args.model, args.device.as_deref(), &args.overrides)?;
-    let data = model.plan.eval_data()?;
+    let data = model.plan.eval_data();
     let source: Box<dyn ExampleSource> = if args.scenes_as_text {
         match data.open_scenes_as_text()? {
             Some(scenes) => Box::new(scenes),
@@ -76,6 +76,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         } else {
             AnswerMatch::Exact
         },
+        ..defaults
     };
     eprintln!(
         "evaluating {} on {}",

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use vlmkit_train::counts::thousands;
-use vlmkit_train::export::{export_llava_hf, ExportOptions};
+use vlmkit_pipeline::counts::thousands;
+use vlmkit_pipeline::export::{export_llava_hf, ExportOptions};
 
 use crate::common;
 
@@ -78,7 +78,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     };
     match args.format {
         ExportFormat::LlavaHf => {
-            let summary = export_llava_hf(&args.run, &args.out, &common::registry()?, &options)?;
+            let summary = export_llava_hf(&args.run, &args.out, &common::components()?, &options)?;
             println!(
                 "exported {} as LlavaForConditionalGeneration to {}",
                 summary.checkpoint.display(),

@@ -10,8 +10,8 @@ use clap::{Args, Subcommand};
 use vlmkit_core::hub;
 use vlmkit_data::processor::ImageProcessor;
 use vlmkit_models::{gguf, hf};
-use vlmkit_train::counts::thousands;
-use vlmkit_train::trainer::select_device;
+use vlmkit_pipeline::counts::thousands;
+use vlmkit_pipeline::select_device;
 
 #[derive(Debug, Args)]
 pub struct ModelArgs {
@@ -217,7 +217,7 @@ fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>
 
 /// Whether `dir` is a vlmkit run or checkpoint (it keeps the recipe it was trained with).
 fn is_run(dir: &std::path::Path) -> bool {
-    dir.join(vlmkit_train::checkpoint::RECIPE_FILE).is_file()
+    dir.join(vlmkit_pipeline::checkpoint::RECIPE_FILE).is_file()
 }
 
 fn forward(args: ForwardArgs) -> Result<()> {
@@ -282,9 +282,9 @@ fn forward_run(
     args: &ForwardArgs,
     inputs: &std::collections::HashMap<String, candle_core::Tensor>,
 ) -> Result<()> {
-    let model = vlmkit_train::load_model(
+    let model = vlmkit_pipeline::load_model(
         &args.dir,
-        &crate::common::registry()?,
+        &crate::common::components()?,
         Some(&args.device),
         &[],
     )?;
@@ -292,7 +292,7 @@ fn forward_run(
     if model.vlm.needs.reads_text {
         bail!(
             "the connector `{}` reads the question, which input_ids do not mark; ask this model with `vlmkit infer`",
-            plan.connector.kind()
+            plan.model.connector.kind()
         );
     }
     let Some(ids) = inputs.get("input_ids") else {
@@ -327,11 +327,11 @@ fn forward_run(
         .iter()
         .enumerate()
         .map(|(r, row)| {
-            llava_row(row, image_id, plan.visual_tokens)
+            llava_row(row, image_id, plan.model.visual_tokens)
                 .map_err(|e| anyhow::anyhow!("row {r} of input_ids: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
-    let size = plan.env.vision.image_size;
+    let size = plan.model.env.vision.image_size;
     let pixels = match inputs.get("pixel_values") {
         Some(p) => p.to_dtype(candle_core::DType::F32)?,
         None if sequences.iter().all(|s| s.image_at.is_none()) => candle_core::Tensor::zeros(

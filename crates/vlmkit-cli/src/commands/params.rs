@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use vlmkit_train::counts::ParamCounts;
+use vlmkit_pipeline::counts::ParamCounts;
 
 use crate::common;
 

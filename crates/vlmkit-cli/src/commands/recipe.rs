@@ -33,25 +33,26 @@ pub fn run(args: RecipeArgs) -> Result<()> {
         RecipeCommand::Check(args) => {
             let plan = common::inspect_plan(&args.recipe, &args.overrides)?;
             print!("{}", plan.recipe.to_toml_string());
-            let needs = &plan.needs;
+            let needs = &plan.model.needs;
             let vocabulary = match plan.tokenizer() {
                 Ok(tokenizer) => format!("tokenizer of {} tokens", tokenizer.vocab_size()),
                 Err(_) => format!(
                     "vocabulary of {} tokens (from the recipe)",
-                    plan.llm.config.vocab_size
+                    plan.model.llm.config.vocab_size
                 ),
             };
             eprintln!(
                 "ok: connector `{}` ({:?}, reads text: {}), vision layers {:?}, {vocabulary}",
-                plan.connector.kind(),
+                plan.model.connector.kind(),
                 needs.placement,
                 needs.reads_text,
-                plan.env.layers,
+                plan.model.env.layers,
             );
             // What each stage trains and on which losses (a connector's own terms
             // included with their default weight).
             for stage in &plan.recipe.stages {
                 let losses: Vec<String> = plan
+                    .stages
                     .loss_weights(stage)
                     .iter()
                     .map(|(name, weight)| format!("{name} {weight}"))

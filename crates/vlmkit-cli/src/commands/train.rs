@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
+use vlmkit_pipeline::RunDir;
 use vlmkit_train::progress::Progress;
-use vlmkit_train::{train, RunDir};
+use vlmkit_train::train;
 
 use crate::common;
 

@@ -110,15 +110,15 @@ impl std::fmt::Debug for dyn HostLoss {
 #[error("loss `{0}` is registered twice")]
 pub struct DuplicateLoss(pub String);
 
-/// The host losses a process knows, by name.
+/// The host losses a process knows, in the order they were registered.
 #[derive(Clone, Default)]
 pub struct LossRegistry {
-    losses: BTreeMap<&'static str, Arc<dyn HostLoss>>,
+    losses: Vec<Arc<dyn HostLoss>>,
 }
 
 impl std::fmt::Debug for LossRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.losses.keys()).finish()
+        f.debug_list().entries(self.names()).finish()
     }
 }
 
@@ -134,19 +134,19 @@ impl LossRegistry {
     }
 
     pub fn register(&mut self, loss: Arc<dyn HostLoss>) -> std::result::Result<(), DuplicateLoss> {
-        if self.losses.contains_key(loss.name()) {
+        if self.get(loss.name()).is_some() {
             return Err(DuplicateLoss(loss.name().to_string()));
         }
-        self.losses.insert(loss.name(), loss);
+        self.losses.push(loss);
         Ok(())
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<dyn HostLoss>> {
-        self.losses.get(name)
+        self.losses.iter().find(|loss| loss.name() == name)
     }
 
-    /// Every name, sorted.
+    /// Every name, in registration order.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.losses.keys().copied()
+        self.losses.iter().map(|loss| loss.name())
     }
 }

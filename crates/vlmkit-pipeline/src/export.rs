@@ -17,10 +17,10 @@ use vlmkit_core::fsutil::{sync_dir, write_atomic};
 use vlmkit_core::params::save_safetensors_atomic;
 use vlmkit_data::TextTokenizer;
 use vlmkit_models::hf::llava::{self, LlavaSettings};
-use vlmkit_plugin::Registry;
 
-use crate::checkpoint::{checkpoint_plan, io, pt_metadata};
-use crate::{Plan, TrainError};
+use crate::checkpoint::{io, pt_metadata};
+use crate::checkpoint_plan;
+use crate::{Components, PipelineError, Plan};
 
 /// How the weights are written.
 #[derive(Debug, Clone)]
@@ -60,8 +60,8 @@ pub struct ExportSummary {
     pub text_model_type: String,
 }
 
-fn refuse(message: impl Into<String>) -> TrainError {
-    TrainError::Invalid(message.into())
+fn refuse(message: impl Into<String>) -> PipelineError {
+    PipelineError::ExportRefused(message.into())
 }
 
 /// The checkpoint's settings as a LLaVA model would have them, or why it has none.
@@ -75,23 +75,24 @@ struct Layout {
     vocab_rows: usize,
 }
 
-fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout, TrainError> {
-    let kind = plan.connector.kind();
+fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout, PipelineError> {
+    let kind = plan.model.connector.kind();
     if kind != "mlp" {
         return Err(refuse(format!(
             "the llava-hf format holds LLaVA-1.5's projector, the `mlp` connector; this run's connector is `{kind}`, which LlavaForConditionalGeneration has no place for"
         )));
     }
-    let tower = plan.vision.config.llava_tower().map_err(refuse)?;
+    let tower = plan.model.vision.config.llava_tower().map_err(refuse)?;
     // The projector reads one hidden state, by transformers' indexing as here.
     let base_layer = plan
+        .model
         .connector
         .resolved_table()
         .get("base_layer")
         .and_then(toml::Value::as_integer)
         .ok_or_else(|| refuse("the mlp connector names no `base_layer`"))?;
-    let has_cls = plan.env.vision.has_cls;
-    let llm = &plan.llm.config;
+    let has_cls = plan.model.env.vision.has_cls;
+    let llm = &plan.model.llm.config;
     let embedding_rows = llm.vocab_size;
     // transformers embeds every id before putting the image features in place,
     // so `<image>` needs a row (vlmkit never embeds it, and may have none).
@@ -101,7 +102,7 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         vision_feature_layer: base_layer,
         drop_cls: has_cls,
         image_token_index: tokenizer.image,
-        image_seq_length: plan.visual_tokens,
+        image_seq_length: plan.model.visual_tokens,
         pad_token_id: tokenizer.pad,
         torch_dtype: match dtype {
             DType::BF16 => "bfloat16",
@@ -113,7 +114,7 @@ fn layout(plan: &Plan, tokenizer: &TextTokenizer, dtype: DType) -> Result<Layout
         vision: tower.vision_config,
         text,
         // What evaluation and inference preprocess with: the last stage's.
-        preprocessor: plan.processor().to_preprocessor_config(),
+        preprocessor: plan.inputs.processor().to_preprocessor_config(),
         processor: llava::processor_config_json(
             tower.patch_size,
             has_cls,
@@ -131,7 +132,7 @@ fn llava_weights(
     model: BTreeMap<String, Tensor>,
     layout: &Layout,
     dtype: DType,
-) -> Result<BTreeMap<String, Tensor>, TrainError> {
+) -> Result<BTreeMap<String, Tensor>, PipelineError> {
     let mut out = BTreeMap::new();
     for (name, tensor) in model {
         let renamed = llava::export_name(&name).ok_or_else(|| {
@@ -180,7 +181,7 @@ fn shards(weights: BTreeMap<String, Tensor>, max_bytes: u64) -> Vec<BTreeMap<Str
 /// The run's `tokenizer.json` as transformers should apply it: the processor
 /// tokenises with special tokens, so the post-processor adds BOS exactly when
 /// vlmkit does (it prepends `<s>` when the vocabulary has one) and nothing else.
-fn exported_tokenizer_json(text: &str, tokenizer: &TextTokenizer) -> Result<Value, TrainError> {
+fn exported_tokenizer_json(text: &str, tokenizer: &TextTokenizer) -> Result<Value, PipelineError> {
     let mut value: Value = serde_json::from_str(text)
         .map_err(|e| refuse(format!("the checkpoint's tokenizer.json: {e}")))?;
     value["post_processor"] = match tokenizer.bos {
@@ -225,7 +226,7 @@ fn tokenizer_config(plan: &Plan, tokenizer: &TextTokenizer, max_length: usize) -
         "padding_side": "left",
         // What the model takes: no `token_type_ids`, which `generate` refuses.
         "model_input_names": ["input_ids", "attention_mask"],
-        "chat_template": plan.template.jinja(),
+        "chat_template": plan.inputs.template.jinja(),
     })
 }
 
@@ -240,9 +241,9 @@ fn pretty(value: &Value) -> Vec<u8> {
 pub fn export_llava_hf(
     run: &Path,
     out: &Path,
-    registry: &Registry,
+    components: &Components,
     options: &ExportOptions,
-) -> Result<ExportSummary, TrainError> {
+) -> Result<ExportSummary, PipelineError> {
     if !matches!(options.dtype, DType::F32 | DType::BF16 | DType::F16) {
         return Err(refuse(format!(
             "--dtype {:?}: the llava-hf format is written as f32, bf16 or f16",
@@ -255,7 +256,7 @@ pub fn export_llava_hf(
             out.display()
         )));
     }
-    let (checkpoint, ck, plan) = checkpoint_plan(run, registry, None, &[])?;
+    let (checkpoint, ck, plan) = checkpoint_plan(run, components, None, &[])?;
     let tokenizer = plan.tokenizer()?;
     let layout = layout(&plan, tokenizer, options.dtype)?;
 
@@ -315,7 +316,7 @@ fn write_directory(
     tokenizer: &TextTokenizer,
     layout: &Layout,
     shards: Vec<BTreeMap<String, Tensor>>,
-) -> Result<Vec<String>, TrainError> {
+) -> Result<Vec<String>, PipelineError> {
     let write = |file: &str, bytes: &[u8]| {
         let path = dir.join(file);
         write_atomic(&path, bytes).map_err(io(&path))
@@ -368,11 +369,17 @@ fn write_directory(
         // With `<image>`, which the tokenizer adds when its file lacks it.
         &pretty(&exported_tokenizer_json(&tokenizer.to_json()?, tokenizer)?),
     )?;
-    let tokenizer_config =
-        tokenizer_config(plan, tokenizer, plan.llm.config.max_position_embeddings);
+    let tokenizer_config = tokenizer_config(
+        plan,
+        tokenizer,
+        plan.model.llm.config.max_position_embeddings,
+    );
     write("tokenizer_config.json", &pretty(&tokenizer_config))?;
     // Processors read their template from here (transformers ≥ 4.52).
-    write("chat_template.jinja", plan.template.jinja().as_bytes())?;
+    write(
+        "chat_template.jinja",
+        plan.inputs.template.jinja().as_bytes(),
+    )?;
     write("preprocessor_config.json", &pretty(&layout.preprocessor))?;
     write("processor_config.json", &pretty(&layout.processor))?;
     Ok(files)

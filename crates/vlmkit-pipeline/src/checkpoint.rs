@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use vlmkit_core::fsutil::{sync_dir, write_atomic};
 use vlmkit_core::params::save_safetensors_atomic;
 
-use crate::TrainError;
+use crate::PipelineError;
 
 /// Where training stood when a checkpoint was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub struct FrozenSource {
 /// MiB, and `config.json`, hashed with SHA-256. Another download of the same
 /// weights matches. A fine-tuned copy of the same shapes is caught when the
 /// tensors at either end of a file changed, which a full fine-tune's do.
-pub fn source_fingerprint(path: &Path) -> Result<String, TrainError> {
+pub fn source_fingerprint(path: &Path) -> Result<String, PipelineError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Seek, SeekFrom};
     const EDGE: u64 = 1 << 20;
@@ -149,11 +149,31 @@ pub struct RunDir {
 }
 
 /// An I/O error, naming `path`.
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + '_ {
+    PipelineError::io(path)
+}
+
+/// Why a checkpoint (or a run's `latest`) cannot be used. Every variant names
+/// the file or directory.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("{} points at {}, which is not a complete checkpoint", pointer.display(), target.display())]
+    Incomplete { pointer: PathBuf, target: PathBuf },
+    #[error("{}: {reason}", path.display())]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("{} is neither a checkpoint (no {MODEL_FILE} + {STATE_FILE}) nor a run directory with one", path.display())]
+    NotACheckpoint { path: PathBuf },
+    /// A pretrained part the checkpoint left out cannot be read back.
+    #[error("{} does not hold {what}'s weights: they are the frozen weights of {}, and {why}", dir.display(), source_path.display())]
+    FrozenSource {
+        dir: PathBuf,
+        what: &'static str,
+        source_path: PathBuf,
+        why: String,
+    },
+    /// The weights do not fit the model the saved recipe describes.
+    #[error("{}: {message}", path.display())]
+    Weights { path: PathBuf, message: String },
 }
 
 impl RunDir {
@@ -184,7 +204,7 @@ impl RunDir {
     /// Refuses the directory if a run was started in it with another recipe than
     /// `recipe_toml` (the resolved recipe), naming the keys that differ; a
     /// directory without a run passes.
-    pub fn check_recipe(&self, recipe_toml: &str) -> Result<(), TrainError> {
+    pub fn check_recipe(&self, recipe_toml: &str) -> Result<(), PipelineError> {
         match std::fs::read_to_string(self.recipe()) {
             Ok(existing) => check_same_recipe(&self.path, &existing, recipe_toml),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -193,7 +213,7 @@ impl RunDir {
     }
 
     /// The newest complete checkpoint, if any.
-    pub fn latest(&self) -> Result<Option<PathBuf>, TrainError> {
+    pub fn latest(&self) -> Result<Option<PathBuf>, PipelineError> {
         let pointer = self.checkpoints().join("latest");
         match std::fs::read_to_string(&pointer) {
             Ok(name) => {
@@ -201,11 +221,11 @@ impl RunDir {
                 if dir.join(STATE_FILE).is_file() {
                     Ok(Some(dir))
                 } else {
-                    Err(TrainError::Checkpoint(format!(
-                        "{} points at {}, which is not a complete checkpoint",
-                        pointer.display(),
-                        dir.display()
-                    )))
+                    Err(CheckpointError::Incomplete {
+                        pointer,
+                        target: dir,
+                    }
+                    .into())
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -219,7 +239,7 @@ impl RunDir {
         &self,
         contents: &CheckpointContents,
         keep: usize,
-    ) -> Result<PathBuf, TrainError> {
+    ) -> Result<PathBuf, PipelineError> {
         let root = self.checkpoints();
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let name = format!("step-{:06}", contents.state.global_step);
@@ -230,7 +250,7 @@ impl RunDir {
     }
 
     /// Writes the final model (no optimizer state) atomically.
-    pub fn save_final(&self, contents: &CheckpointContents) -> Result<PathBuf, TrainError> {
+    pub fn save_final(&self, contents: &CheckpointContents) -> Result<PathBuf, PipelineError> {
         let final_contents = CheckpointContents {
             optimizer: BTreeMap::new(),
             ..contents.clone()
@@ -238,7 +258,7 @@ impl RunDir {
         write_dir_atomic(&self.path, "final", &final_contents)
     }
 
-    fn prune(&self, keep: usize, newest: &str) -> Result<(), TrainError> {
+    fn prune(&self, keep: usize, newest: &str) -> Result<(), PipelineError> {
         let root = self.checkpoints();
         let mut names: Vec<String> = std::fs::read_dir(&root)
             .map_err(io(&root))?
@@ -282,7 +302,7 @@ fn write_dir_atomic(
     parent: &Path,
     name: &str,
     c: &CheckpointContents,
-) -> Result<PathBuf, TrainError> {
+) -> Result<PathBuf, PipelineError> {
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
@@ -324,7 +344,7 @@ pub struct LoadedCheckpoint {
 
 /// The run in `dir` was made by `existing` (a resolved recipe); refuses it unless
 /// `planned` is the same recipe.
-pub fn check_same_recipe(dir: &Path, existing: &str, planned: &str) -> Result<(), TrainError> {
+pub fn check_same_recipe(dir: &Path, existing: &str, planned: &str) -> Result<(), PipelineError> {
     if existing == planned {
         return Ok(());
     }
@@ -335,7 +355,7 @@ pub fn check_same_recipe(dir: &Path, existing: &str, planned: &str) -> Result<()
         (Ok(old), Ok(new)) => recipe_differences(&old, &new),
         _ => Vec::new(),
     };
-    Err(TrainError::DifferentRecipe {
+    Err(PipelineError::DifferentRecipe {
         dir: dir.to_path_buf(),
         differences,
     })
@@ -385,32 +405,39 @@ fn recipe_differences(old: &toml::Table, new: &toml::Table) -> Vec<String> {
 
 /// Reads the training state of a checkpoint (or `final`) directory alone, not its
 /// tensors.
-pub fn read_state(dir: &Path) -> Result<TrainState, TrainError> {
+pub fn read_state(dir: &Path) -> Result<TrainState, PipelineError> {
     let path = dir.join(STATE_FILE);
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text)
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))
+    let unreadable = |reason: String| CheckpointError::Unreadable {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| unreadable(e.to_string()))?;
+    Ok(serde_json::from_str(&text).map_err(|e| unreadable(e.to_string()))?)
 }
 
 /// Reads a checkpoint (or `final`) directory; a missing or corrupt file is refused
 /// with the reason.
-pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
-    let read = |name: &str| -> Result<String, TrainError> {
+pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, PipelineError> {
+    let read = |name: &str| -> Result<String, PipelineError> {
         let p = dir.join(name);
-        std::fs::read_to_string(&p)
-            .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", p.display())))
+        std::fs::read_to_string(&p).map_err(|e| {
+            CheckpointError::Unreadable {
+                path: p.clone(),
+                reason: e.to_string(),
+            }
+            .into()
+        })
     };
-    let tensors = |name: &str, required: bool| -> Result<BTreeMap<String, Tensor>, TrainError> {
+    let tensors = |name: &str, required: bool| -> Result<BTreeMap<String, Tensor>, PipelineError> {
         let p = dir.join(name);
         if !p.exists() && !required {
             return Ok(BTreeMap::new());
         }
         let map = candle_core::safetensors::load(&p, &candle_core::Device::Cpu).map_err(|e| {
-            TrainError::Checkpoint(format!(
-                "{}: not a readable safetensors file: {e}",
-                p.display()
-            ))
+            CheckpointError::Unreadable {
+                path: p.clone(),
+                reason: format!("not a readable safetensors file: {e}"),
+            }
         })?;
         Ok(map.into_iter().collect())
     };
@@ -427,7 +454,7 @@ pub fn load_checkpoint(dir: &Path) -> Result<LoadedCheckpoint, TrainError> {
 
 /// Resolves what a user names for evaluation: a checkpoint directory, or a run
 /// directory (its `final`, else its newest checkpoint).
-pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, PipelineError> {
     if path.join(STATE_FILE).is_file() && path.join(MODEL_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
@@ -438,166 +465,10 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     if let Some(latest) = run.latest()? {
         return Ok(latest);
     }
-    Err(TrainError::Checkpoint(format!(
-        "{} is neither a checkpoint (no {MODEL_FILE} + {STATE_FILE}) nor a run directory with one",
-        path.display()
-    )))
-}
-
-/// A trained model read back for evaluation or inference.
-pub struct LoadedModel {
-    pub plan: crate::Plan,
-    pub vlm: vlmkit_core::Vlm,
-    pub dir: PathBuf,
-    pub state: TrainState,
-}
-
-/// The checkpoint `path` resolves to (a run's final model, else its latest
-/// checkpoint), read, and the plan of the recipe and tokenizer it was trained
-/// with (`overrides` and `device` applied to that recipe).
-pub fn checkpoint_plan(
-    path: &Path,
-    registry: &vlmkit_plugin::Registry,
-    device: Option<&str>,
-    overrides: &[String],
-) -> Result<(PathBuf, LoadedCheckpoint, crate::Plan), TrainError> {
-    let dir = resolve_checkpoint(path)?;
-    let ck = load_checkpoint(&dir)?;
-    let mut recipe = vlmkit_recipe::Recipe::from_resolved_str_with(
-        &ck.recipe_toml,
-        &dir.join(RECIPE_FILE),
-        overrides,
-    )?;
-    if let Some(d) = device {
-        recipe.run.device = d.to_string();
+    Err(CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
     }
-    let tokenizer = vlmkit_data::TextTokenizer::from_json(&ck.tokenizer_json)?;
-    let plan = crate::Plan::new(recipe, registry, Some(tokenizer))?;
-    let mut ck = ck;
-    restore_frozen(&mut ck, &plan)?;
-    Ok((dir, ck, plan))
-}
-
-/// Puts back the weights `ck` left out (pretrained parts no stage had trained
-/// yet), read from their sources, after checking that each source is the one the
-/// run started from.
-pub fn restore_frozen(ck: &mut LoadedCheckpoint, plan: &crate::Plan) -> Result<(), TrainError> {
-    use vlmkit_core::params::ParamStore;
-    let parts = plan.pretrained_parts();
-    for (part, recorded) in &ck.state.frozen_sources {
-        let what = if part == "llm" {
-            "the language model"
-        } else {
-            "the vision encoder"
-        };
-        let refuse = |why: String| {
-            TrainError::Checkpoint(format!(
-                "{} does not hold {what}'s weights: they are the frozen weights of {}, and {why}",
-                ck.dir.display(),
-                recorded.path.display()
-            ))
-        };
-        let Some(&(_, path)) = parts.iter().find(|(p, _)| p == part) else {
-            return Err(refuse(format!(
-                "the recipe saved with it reads no `{part}.from`"
-            )));
-        };
-        if !path.exists() {
-            return Err(refuse(format!("{} does not exist", path.display())));
-        }
-        if source_fingerprint(path)? != recorded.fingerprint {
-            return Err(refuse(format!(
-                "{} is not the copy the run read (its files' sizes or contents differ)",
-                path.display()
-            )));
-        }
-        let store = ParamStore::new(candle_core::Device::Cpu, candle_core::DType::F32);
-        plan.insert_part(&store, part)
-            .map_err(|e| refuse(e.to_string()))?;
-        // A tied checkpoint's copy of the embeddings is not a model weight.
-        let tied_head =
-            (part == "llm" && plan.llm.config.tie_word_embeddings).then_some("llm.lm_head.weight");
-        for (name, tensor) in store.to_cpu_tensors(|_| true)? {
-            if Some(name.as_str()) != tied_head {
-                ck.model.entry(name).or_insert(tensor);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Loads a checkpoint (or a run's final model): its resolved recipe and tokenizer,
-/// then every weight — a weight the model expects but the file lacks, or one the
-/// model does not know, is an error naming it.
-/// `overrides` (`--set`) apply to the saved recipe; only evaluation settings
-/// (`data.eval`, `eval`, `run.device`, `run.threads`) should change, since the
-/// weights fix the model.
-pub fn load_model(
-    path: &Path,
-    registry: &vlmkit_plugin::Registry,
-    device: Option<&str>,
-    overrides: &[String],
-) -> Result<LoadedModel, TrainError> {
-    use std::sync::Arc;
-    use vlmkit_core::params::{Missing, ParamStore};
-
-    let (dir, ck, plan) = checkpoint_plan(path, registry, device, overrides)?;
-    let device = crate::trainer::select_device(&plan.recipe.run.device)?;
-    let store = ParamStore::new(device, candle_core::DType::F32);
-    store.insert_tensors(ck.model)?;
-    store.begin_build();
-    let vlm = plan
-        .build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())
-        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", dir.join(MODEL_FILE).display())))?;
-    let unexpected = store.unrequested();
-    if !unexpected.is_empty() {
-        return Err(TrainError::Checkpoint(format!(
-            "{}: {} weight(s) the model does not use, e.g. {}",
-            dir.join(MODEL_FILE).display(),
-            unexpected.len(),
-            unexpected
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        )));
-    }
-    Ok(LoadedModel {
-        plan,
-        vlm,
-        dir,
-        state: ck.state,
-    })
-}
-
-/// The model a recipe starts training from: the parts `from` names read from
-/// their checkpoints, the rest initialised from the recipe seed, exactly as step 0
-/// of `vlmkit train` builds it. For asking a pretrained language model something
-/// before any training.
-pub fn untrained_model(
-    plan: crate::Plan,
-    recipe_path: &Path,
-    device: Option<&str>,
-) -> Result<LoadedModel, TrainError> {
-    use std::sync::Arc;
-    use vlmkit_core::params::{Missing, ParamStore};
-
-    let mut plan = plan;
-    if let Some(d) = device {
-        plan.recipe.run.device = d.to_string();
-    }
-    let device = crate::trainer::select_device(&plan.recipe.run.device)?;
-    let store = ParamStore::new(device, candle_core::DType::F32);
-    plan.create_fresh_params(&store)?;
-    store.begin_build();
-    let vlm = plan.build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())?;
-    Ok(LoadedModel {
-        state: TrainState::fresh(&plan.recipe),
-        plan,
-        vlm,
-        dir: recipe_path.to_path_buf(),
-    })
+    .into())
 }
 
 #[cfg(test)]

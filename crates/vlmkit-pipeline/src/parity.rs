@@ -102,7 +102,7 @@ impl StandaloneConnector {
         };
         store.begin_build();
         let vb = store.builder(missing, Arc::new(|_| false)).pp(PREFIX);
-        let connector = plan.build_connector(vb).map_err(|e| match path {
+        let connector = plan.model.build_connector(vb).map_err(|e| match path {
             Some(path) => ParityError::Weights {
                 path: path.clone(),
                 message: e.to_string().replace(&format!("`{PREFIX}."), "`"),
@@ -165,17 +165,17 @@ fn file_error(path: &Path, e: impl std::fmt::Display) -> ParityError {
 pub fn load_inputs(plan: &Plan, path: &Path, device: &Device) -> Result<ParityInputs, ParityError> {
     let mut tensors =
         candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| file_error(path, e))?;
-    let env = &plan.env;
+    let env = &plan.model.env;
     let l = env.layers.len();
     let (gh, gw) = env.vision.grids[env.layers[0]];
     let n = gh * gw;
     let dv = env.width(env.layers[0]);
     let dt = env.text_hidden;
     let mut expected: Vec<&str> = vec!["vision"];
-    if plan.needs.reads_cls {
+    if plan.model.needs.reads_cls {
         expected.push("vision_cls");
     }
-    if plan.needs.reads_text {
+    if plan.model.needs.reads_text {
         expected.extend(["text", "text_mask"]);
     }
     if let Some(key) = tensors.keys().find(|k| !expected.contains(&k.as_str())) {
@@ -236,7 +236,7 @@ pub fn load_inputs(plan: &Plan, path: &Path, device: &Device) -> Result<ParityIn
             Dim::Fixed("d_v", dv),
         ],
     )?;
-    let cls = if plan.needs.reads_cls {
+    let cls = if plan.model.needs.reads_cls {
         Some(take(
             "vision_cls",
             &[Dim::Free("B"), Dim::Fixed("L", l), Dim::Fixed("d_v", dv)],
@@ -244,7 +244,7 @@ pub fn load_inputs(plan: &Plan, path: &Path, device: &Device) -> Result<ParityIn
     } else {
         None
     };
-    let text = if plan.needs.reads_text {
+    let text = if plan.model.needs.reads_text {
         let embeds = take(
             "text",
             &[Dim::Free("B"), Dim::Free("T"), Dim::Fixed("d_t", dt)],

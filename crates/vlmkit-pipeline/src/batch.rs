@@ -6,7 +6,7 @@ use vlmkit_core::{TokenSequence, VisionInfo, VlmBatch};
 use vlmkit_data::processor::ImageProcessor;
 use vlmkit_data::{mask, Collator, Example};
 
-use crate::TrainError;
+use crate::PipelineError;
 
 /// Builds batches for one model.
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ pub struct BatchBuilder {
 
 impl BatchBuilder {
     /// A training batch (answers supervised).
-    pub fn train(&self, examples: &[Example]) -> Result<VlmBatch, TrainError> {
+    pub fn train(&self, examples: &[Example]) -> Result<VlmBatch, PipelineError> {
         let sequences = examples
             .iter()
             .map(|e| self.collator.sequence(e))
@@ -32,7 +32,7 @@ impl BatchBuilder {
     }
 
     /// A generation batch (prompts up to the answer).
-    pub fn prompts(&self, examples: &[Example]) -> Result<VlmBatch, TrainError> {
+    pub fn prompts(&self, examples: &[Example]) -> Result<VlmBatch, PipelineError> {
         let sequences = examples
             .iter()
             .map(|e| self.collator.prompt(e))
@@ -56,7 +56,7 @@ impl BatchBuilder {
         &self,
         examples: &[Example],
         sequences: Vec<TokenSequence>,
-    ) -> Result<VlmBatch, TrainError> {
+    ) -> Result<VlmBatch, PipelineError> {
         let size = self.vision.image_size;
         let per = 3 * size * size;
         let mut data = vec![0f32; examples.len() * per];
@@ -64,14 +64,16 @@ impl BatchBuilder {
             if let Some(img) = &e.image {
                 let (px, made) = self.processor.pixel_values(img);
                 if made != (size, size) {
-                    return Err(TrainError::Invalid(format!(
-                        "example {}: the image processor made {}×{} pixels of a {}×{} image, the encoder takes {size}×{size}",
-                        e.id,
-                        made.0,
-                        made.1,
-                        img.height(),
-                        img.width()
-                    )));
+                    return Err(PipelineError::Example {
+                        id: e.id.clone(),
+                        message: format!(
+                            "the image processor made {}×{} pixels of a {}×{} image, the encoder takes {size}×{size}",
+                            made.0,
+                            made.1,
+                            img.height(),
+                            img.width()
+                        ),
+                    });
                 }
                 data[i * per..(i + 1) * per].copy_from_slice(&px);
             }
@@ -88,7 +90,10 @@ impl BatchBuilder {
                     let window = [x0 * sx, y0 * sy, x1 * sx, y1 * sy];
                     mask::grid_coverage_in(m, window, rows as u32, cols as u32)
                         .map(Some)
-                        .map_err(|err| TrainError::Invalid(format!("example {}: {err}", e.id)))
+                        .map_err(|err| PipelineError::Example {
+                            id: e.id.clone(),
+                            message: err.to_string(),
+                        })
                 }
                 _ => Ok(None),
             })

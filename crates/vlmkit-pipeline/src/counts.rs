@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::plan::Plan;
-use crate::trainer::stage_trainable;
-use crate::TrainError;
+use crate::PipelineError;
 
 /// Parameters of one component.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -37,16 +36,16 @@ pub struct ParamCounts {
 impl ParamCounts {
     /// Counts `plan`'s parameters from shapes (nothing is allocated) as stage
     /// `stage` trains them.
-    pub fn of(plan: &Plan, stage: usize) -> Result<Self, TrainError> {
+    pub fn of(plan: &Plan, stage: usize) -> Result<Self, PipelineError> {
         let Some(config) = plan.recipe.stages.get(stage) else {
-            return Err(TrainError::Invalid(format!(
-                "the recipe has {} stage(s); there is no stage {stage}",
-                plan.recipe.stages.len()
-            )));
+            return Err(PipelineError::NoStage {
+                stages: plan.recipe.stages.len(),
+                stage,
+            });
         };
-        let shapes = plan.param_shapes()?;
-        let trainable = stage_trainable(config, &shapes.unused);
-        let groups = plan.connector.param_groups();
+        let shapes = plan.model.param_shapes()?;
+        let trainable = plan.stages.trainable(config, &shapes.unused);
+        let groups = plan.model.connector.param_groups();
         let mut rows: BTreeMap<String, CountRow> = BTreeMap::new();
         for (name, shape) in &shapes.shapes {
             let n: usize = shape.iter().product();
