@@ -379,14 +379,34 @@ fn an_encoder_and_a_loss_registered_from_outside_train_like_built_in_ones() {
         );
     }
 
-    // The run loads back with the same components, and answers.
+    // The run loads back with the same components, and is evaluated with a
+    // scorer registered here beside the built-in ones.
     let model = load_model(&run_dir, &components, None, &[]).unwrap();
     let source = model.plan.eval_data().open().unwrap();
-    let examples: Vec<_> = (0..2).map(|i| source.get(i).unwrap()).collect();
-    let answers =
-        vlmkit_eval::generate_answers(&model, &examples, &vlmkit_core::GenerateOptions::default())
+    let mut scorers = ScorerRegistry::default();
+    scorers.register(ReplyWords).unwrap();
+    let opts = EvalOptions {
+        scorers,
+        ..EvalOptions::from_config(&model.plan.recipe.eval)
+    };
+    let eval_dir = dir.path().join("eval");
+    let report =
+        evaluate_and_save(&model, source.as_ref(), &opts, &eval_dir, "t", |_, _| {}).unwrap();
+    let words = report.section::<ReplyWords>().expect("its section");
+    assert_eq!(words.reply_words.keys().collect::<Vec<_>>(), ["color"]);
+    assert!(report.families().score_of("color").is_some());
+    let table = report.table_with(&opts.scorers);
+    assert!(
+        table.starts_with("family") && table.contains("reply words color: "),
+        "{table}"
+    );
+    let written: EvalReport =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(answers.len(), 2);
+    assert_eq!(written.section::<ReplyWords>(), Some(words));
+    assert_eq!(written, report);
+    // One name per scorer.
+    assert!(ScorerRegistry::default().register(FamilyScorer).is_err());
     let trained: BTreeMap<String, Tensor> = candle_core::safetensors::load(
         run_dir.join("final/model.safetensors"),
         &candle_core::Device::Cpu,
