@@ -124,10 +124,6 @@ impl VisionArch for PatchMlpConfig {
         }))
     }
 
-    fn settings_table(&self) -> toml::Table {
-        toml::Table::try_from(self).unwrap()
-    }
-
     fn set_normalisation(&mut self, _mean: [f32; 3], _std: [f32; 3]) {}
 
     fn default_processor(&self) -> ImageProcessor {

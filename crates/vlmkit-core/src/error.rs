@@ -49,3 +49,25 @@ impl From<Error> for candle_core::Error {
         }
     }
 }
+
+/// `From` impls that box an error into a variant of a library's own error type
+/// (located diagnostics are large: boxed, a fallible call does not pay for them):
+///
+/// ```ignore
+/// vlmkit_core::from_boxed!(TrainError {
+///     Recipe: vlmkit_recipe::RecipeError,
+///     Data: vlmkit_data::DataError,
+/// });
+/// ```
+#[macro_export]
+macro_rules! from_boxed {
+    ($error:ident { $($variant:ident: $source:ty),+ $(,)? }) => {
+        $(
+            impl From<$source> for $error {
+                fn from(error: $source) -> Self {
+                    $error::$variant(Box::new(error))
+                }
+            }
+        )+
+    };
+}

@@ -49,25 +49,16 @@ pub enum EvalError {
     Plot { path: PathBuf, message: String },
 }
 
-impl From<vlmkit_recipe::RecipeError> for EvalError {
-    fn from(error: vlmkit_recipe::RecipeError) -> Self {
-        EvalError::Recipe(Box::new(error))
-    }
-}
-
-impl From<vlmkit_data::DataError> for EvalError {
-    fn from(error: vlmkit_data::DataError) -> Self {
-        EvalError::Data(Box::new(error))
-    }
-}
+vlmkit_core::from_boxed!(EvalError {
+    Recipe: vlmkit_recipe::RecipeError,
+    Data: vlmkit_data::DataError,
+});
 
 impl From<PipelineError> for EvalError {
+    /// A recipe error stays one (studies and the CLI treat it apart).
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Recipe(e) => EvalError::Recipe(e),
-            PipelineError::Data(e) => EvalError::Data(e),
-            PipelineError::Candle(e) => EvalError::Candle(e),
-            PipelineError::Io { path, source } => EvalError::Io { path, source },
             other => EvalError::Pipeline(Box::new(other)),
         }
     }

@@ -112,10 +112,6 @@ pub trait VisionArch: ArchObject + Send + Sync + std::fmt::Debug {
         Ok(Vec::new())
     }
 
-    /// Its settings as the recipe spells them: what settings written beside a
-    /// `from` must agree with.
-    fn settings_table(&self) -> toml::Table;
-
     /// Takes the normalisation a checkpoint's `preprocessor_config.json` gives.
     fn set_normalisation(&mut self, mean: [f32; 3], std: [f32; 3]);
 
@@ -154,22 +150,30 @@ pub trait VisionArch: ArchObject + Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Cloning, comparing and downcasting a boxed [`VisionArch`]; implemented for
-/// every `Clone + PartialEq` architecture.
+/// What every architecture is as a value: cloned, compared, printed as the
+/// recipe's settings, downcast. Implemented for every `Clone + PartialEq +
+/// Serialize` architecture.
 pub trait ArchObject: Any {
     fn clone_box(&self) -> Box<dyn VisionArch>;
     fn eq_dyn(&self, other: &(dyn VisionArch + '_)) -> bool;
+    /// Its settings as the recipe spells them: what settings written beside a
+    /// `from` must agree with.
+    fn settings_table(&self) -> toml::Table;
     fn as_any(&self) -> &dyn Any;
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }
 
-impl<T: VisionArch + Clone + PartialEq + 'static> ArchObject for T {
+impl<T: VisionArch + Clone + PartialEq + serde::Serialize + 'static> ArchObject for T {
     fn clone_box(&self) -> Box<dyn VisionArch> {
         Box::new(self.clone())
     }
 
     fn eq_dyn(&self, other: &(dyn VisionArch + '_)) -> bool {
         other.as_any().downcast_ref::<T>() == Some(self)
+    }
+
+    fn settings_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("vision configs serialise as tables")
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -603,10 +603,6 @@ impl VisionArch for VitConfig {
         VitConfig::initial_values(self)
     }
 
-    fn settings_table(&self) -> toml::Table {
-        toml::Table::try_from(self).expect("vision configs serialise as tables")
-    }
-
     fn set_normalisation(&mut self, mean: [f32; 3], std: [f32; 3]) {
         self.image_mean = mean;
         self.image_std = std;

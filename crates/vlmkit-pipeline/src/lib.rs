@@ -88,17 +88,10 @@ pub enum PipelineError {
     ExportRefused(String),
 }
 
-impl From<vlmkit_recipe::RecipeError> for PipelineError {
-    fn from(error: vlmkit_recipe::RecipeError) -> Self {
-        PipelineError::Recipe(Box::new(error))
-    }
-}
-
-impl From<vlmkit_data::DataError> for PipelineError {
-    fn from(error: vlmkit_data::DataError) -> Self {
-        PipelineError::Data(Box::new(error))
-    }
-}
+vlmkit_core::from_boxed!(PipelineError {
+    Recipe: vlmkit_recipe::RecipeError,
+    Data: vlmkit_data::DataError,
+});
 
 impl PipelineError {
     /// An I/O error about `path`.

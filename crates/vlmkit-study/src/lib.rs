@@ -66,11 +66,9 @@ pub enum StudyError {
     Invalid(String),
 }
 
-impl From<vlmkit_recipe::RecipeError> for StudyError {
-    fn from(error: vlmkit_recipe::RecipeError) -> Self {
-        StudyError::Recipe(Box::new(error))
-    }
-}
+vlmkit_core::from_boxed!(StudyError {
+    Recipe: vlmkit_recipe::RecipeError,
+});
 
 impl From<vlmkit_train::TrainError> for StudyError {
     fn from(error: vlmkit_train::TrainError) -> Self {

@@ -84,25 +84,16 @@ pub enum TrainError {
     Plot { path: PathBuf, message: String },
 }
 
-impl From<vlmkit_recipe::RecipeError> for TrainError {
-    fn from(error: vlmkit_recipe::RecipeError) -> Self {
-        TrainError::Recipe(Box::new(error))
-    }
-}
-
-impl From<vlmkit_data::DataError> for TrainError {
-    fn from(error: vlmkit_data::DataError) -> Self {
-        TrainError::Data(Box::new(error))
-    }
-}
+vlmkit_core::from_boxed!(TrainError {
+    Recipe: vlmkit_recipe::RecipeError,
+    Data: vlmkit_data::DataError,
+});
 
 impl From<PipelineError> for TrainError {
+    /// A recipe error stays one (studies and the CLI treat it apart).
     fn from(error: PipelineError) -> Self {
         match error {
             PipelineError::Recipe(e) => TrainError::Recipe(e),
-            PipelineError::Data(e) => TrainError::Data(e),
-            PipelineError::Candle(e) => TrainError::Candle(e),
-            PipelineError::Io { path, source } => TrainError::Io { path, source },
             other => TrainError::Pipeline(Box::new(other)),
         }
     }
