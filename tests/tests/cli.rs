@@ -49,6 +49,78 @@ fn recipe_error(body: &str) -> String {
     err.replace(&repo().display().to_string(), "<repo>")
 }
 
+/// Values that used to pass the recipe check and then panic, abort or compute
+/// nonsense are refused up front, naming the key and what it may be.
+#[test]
+fn values_out_of_range_are_refused_before_any_work() {
+    for (set, key, says) in [
+        ("run.threads=100000", "run.threads", "at most 256"),
+        (
+            "run.checkpoint_every=0",
+            "run.checkpoint_every",
+            "at least 1",
+        ),
+        (
+            "run.keep_checkpoints=0",
+            "run.keep_checkpoints",
+            "at least 1",
+        ),
+        ("run.log_every=0", "run.log_every", "at least 1"),
+        ("eval.batch_size=0", "eval.batch_size", "at least 1"),
+        ("eval.max_new_tokens=0", "eval.max_new_tokens", "at least 1"),
+        ("llm.hidden_size=0", "llm.hidden_size", "at least 1"),
+        ("llm.rms_norm_eps=-1.0", "llm.rms_norm_eps", "positive"),
+        ("vision.hidden_size=0", "vision.hidden_size", "at least 1"),
+        (
+            "vision.image_std=[0.5, 0.0, 0.5]",
+            "vision.image_std",
+            "positive",
+        ),
+        ("data.train.image_size=100000", "image_size", "2048 px"),
+    ] {
+        let (ok, _out, err) =
+            run(vlmkit().args(["recipe", "check", "recipes/mlp.toml", "--set", set]));
+        assert!(!ok, "{set} was accepted");
+        assert!(
+            err.contains(key) && err.contains(says) && !err.contains("panicked"),
+            "{set}:\n{err}"
+        );
+    }
+    // A key 50,000 segments deep used to overflow the stack.
+    let deep = format!("{}=1", vec!["a"; 50_000].join("."));
+    let (ok, _out, err) =
+        run(vlmkit().args(["recipe", "check", "recipes/mlp.toml", "--set", &deep]));
+    assert!(
+        !ok && err.contains("50000 segments") && !err.contains("overflow"),
+        "{}",
+        &err[..err.len().min(400)]
+    );
+    for (args, says) in [
+        (
+            &["bench", "recipes/mlp.toml", "--batch-size", "0"][..],
+            "--batch-size",
+        ),
+        (
+            &["bench", "recipes/mlp.toml", "--steps", "0"][..],
+            "--steps",
+        ),
+        (
+            &["eval", "runs/none", "--batch-size", "0"][..],
+            "--batch-size",
+        ),
+        (
+            &["infer", "recipes/mlp.toml", "--temperature", "NaN", "what?"][..],
+            "--temperature must be a finite number",
+        ),
+    ] {
+        let (ok, _out, err) = run(vlmkit().args(args));
+        assert!(
+            !ok && err.contains(says) && !err.contains("panicked"),
+            "{args:?}:\n{err}"
+        );
+    }
+}
+
 #[test]
 fn recipe_errors_name_file_line_and_key() {
     insta::assert_snapshot!(
@@ -149,6 +221,69 @@ fn train(out: &Path, overrides: &[String]) -> (bool, String) {
     (ok, err)
 }
 
+/// A recipe error found while training is printed once, as the located
+/// diagnostic it is (it used to read `error: error: …`).
+#[test]
+fn recipe_errors_from_training_are_printed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("empty.json"), "[]").unwrap();
+    std::fs::write(
+        dir.path().join("empty.toml"),
+        format!(
+            "extends = {:?}\n[data.train]\nkind = \"llava\"\njson = \"empty.json\"\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut overrides = tiny(2);
+    overrides.retain(|o| !o.starts_with("data."));
+    let (ok, _out, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["train", "empty.toml", "--out", "run"])
+        .args(set_args(&overrides)));
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains("error: the stage's training data is empty") && !err.contains("error: error"),
+        "{err}"
+    );
+}
+
+/// A model whose weights hold a NaN is refused, naming the weight: it used to
+/// evaluate to 0% and exit 0.
+#[test]
+fn weights_that_are_not_numbers_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, err) = train(&run_dir, &tiny(2));
+    assert!(ok, "{err}");
+    // Asked for fewer samples than the split holds, eval says how many it reads.
+    let (ok, _out, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .args(["--samples", "5", "--out"])
+        .arg(dir.path().join("five")));
+    assert!(ok && err.contains("(48 samples), the first 5"), "{err}");
+    let weights = run_dir.join("final/model.safetensors");
+    let mut tensors = read_tensors(&weights);
+    let name = "connector.proj.0.bias";
+    let shape = tensors[name].dims().to_vec();
+    tensors.insert(
+        name.to_string(),
+        candle_core::Tensor::full(f32::NAN, shape, &candle_core::Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let (ok, _out, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .arg("--out")
+        .arg(dir.path().join("eval")));
+    assert!(
+        !ok && err.contains("`connector.proj.0.bias` holds NaN"),
+        "{err}"
+    );
+    assert!(!dir.path().join("eval/report.json").exists());
+}
+
 #[test]
 fn train_eval_infer_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,11 +302,16 @@ fn train_eval_infer_end_to_end() {
     // Training again on a finished run does nothing and says so.
     let (ok, err) = train(&run_dir, &tiny(12));
     assert!(ok && err.contains("already holds a finished run"), "{err}");
-    // The same directory with another recipe is refused.
+    // The same directory with another recipe is refused, finished or not,
+    // naming what differs (it used to say "nothing to do" and exit 0).
     let mut other = tiny(12);
     other.push("run.seed=5".into());
     let (ok, err) = train(&run_dir, &other);
-    assert!(ok && err.contains("already holds a finished run"), "{err}");
+    assert!(
+        !ok && err.contains("holds a run of a different recipe")
+            && err.contains("run.seed: 1 there, 5 here"),
+        "{err}"
+    );
 
     let (ok, out, err) = run(vlmkit()
         .arg("eval")

@@ -114,10 +114,32 @@ pub fn single_threaded_ops() {
     vlmkit_core::ops::set_intra_op_threads(1);
 }
 
-/// Prints an error chain: recipe errors are already formatted as diagnostics.
+/// The recipe error `err` is, directly or as a library's `Recipe` variant.
+fn recipe_error(err: &anyhow::Error) -> Option<&vlmkit_recipe::RecipeError> {
+    use vlmkit_pipeline::PipelineError;
+    if let Some(e) = err.downcast_ref::<vlmkit_recipe::RecipeError>() {
+        return Some(e);
+    }
+    if let Some(PipelineError::Recipe(e)) = err.downcast_ref::<PipelineError>() {
+        return Some(e);
+    }
+    if let Some(vlmkit_train::TrainError::Recipe(e)) = err.downcast_ref() {
+        return Some(e);
+    }
+    if let Some(vlmkit_eval::EvalError::Recipe(e)) = err.downcast_ref() {
+        return Some(e);
+    }
+    if let Some(vlmkit_study::StudyError::Recipe(e)) = err.downcast_ref() {
+        return Some(e);
+    }
+    None
+}
+
+/// Prints an error chain: recipe errors are already formatted as diagnostics
+/// (`error: …` with the file, line and key), whichever library passed them on.
 pub fn report_error(err: &anyhow::Error) {
-    if err.downcast_ref::<vlmkit_recipe::RecipeError>().is_some() {
-        eprintln!("{err}");
+    if let Some(diagnostic) = recipe_error(err) {
+        eprintln!("{diagnostic}");
         return;
     }
     eprintln!("error: {err}");

@@ -82,6 +82,7 @@ impl ConvNextConfig {
 
     /// Checks the sizes fit together; `(key, message)` on the first that does not.
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        crate::vision::check_normalisation(self.image_mean, self.image_std)?;
         if self.num_stages == 0 {
             return Err(("num_stages", "at least one stage".into()));
         }

@@ -79,8 +79,24 @@ impl LlamaConfig {
 
     /// Problems with the configuration, as (key, message).
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        if self.num_attention_heads == 0 {
-            return Err(("num_attention_heads", "must be at least 1".into()));
+        for (key, size) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ] {
+            if size == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        for (key, value) in [
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ] {
+            if !(value.is_finite() && value > 0.0) {
+                return Err((key, format!("must be a positive number, found {value}")));
+            }
         }
         if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
             return Err((

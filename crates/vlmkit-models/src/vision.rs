@@ -341,3 +341,24 @@ pub fn activation_name(act: vlmkit_core::ops::Activation) -> String {
         .and_then(|v| v.as_str().map(String::from))
         .unwrap_or_else(|| format!("{act:?}"))
 }
+
+/// A per-channel normalisation pixels can be divided by: finite means, finite
+/// positive standard deviations.
+pub fn check_normalisation(
+    mean: [f32; 3],
+    std: [f32; 3],
+) -> std::result::Result<(), (&'static str, String)> {
+    if !mean.iter().all(|m| m.is_finite()) {
+        return Err((
+            "image_mean",
+            format!("must be finite numbers, found {mean:?}"),
+        ));
+    }
+    if !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return Err((
+            "image_std",
+            format!("must be positive numbers (pixels are divided by them), found {std:?}"),
+        ));
+    }
+    Ok(())
+}

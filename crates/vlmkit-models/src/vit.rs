@@ -127,6 +127,21 @@ impl VitConfig {
 
     /// Problems with the configuration, as (key, message).
     pub fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
+        for (key, size) in [
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+        ] {
+            if size == 0 {
+                return Err((key, "must be at least 1".into()));
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err((
+                "layer_norm_eps",
+                format!("must be a positive number, found {}", self.layer_norm_eps),
+            ));
+        }
+        crate::vision::check_normalisation(self.image_mean, self.image_std)?;
         if self.patch_size == 0 || self.patch_size > self.image_size {
             return Err((
                 "patch_size",

@@ -31,7 +31,9 @@ pub use checkpoint::{
 };
 pub use components::Components;
 pub use device::{describe_device, select_device};
-pub use load::{checkpoint_plan, load_model, restore_frozen, untrained_model, LoadedModel};
+pub use load::{
+    checkpoint_plan, first_non_finite, load_model, restore_frozen, untrained_model, LoadedModel,
+};
 pub use plan::Plan;
 
 /// Why a recipe could not become a model, or a run directory could not be read

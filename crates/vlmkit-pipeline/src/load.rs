@@ -106,11 +106,20 @@ pub fn load_model(
     overrides: &[String],
 ) -> Result<LoadedModel, PipelineError> {
     let (dir, ck, plan) = checkpoint_plan(path, components, device, overrides)?;
+    let weights = dir.join(MODEL_FILE);
+    if let Some(name) = first_non_finite(&ck.model)? {
+        return Err(CheckpointError::Weights {
+            path: weights,
+            message: format!(
+                "weight `{name}` holds NaN or infinite values: the run diverged before this checkpoint was written, and nothing it computes means anything"
+            ),
+        }
+        .into());
+    }
     let device = select_device(&plan.recipe.run.device)?;
     let store = ParamStore::new(device, candle_core::DType::F32);
     store.insert_tensors(ck.model)?;
     store.begin_build();
-    let weights = dir.join(MODEL_FILE);
     let vlm = plan
         .model
         .build(&store, Missing::Error, Arc::new(|_| false), BTreeMap::new())
@@ -168,4 +177,20 @@ pub fn untrained_model(
         vlm,
         dir: recipe_path.to_path_buf(),
     })
+}
+
+/// The name of the first tensor of `tensors` that holds a NaN or an infinity.
+pub fn first_non_finite(
+    tensors: &BTreeMap<String, candle_core::Tensor>,
+) -> Result<Option<String>, PipelineError> {
+    for (name, tensor) in tensors {
+        let values = tensor
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F32)?
+            .to_vec1::<f32>()?;
+        if values.iter().any(|v| !v.is_finite()) {
+            return Ok(Some(name.clone()));
+        }
+    }
+    Ok(None)
 }

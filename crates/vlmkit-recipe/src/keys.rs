@@ -83,8 +83,19 @@ pub(crate) fn parse(key: &str) -> Result<Vec<Segment>, String> {
     if want_segment {
         return Err(format!("empty key segment in `{key}`"));
     }
+    if segments.len() > MAX_SEGMENTS {
+        return Err(format!(
+            "a key path of {} segments is deeper than any recipe key (at most {MAX_SEGMENTS})",
+            segments.len()
+        ));
+    }
     Ok(segments)
 }
+
+/// The deepest key path accepted: a recipe's deepest keys have five segments
+/// (`stage.0.data.families.color`); nesting tables thousands deep would
+/// overflow the stack of every reader after this one.
+const MAX_SEGMENTS: usize = 32;
 
 /// The canonical dotted form used as origin-map key: indices become `.N`.
 pub(crate) fn dotted(segments: &[Segment]) -> String {

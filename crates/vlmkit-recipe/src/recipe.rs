@@ -117,6 +117,7 @@ impl Recipe {
             || Ok(EvalConfig::default()),
             |s| s.parse().map_err(|e| recipe.error_for(e)),
         )?;
+        recipe.check_eval()?;
         recipe.plugins = recipe.parse_plugins()?;
         Ok(recipe)
     }
@@ -352,6 +353,20 @@ impl Recipe {
         Ok(())
     }
 
+    /// `[eval]`'s sizes: a generation batch and an answer of at least one.
+    fn check_eval(&self) -> Result<(), RecipeError> {
+        if self.eval.batch_size == 0 {
+            return Err(self.error_at("eval.batch_size", "must be at least 1"));
+        }
+        if self.eval.max_new_tokens == 0 {
+            return Err(self.error_at(
+                "eval.max_new_tokens",
+                "must be at least 1: with 0 every answer is empty and scores 0%",
+            ));
+        }
+        Ok(())
+    }
+
     fn parse_run(&self) -> Result<RunConfig, RecipeError> {
         let raw: RawRun = self
             .optional_section("run")?
@@ -367,6 +382,37 @@ impl Recipe {
             return Err(self
                 .error_at("run.dtype", format!("unknown dtype `{}`", raw.dtype))
                 .with_help("expected \"f32\", \"bf16\" or \"f16\""));
+        }
+        // Worker threads are spawned per step: far more than any machine has cores
+        // aborts the process instead of training.
+        const MAX_THREADS: usize = 256;
+        let ranges: [(&str, bool, String); 4] = [
+            (
+                "threads",
+                raw.threads <= MAX_THREADS,
+                format!(
+                    "{}: at most {MAX_THREADS} worker threads (0 means one per core)",
+                    raw.threads
+                ),
+            ),
+            (
+                "checkpoint_every",
+                raw.checkpoint_every >= 1,
+                "must be at least 1 (steps between checkpoints)".into(),
+            ),
+            (
+                "keep_checkpoints",
+                raw.keep_checkpoints >= 1,
+                "must be at least 1: the newest checkpoint is what a run resumes from".into(),
+            ),
+            (
+                "log_every",
+                raw.log_every >= 1,
+                "must be at least 1 (steps per line of metrics.jsonl)".into(),
+            ),
+        ];
+        if let Some((key, _, message)) = ranges.into_iter().find(|(_, ok, _)| !ok) {
+            return Err(self.error_at(&format!("run.{key}"), message));
         }
         let name = match raw.name {
             Some(name) if name.trim().is_empty() => {

@@ -49,6 +49,9 @@ pub enum TrainError {
         value: f64,
         last_checkpoint: Option<PathBuf>,
     },
+    /// Weights no checkpoint is written of (the previous one stays the newest).
+    #[error("weight `{name}` holds NaN or infinite values at step {step}; no checkpoint is written of it")]
+    NonFiniteWeights { step: u64, name: String },
     #[error(
         "stage `{stage}`: {} trainable parameter(s) receive no gradient, e.g. {}; they do not influence the loss with this recipe",
         missing.len(),

@@ -22,11 +22,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Steps measured.
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub steps: u32,
     /// Batch size (default: the stage's).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: Option<u32>,
     /// Also write the report as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -39,8 +39,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &BenchOptions {
             stage: args.stage,
             warmup: args.warmup,
-            steps: args.steps,
-            batch_size: args.batch_size,
+            steps: args.steps as usize,
+            batch_size: args.batch_size.map(|b| b as usize),
         },
     )?;
     let ms = |s: f64| s * 1e3;

@@ -19,8 +19,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub samples: Option<u64>,
     /// Generation batch size (default: the recipe's `eval.batch_size`).
-    #[arg(long)]
-    pub batch_size: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch_size: Option<u32>,
     /// Longest answer generated (default: the recipe's `eval.max_new_tokens`).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
@@ -68,7 +68,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     };
     let defaults = EvalOptions::from_config(&model.plan.recipe.eval);
     let opts = EvalOptions {
-        batch_size: args.batch_size.unwrap_or(defaults.batch_size),
+        batch_size: args.batch_size.map_or(defaults.batch_size, |b| b as usize),
         max_new_tokens: args.max_new_tokens.unwrap_or(defaults.max_new_tokens),
         limit: args.samples.or(defaults.limit),
         answers: if args.relaxed {
@@ -78,10 +78,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
         },
         ..defaults
     };
+    let first = opts.limit.filter(|&n| n < source.len());
     eprintln!(
-        "evaluating {} on {}",
+        "evaluating {} on {}{}",
         model.dir.display(),
-        source.describe()
+        source.describe(),
+        first.map_or(String::new(), |n| format!(", the first {n}"))
     );
     let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
     let title = format!(

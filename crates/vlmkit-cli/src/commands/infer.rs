@@ -43,8 +43,12 @@ pub fn run(args: InferArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.top_p) || args.top_p == 0.0 {
         anyhow::bail!("--top-p must be in (0, 1], got {}", args.top_p);
     }
-    if args.temperature < 0.0 {
-        anyhow::bail!("--temperature must be ≥ 0, got {}", args.temperature);
+    // `!(t >= 0)` also refuses NaN, which every comparison is false for.
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        anyhow::bail!(
+            "--temperature must be a finite number ≥ 0 (0 is greedy), got {}",
+            args.temperature
+        );
     }
     let image = match &args.image {
         Some(path) => Some(

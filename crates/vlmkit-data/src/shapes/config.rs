@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::scene::{Color, Shape};
 use super::{Family, Split};
 
+/// The largest side a built-in image is drawn at.
+pub const MAX_IMAGE_SIZE: u32 = 2048;
+
 /// Settings of the procedural shapes dataset. Every field has a default, so an empty
 /// TOML table is a valid configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -252,6 +255,16 @@ impl ShapesConfig {
             return Err(invalid(
                 "grid",
                 format!("must be an even number >= 2, got {}", self.grid),
+            ));
+        }
+        // Every sample renders an image_size² RGB picture in memory.
+        if self.image_size > MAX_IMAGE_SIZE {
+            return Err(invalid(
+                "image_size",
+                format!(
+                    "{} px is more than the {MAX_IMAGE_SIZE} px the built-in scenes are drawn at most (each image is image_size² × 3 bytes)",
+                    self.image_size
+                ),
             ));
         }
         if self.image_size % self.grid != 0 {

@@ -181,6 +181,11 @@ fn read_normalisation(dir: &Path, config: &mut dyn VisionArch) -> Result<(), HfE
     let info = config.info();
     let mean = triple("image_mean")?.unwrap_or(info.image_mean);
     let std = triple("image_std")?.unwrap_or(info.image_std);
+    crate::vision::check_normalisation(mean, std).map_err(|(key, message)| HfError::Config {
+        path: path.clone(),
+        key: key.to_string(),
+        message,
+    })?;
     config.set_normalisation(mean, std);
     Ok(())
 }

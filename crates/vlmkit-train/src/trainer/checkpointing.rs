@@ -79,6 +79,7 @@ impl<'a> Checkpointer<'a> {
         state: &TrainState,
     ) -> Result<PathBuf, TrainError> {
         let contents = self.contents(store, optimizer, state)?;
+        refuse_non_finite(&contents, state)?;
         Ok(self
             .run
             .save_checkpoint(&contents, self.plan.recipe.run.keep_checkpoints)?)
@@ -90,6 +91,20 @@ impl<'a> Checkpointer<'a> {
         store: &ParamStore,
         state: &TrainState,
     ) -> Result<PathBuf, TrainError> {
-        Ok(self.run.save_final(&self.contents(store, None, state)?)?)
+        let contents = self.contents(store, None, state)?;
+        refuse_non_finite(&contents, state)?;
+        Ok(self.run.save_final(&contents)?)
+    }
+}
+
+/// A checkpoint is only written of finite weights: the last one written is the
+/// last good one a non-finite stop names.
+fn refuse_non_finite(contents: &CheckpointContents, state: &TrainState) -> Result<(), TrainError> {
+    match vlmkit_pipeline::first_non_finite(&contents.model)? {
+        None => Ok(()),
+        Some(name) => Err(TrainError::NonFiniteWeights {
+            step: state.global_step,
+            name,
+        }),
     }
 }

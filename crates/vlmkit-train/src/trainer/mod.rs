@@ -74,6 +74,8 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
     std::fs::create_dir_all(&run.path).map_err(TrainError::io(&run.path))?;
+    // Finished or not, a run directory holds one recipe's run.
+    run.check_recipe(&plan.run_recipe_toml())?;
     if let Some(finished) = finished_run(run)? {
         return Ok(finished);
     }
