@@ -221,6 +221,66 @@ fn train(out: &Path, overrides: &[String]) -> (bool, String) {
     (ok, err)
 }
 
+/// Runs `cmd`, killing it after `seconds`: (exited in time and succeeded, stderr).
+fn run_within(cmd: &mut std::process::Command, seconds: u64) -> (bool, bool, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.is_some(), status.is_some_and(|s| s.success()), err)
+}
+
+/// Only regular files are read: `/dev/zero` and a FIFO named as a recipe or a
+/// plugin used to be read until killed.
+#[test]
+fn devices_and_fifos_are_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("recipe.toml");
+    assert!(std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let zero = std::path::Path::new("/dev/zero");
+    for (args, path) in [
+        (vec!["recipe", "check"], zero),
+        (vec!["recipe", "check"], fifo.as_path()),
+        (vec!["plugins", "inspect"], zero),
+        (vec!["plugins", "inspect"], fifo.as_path()),
+    ] {
+        let (in_time, ok, err) = run_within(vlmkit().args(&args).arg(path), 20);
+        assert!(in_time, "{args:?} {} did not return", path.display());
+        assert!(
+            !ok && (err.contains("not a regular file")
+                || err.contains("is a FIFO")
+                || err.contains("is a device")),
+            "{args:?} {}:\n{err}",
+            path.display()
+        );
+    }
+}
+
 /// A recipe error found while training is printed once, as the located
 /// diagnostic it is (it used to read `error: error: …`).
 #[test]

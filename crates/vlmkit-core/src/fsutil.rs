@@ -1,4 +1,4 @@
-//! Crash-safe file writes.
+//! Crash-safe file writes, and reading only what is a file.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,4 +60,49 @@ mod tests {
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
+}
+
+/// Checks that `path` is a regular file (symbolic links followed) of at most
+/// `limit` bytes before anything reads it: a FIFO would block the reader, a
+/// device such as `/dev/zero` would never end. Returns its length.
+pub fn check_regular_file(path: &Path, limit: u64) -> std::io::Result<u64> {
+    let meta = std::fs::metadata(path)?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        #[cfg(unix)]
+        let what = {
+            use std::os::unix::fs::FileTypeExt;
+            if file_type.is_dir() {
+                "a directory"
+            } else if file_type.is_fifo() {
+                "a FIFO"
+            } else if file_type.is_char_device() || file_type.is_block_device() {
+                "a device"
+            } else if file_type.is_socket() {
+                "a socket"
+            } else {
+                "not a regular file"
+            }
+        };
+        #[cfg(not(unix))]
+        let what = if file_type.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("it is {what}, not a file vlmkit reads"),
+        ));
+    }
+    if meta.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "it holds {} bytes, more than the {limit} vlmkit reads from such a file",
+                meta.len()
+            ),
+        ));
+    }
+    Ok(meta.len())
 }

@@ -155,6 +155,7 @@ impl LlavaDataset {
             path: json_path.clone(),
             source,
         };
+        vlmkit_core::fsutil::check_regular_file(&json_path, MAX_JSON_BYTES).map_err(io)?;
         let file = File::open(&json_path).map_err(io)?;
         let spans = index_records(
             &json_path,
@@ -318,26 +319,33 @@ impl LlavaDataset {
             image: path.to_path_buf(),
             reason,
         };
-        let reader = ImageReader::open(path).map_err(|source| {
-            if source.kind() == std::io::ErrorKind::NotFound {
-                DataError::ImageNotFound {
-                    path: self.json_path.clone(),
-                    record: record.clone(),
-                    image: path.to_path_buf(),
+        let reader = vlmkit_core::fsutil::check_regular_file(path, MAX_IMAGE_BYTES)
+            .and_then(|_| ImageReader::open(path))
+            .map_err(|source| {
+                if source.kind() == std::io::ErrorKind::NotFound {
+                    DataError::ImageNotFound {
+                        path: self.json_path.clone(),
+                        record: record.clone(),
+                        image: path.to_path_buf(),
+                    }
+                } else {
+                    DataError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    }
                 }
-            } else {
-                DataError::Io {
-                    path: path.to_path_buf(),
-                    source,
-                }
-            }
-        })?;
+            })?;
         let reader = reader
             .with_guessed_format()
             .map_err(|e| corrupt(e.to_string()))?;
         reader.decode().map_err(|e| corrupt(e.to_string()))
     }
 }
+
+/// The largest conversation file read (LLaVA-1.5's 665K mix is about 1 GB).
+const MAX_JSON_BYTES: u64 = 16 << 30;
+/// The largest image file read; decoding is bounded separately.
+const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {

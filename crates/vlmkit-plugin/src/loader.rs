@@ -195,10 +195,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// The largest library read (a plugin with full debug information is some
+/// hundreds of MB).
+const MAX_LIBRARY_BYTES: u64 = 4 << 30;
+
+/// The bytes of the shared library at `path`, which must be a regular file.
+fn read_library(path: &Path) -> Result<Vec<u8>, LoadError> {
+    vlmkit_core::fsutil::check_regular_file(path, MAX_LIBRARY_BYTES).map_err(read_error(path))?;
+    std::fs::read(path).map_err(read_error(path))
+}
+
 /// Reads a plugin's declaration, linked libraries and symbols from the file.
 /// Runs none of its code.
 pub fn read_plugin_file(path: &Path) -> Result<PluginFile, LoadError> {
-    let bytes = std::fs::read(path).map_err(read_error(path))?;
+    let bytes = read_library(path)?;
     let sha256 = sha256_hex(&bytes);
     let elf = parse_shared_library(path, &bytes)?;
     let symbol = |name: &str| {
@@ -281,7 +291,7 @@ fn needed_libraries(elf: &ElfFile64<'_>) -> Vec<String> {
 
 /// The libraries an ELF executable or shared library links (`DT_NEEDED`).
 pub fn needed_libraries_of(path: &Path) -> Result<Vec<String>, LoadError> {
-    let bytes = std::fs::read(path).map_err(read_error(path))?;
+    let bytes = read_library(path)?;
     let elf =
         ElfFile64::<object::Endianness>::parse(&*bytes).map_err(|e| LoadError::NotLibrary {
             path: path.to_path_buf(),

@@ -88,7 +88,7 @@ fn load_file(
     named_at: Option<&Origin>,
     stack: &mut Vec<Frame>,
 ) -> Result<Layer, RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+    let text = regular_file_text(path).map_err(|err| {
         let message = match stack.last() {
             Some(parent) => format!(
                 "cannot read `{}` (extended by `{}`): {err}",
@@ -395,6 +395,26 @@ fn mismatch(value: &Value, seg: &Segment, walked: &[Segment]) -> String {
             with_article(other.type_str())
         ),
     }
+}
+
+/// The largest recipe file read.
+const MAX_RECIPE_BYTES: u64 = 1 << 20;
+
+/// The text of `path`, which must be a regular file of at most
+/// [`MAX_RECIPE_BYTES`]: a FIFO would block, `/dev/zero` would never end.
+fn regular_file_text(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    let refuse = |why: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, why));
+    if !meta.is_file() {
+        return refuse("it is not a regular file".into());
+    }
+    if meta.len() > MAX_RECIPE_BYTES {
+        return refuse(format!(
+            "it holds {} bytes; a recipe is at most {MAX_RECIPE_BYTES}",
+            meta.len()
+        ));
+    }
+    std::fs::read_to_string(path)
 }
 
 #[cfg(test)]
