@@ -281,6 +281,62 @@ fn devices_and_fifos_are_refused_not_read() {
     }
 }
 
+/// Outputs never overwrite inputs, and an unwritable output is refused before
+/// the work, not after it.
+#[test]
+fn outputs_never_overwrite_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let (ok, err) = train(&run_dir, &tiny(1));
+    assert!(ok, "{err}");
+    let weights = run_dir.join("final/model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let ids = candle_core::Tensor::new(&[[2i64, 7, 9]], &candle_core::Device::Cpu).unwrap();
+    let inputs = dir.path().join("in.safetensors");
+    candle_core::safetensors::save(
+        &std::collections::HashMap::from([("input_ids".to_string(), ids)]),
+        &inputs,
+    )
+    .unwrap();
+    for out in [weights.clone(), inputs.clone()] {
+        let (ok, _out, err) = run(vlmkit()
+            .args(["model", "forward"])
+            .arg(run_dir.join("final"))
+            .arg("--inputs")
+            .arg(&inputs)
+            .arg("--out")
+            .arg(&out));
+        assert!(!ok && err.contains("which this command reads"), "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&weights).unwrap(),
+        before,
+        "the weights are intact"
+    );
+
+    // An export into a directory that holds an earlier one is refused.
+    let export = dir.path().join("export");
+    let export_into = |count: &str| {
+        run(vlmkit()
+            .args([
+                "data", "export", "--split", "eval", "--count", count, "--out",
+            ])
+            .arg(&export))
+    };
+    assert!(export_into("4").0);
+    let (ok, _out, err) = export_into("2");
+    assert!(!ok && err.contains("already holds files"), "{err}");
+
+    // Evaluating into a file is refused before anything is evaluated.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let (ok, _out, err) = run(vlmkit().arg("eval").arg(&run_dir).arg("--out").arg(&file));
+    assert!(
+        !ok && err.contains("cannot be made a directory") && !err.contains("evaluating"),
+        "{err}"
+    );
+}
+
 /// A recipe error found while training is printed once, as the located
 /// diagnostic it is (it used to read `error: error: …`).
 #[test]

@@ -147,3 +147,45 @@ pub fn report_error(err: &anyhow::Error) {
         eprintln!("  caused by: {cause}");
     }
 }
+
+/// Refuses an output path that is one of `inputs`, or lies inside one that is a
+/// directory: writing it would destroy what the command reads.
+pub fn refuse_overwriting_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let absolute = |p: &Path| {
+        std::fs::canonicalize(p).unwrap_or_else(|_| {
+            // A path that does not exist yet: its existing parent, resolved.
+            match (p.parent(), p.file_name()) {
+                (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+                    std::fs::canonicalize(parent)
+                        .unwrap_or_else(|_| parent.to_path_buf())
+                        .join(name)
+                }
+                _ => std::env::current_dir().unwrap_or_default().join(p),
+            }
+        })
+    };
+    let target = absolute(out);
+    for input in inputs {
+        let input_path = absolute(input);
+        if target == input_path || (input.is_dir() && target.starts_with(&input_path)) {
+            anyhow::bail!(
+                "--out {} would overwrite {}, which this command reads; write the output elsewhere",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir` (an output directory) and checks that files can be written in it,
+/// before any work whose results it is to hold.
+pub fn writable_output_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--out {}: cannot be made a directory", dir.display()))?;
+    let probe = dir.join(format!(".vlmkit-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("--out {}: files cannot be written there", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

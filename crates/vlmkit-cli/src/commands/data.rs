@@ -45,6 +45,14 @@ pub struct ExportArgs {
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::Export(args) => {
+            // A partial rewrite would leave another export's images beside the
+            // new conversation file.
+            if std::fs::read_dir(&args.out).is_ok_and(|mut entries| entries.next().is_some()) {
+                anyhow::bail!(
+                    "--out {} already holds files (an earlier export?); export into a new or empty directory",
+                    args.out.display()
+                );
+            }
             let split = match args.split {
                 SplitArg::Train => Split::Train,
                 SplitArg::Eval => Split::Eval,

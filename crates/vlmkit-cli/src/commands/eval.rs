@@ -78,6 +78,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         },
         ..defaults
     };
+    let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
+    common::writable_output_dir(&out)?;
     let first = opts.limit.filter(|&n| n < source.len());
     eprintln!(
         "evaluating {} on {}{}",
@@ -85,7 +87,6 @@ pub fn run(args: EvalArgs) -> Result<()> {
         source.describe(),
         first.map_or(String::new(), |n| format!(", the first {n}"))
     );
-    let out = args.out.unwrap_or_else(|| model.dir.join("eval"));
     let title = format!(
         "{}: accuracy per question family",
         model.plan.recipe.run.name
