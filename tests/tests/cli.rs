@@ -325,7 +325,10 @@ fn outputs_never_overwrite_inputs() {
     };
     assert!(export_into("4").0);
     let (ok, _out, err) = export_into("2");
-    assert!(!ok && err.contains("already holds files"), "{err}");
+    assert!(
+        !ok && err.contains("already holds an export of the eval split"),
+        "{err}"
+    );
 
     // Evaluating into a file is refused before anything is evaluated.
     let file = dir.path().join("a-file");

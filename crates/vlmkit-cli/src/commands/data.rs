@@ -45,14 +45,6 @@ pub struct ExportArgs {
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::Export(args) => {
-            // A partial rewrite would leave another export's images beside the
-            // new conversation file.
-            if std::fs::read_dir(&args.out).is_ok_and(|mut entries| entries.next().is_some()) {
-                anyhow::bail!(
-                    "--out {} already holds files (an earlier export?); export into a new or empty directory",
-                    args.out.display()
-                );
-            }
             let split = match args.split {
                 SplitArg::Train => Split::Train,
                 SplitArg::Eval => Split::Eval,
@@ -74,6 +66,16 @@ pub fn run(args: DataArgs) -> Result<()> {
                 }
                 None => ShapesConfig::default(),
             };
+            // Rewriting a split would leave the earlier export's images beside
+            // the new conversation file; the other split may share the directory.
+            let json = args.out.join(format!("{split}.json"));
+            if json.exists() {
+                anyhow::bail!(
+                    "--out {} already holds an export of the {split} split ({}); export into another directory, or delete it first",
+                    args.out.display(),
+                    json.display()
+                );
+            }
             let ds = ShapesDataset::new(config, split)?;
             let summary = export_split(&ds, args.count, &args.out)?;
             println!(
