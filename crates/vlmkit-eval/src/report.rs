@@ -345,4 +345,24 @@ mod tests {
         assert_eq!(prediction.tag("pope"), Some("popular"));
         assert_eq!(serde_json::to_string(&prediction).unwrap(), line);
     }
+
+    /// `Prediction::FIELDS`, which tags may not take, are exactly the keys a
+    /// prediction writes of its own (kept by hand beside the struct).
+    #[test]
+    fn reserved_tag_names_are_the_prediction_fields() {
+        let mut full = p("color", None, "red", "red");
+        full.options = vec!["red".into()];
+        full.read = Some("red".into());
+        let json = serde_json::to_value(&full).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = Prediction::FIELDS.to_vec();
+        keys.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(keys, fields);
+    }
 }

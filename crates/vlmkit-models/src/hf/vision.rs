@@ -190,15 +190,6 @@ fn read_normalisation(dir: &Path, config: &mut dyn VisionArch) -> Result<(), HfE
     Ok(())
 }
 
-/// The name a checkpoint weight has in vlmkit's encoder of family `kind`
-/// (`clip`, `siglip`, `convnext`), or `None` for a weight that is not part of
-/// the encoder.
-pub fn vision_weight_name(kind: &str, name: &str) -> Option<String> {
-    let registry = VisionRegistry::builtin();
-    let factory = registry.get(kind)?;
-    weight_name(factory.as_ref(), name)
-}
-
 /// `factory`'s name for checkpoint weight `name`; an index buffer some
 /// checkpoints save (`position_ids`) is never a weight.
 fn weight_name(factory: &dyn VisionFactory, name: &str) -> Option<String> {
@@ -265,7 +256,13 @@ pub fn vision_hidden_states(
 
 #[cfg(test)]
 mod tests {
-    use super::vision_weight_name as name;
+    use super::weight_name;
+    use crate::vision::VisionRegistry;
+
+    /// The name the built-in encoder of family `kind` gives checkpoint weight `name`.
+    fn name(kind: &str, name: &str) -> Option<String> {
+        weight_name(VisionRegistry::builtin().get(kind)?.as_ref(), name)
+    }
 
     #[test]
     fn every_layout_transformers_writes_maps_to_one_name() {
