@@ -568,6 +568,111 @@ fn killed_run_resumes_to_bit_identical_weights() {
     assert_eq!(losses(&straight), losses(&resumed));
 }
 
+/// A run directory's own files are checked, not trusted: a lost `latest` is
+/// found again, a `latest` leading out of the run or a `state.json` that cannot
+/// be this recipe's is refused, a killed process's leftovers are removed, and a
+/// second process is refused while one holds the directory.
+#[test]
+fn run_directory_state_is_checked_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    let mut overrides = tiny(20);
+    overrides.push("run.checkpoint_every=5".into());
+    overrides.push("run.keep_checkpoints=2".into());
+    let (ok, err) = train(&run_dir, &overrides);
+    assert!(ok, "{err}");
+    let final_model = std::fs::read(run_dir.join("final/model.safetensors")).unwrap();
+    let checkpoints = run_dir.join("checkpoints");
+    let latest = checkpoints.join("latest");
+    let state_file = checkpoints.join("step-000020/state.json");
+    let state = std::fs::read_to_string(&state_file).unwrap();
+    let rerun = |tweak: &dyn Fn()| {
+        std::fs::remove_dir_all(run_dir.join("final")).ok();
+        std::fs::write(&latest, "step-000020").unwrap();
+        std::fs::write(&state_file, &state).unwrap();
+        tweak();
+        train(&run_dir, &overrides)
+    };
+
+    // `latest` deleted: it used to restart from step 0 over the checkpoints.
+    let (ok, err) = rerun(&|| std::fs::remove_file(&latest).unwrap());
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("latest is missing") && err.contains("step-000020 (step 20)"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run_dir.join("final/model.safetensors")).unwrap(),
+        final_model
+    );
+
+    // `latest` leading elsewhere: another run's weights used to become this one's.
+    let (ok, err) = rerun(&|| std::fs::write(&latest, "../../elsewhere/step-000020").unwrap());
+    assert!(!ok && err.contains("not a checkpoint of this run"), "{err}");
+
+    // A state that cannot be this recipe's: it used to be marked finished.
+    for (from, to, says) in [
+        (
+            "\"global_step\": 20",
+            "\"global_step\": 1000000000000000",
+            "global_step 1000000000000000 where the recipe's stages give 20",
+        ),
+        (
+            "\"stage\": 1",
+            "\"stage\": 99",
+            "stage 99 of a recipe with 1 stage(s)",
+        ),
+        (
+            "\"vlmkit_version\": \"0.",
+            "\"vlmkit_version\": \"99.",
+            "newer than this vlmkit",
+        ),
+    ] {
+        assert!(state.contains(from), "{state}");
+        let (ok, err) =
+            rerun(&|| std::fs::write(&state_file, state.replacen(from, to, 1)).unwrap());
+        assert!(
+            !ok && err.contains("state.json") && err.contains(says),
+            "{says}: {err}"
+        );
+        assert!(!run_dir.join("final").exists());
+    }
+
+    // A killed process's temporaries, and a checkpoint half pruned.
+    let leftovers = [
+        checkpoints.join(".step-000025.tmp-99999"),
+        checkpoints.join(".step-000010.pruning-99999"),
+        run_dir.join(".final.tmp-99999"),
+    ];
+    let (ok, err) = rerun(&|| {
+        for leftover in &leftovers {
+            std::fs::create_dir_all(leftover).unwrap();
+            std::fs::write(leftover.join("model.safetensors"), b"half").unwrap();
+        }
+    });
+    assert!(ok && err.contains("removed 3 leftover(s)"), "{err}");
+    for leftover in &leftovers {
+        assert!(!leftover.exists(), "{} is left", leftover.display());
+    }
+
+    // Another process holds the directory: two trainings used to interleave
+    // their metrics.
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(run_dir.join(".lock"))
+        .unwrap();
+    lock.try_lock().unwrap();
+    std::fs::write(run_dir.join(".lock"), "4242\n").unwrap();
+    let (ok, err) = rerun(&|| {});
+    assert!(
+        !ok && err.contains("in use by another vlmkit (pid 4242)"),
+        "{err}"
+    );
+    drop(lock);
+    let (ok, err) = train(&run_dir, &overrides);
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -640,49 +745,127 @@ fn llava_data_with_bad_images_multi_turn_and_text_only_records_trains_through() 
         })
         .collect();
     let multi_turn: Vec<serde_json::Value> = turns.iter().chain(&text_only).cloned().collect();
+    let human = |text: &str| serde_json::json!({"from": "human", "value": text});
+    let gpt = |text: &str| serde_json::json!({"from": "gpt", "value": text});
+    let with_mask = |id: &str, image: Option<&str>| {
+        let mut record = with(id, image, turns.clone());
+        record["mask"] = serde_json::json!({"size": [5, 5], "counts": [25]});
+        record
+    };
+    // Each of these used to stop the run at the step that reached it, and its
+    // resume at the same record; the long question aborted CCRA's T×T mask.
+    let bad_records = [
+        with_mask("mask-size", Some(&image)),
+        with_mask("mask-no-image", None),
+        with(
+            "two-images",
+            Some(&image),
+            vec![human("<image> <image> what?"), gpt("red")],
+        ),
+        with(
+            "no-image",
+            None,
+            vec![human("<image>\nwhat color?"), gpt("red")],
+        ),
+        with(
+            "image-in-answer",
+            Some(&image),
+            vec![human("what?"), gpt("<image>")],
+        ),
+        with(
+            "long-question",
+            Some(&image),
+            vec![human(&"what ".repeat(200_000)), gpt("red")],
+        ),
+    ];
     records.extend([
         with("missing", Some("nowhere.png"), turns.clone()),
         with("cut", Some("cut.png"), turns.clone()),
         with("notes", Some("notes.png"), turns.clone()),
         with("multi-turn", Some(&image), multi_turn),
         with("text-only", None, text_only),
+        // Kept, cut to the model's 128 positions: its answer starts in them.
+        with(
+            "long-answer",
+            Some(&image),
+            vec![human("what color?"), gpt(&"red ".repeat(150))],
+        ),
     ]);
+    records.extend(bad_records);
     std::fs::write(&json, serde_json::to_string(&records).unwrap()).unwrap();
     let recipe = dir.path().join("llava.toml");
     std::fs::write(
         &recipe,
         format!(
-            "extends = {:?}\n[data.train]\nkind = \"llava\"\njson = \"data/train.json\"\nmax_skipped = 0.2\n",
+            "extends = {:?}\n[data.train]\nkind = \"llava\"\njson = \"data/train.json\"\nmax_skipped = 0.3\n",
             repo().join("recipes/mlp.toml").display().to_string()
         ),
     )
     .unwrap();
-    // 12 steps of 8 read the 45 records twice over.
+    // 12 steps of 8 read the 43 usable of the 52 records twice over, under CCRA
+    // (whose query attention is T×T).
     let run_dir = dir.path().join("run");
+    let mut overrides = tiny(12);
+    overrides.extend(["connector.kind=\"ccra\"", "connector.d_hidden=8"].map(String::from));
     let (ok, _out, err) = run(vlmkit()
         .current_dir(dir.path())
         .args(["train", "llava.toml", "--out"])
         .arg(&run_dir)
-        .args(set_args(&tiny(12))));
+        .args(set_args(&overrides)));
     assert!(ok, "{err}");
     assert!(run_dir.join("final/model.safetensors").exists());
-    assert!(err.contains("nowhere.png does not exist"), "{err}");
-    assert!(err.contains("cut.png: corrupt image"), "{err}");
-    assert!(err.contains("notes.png: corrupt image"), "{err}");
+    // The records the check at start finds without decoding an image.
+    assert!(
+        err.contains("train.json: 4 of 52 records cannot be used and will be skipped"),
+        "{err}"
+    );
+    let listed = std::fs::read_to_string(run_dir.join("skipped.jsonl")).unwrap();
+    for (id, says) in [
+        ("missing", "nowhere.png does not exist"),
+        ("cut", "cut.png: corrupt image"),
+        ("notes", "notes.png: corrupt image"),
+        ("mask-size", "mask (COCO RLE) is 5x5 but image"),
+        ("mask-no-image", "has a \\\"mask\\\" but no \\\"image\\\""),
+        ("two-images", "2 <image> placeholders"),
+        (
+            "no-image",
+            "the text has <image> but the record has no \\\"image\\\"",
+        ),
+        ("image-in-answer", "turn 1 is an answer holding <image>"),
+        ("long-question", "200"),
+    ] {
+        let line = listed
+            .lines()
+            .find(|l| l.contains(&format!("(id \\\"{id}\\\")")))
+            .unwrap_or_else(|| panic!("{id} not in the skip list:\n{listed}"));
+        assert!(
+            line.contains(says) && line.contains("train.json"),
+            "{id}: {line}"
+        );
+    }
+    assert!(
+        listed.contains(
+            "text tokens, more than the 113 the model has room for: no answer token is left"
+        ),
+        "{listed}"
+    );
+    assert!(err.contains("examples cut to the model's length"), "{err}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("final/state.json")).unwrap())
             .unwrap();
-    let skipped = state["skipped_images"].as_u64().unwrap();
+    let skipped = state["skipped"].as_u64().unwrap();
     assert!(
-        (4..=9).contains(&skipped),
-        "three bad records read two or three times: {skipped}"
+        (18..=27).contains(&skipped),
+        "nine bad records read two or three times: {skipped}"
     );
     assert!(
         err.contains(&format!(
-            "skipped {skipped} examples whose image was missing or corrupt"
+            "skipped     {skipped} examples that could not be used, listed in"
         )),
         "{err}"
     );
+    let listed = std::fs::read_to_string(run_dir.join("skipped.jsonl")).unwrap();
+    assert_eq!(listed.lines().count() as u64, skipped, "{listed}");
 
     // Mostly broken data stops with the count and the limit, not a crash.
     let broken: Vec<serde_json::Value> = (0..30)
@@ -702,9 +885,7 @@ fn llava_data_with_bad_images_multi_turn_and_text_only_records_trains_through() 
         .args(set_args(&tiny(4))));
     assert!(!ok);
     assert!(
-        err.contains(
-            "were skipped for a missing or corrupt image (the data's `max_skipped` allows 20.0%)"
-        ),
+        err.contains("cannot be used (the data's `max_skipped` allows 30.0%"),
         "{err}"
     );
 }

@@ -142,10 +142,27 @@ pub fn report_error(err: &anyhow::Error) {
         eprintln!("{diagnostic}");
         return;
     }
-    eprintln!("error: {err}");
-    for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    for line in error_lines(err) {
+        eprintln!("{line}");
     }
+}
+
+/// `error: …` and a `caused by: …` line for each cause that says something the
+/// lines before it did not (wrappers that repeat their source, `#[error("{0}")]`
+/// with `#[from]`, would print every message twice).
+fn error_lines(err: &anyhow::Error) -> Vec<String> {
+    let head = err.to_string();
+    let head = head.strip_prefix("error: ").unwrap_or(&head).to_string();
+    let mut said = head.clone();
+    let mut lines = vec![format!("error: {head}")];
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !said.contains(&text) {
+            lines.push(format!("  caused by: {text}"));
+            said.push_str(&text);
+        }
+    }
+    lines
 }
 
 /// Refuses an output path that is one of `inputs`, or lies inside one that is a
@@ -188,4 +205,33 @@ pub fn writable_output_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("--out {}: files cannot be written there", dir.display()))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_that_repeat_the_message_are_not_printed_again() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "File exists (os error 17)",
+        );
+        let wrapped = anyhow::Error::new(io).context("File exists (os error 17)");
+        assert_eq!(error_lines(&wrapped), ["error: File exists (os error 17)"]);
+        let io = std::io::Error::other("disk full");
+        let wrapped = anyhow::Error::new(io).context("runs/a/metrics.jsonl: writing");
+        assert_eq!(
+            error_lines(&wrapped),
+            [
+                "error: runs/a/metrics.jsonl: writing",
+                "  caused by: disk full"
+            ]
+        );
+        let doubled = anyhow::anyhow!("error: the stage's training data is empty");
+        assert_eq!(
+            error_lines(&doubled),
+            ["error: the stage's training data is empty"]
+        );
+    }
 }

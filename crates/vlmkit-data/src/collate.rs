@@ -7,7 +7,7 @@ use vlmkit_core::ops::IGNORE_INDEX;
 use vlmkit_core::TokenSequence;
 
 use crate::error::DataError;
-use crate::example::{Example, Role, IMAGE_TOKEN};
+use crate::example::{placeholder_problem, Example, Role, IMAGE_TOKEN};
 use crate::template::{ChatTemplate, Segment};
 use crate::tokenizer::TextTokenizer;
 
@@ -23,54 +23,73 @@ pub struct Collator {
 impl Collator {
     /// The whole conversation, answers supervised.
     pub fn sequence(&self, example: &Example) -> Result<TokenSequence, DataError> {
-        let turns = self.with_placeholder(example)?;
-        let segments = self.template.render(&turns)?;
-        self.tokenize(example, &segments)
+        Ok(self.sequence_cut(example)?.0)
     }
 
-    /// The first question up to where its answer starts, nothing supervised.
+    /// As [`Collator::sequence`], with the length before `max_text_len` cut it
+    /// (`None`: it fits). A cut that leaves no answer token, or cuts away the
+    /// image's placeholder, makes the example unusable: it would train on
+    /// nothing, or on an image it no longer shows.
+    pub fn sequence_cut(
+        &self,
+        example: &Example,
+    ) -> Result<(TokenSequence, Option<usize>), DataError> {
+        let turns = self.with_placeholder(example)?;
+        let segments = self.template.render(&turns)?;
+        let (sequence, cut) = self.tokenize(example, &segments)?;
+        if let Some(full) = cut {
+            if sequence.supervised() == 0 {
+                return Err(self.too_long(example, full, "no answer token is left"));
+            }
+        }
+        Ok((sequence, cut))
+    }
+
+    /// The first question up to where its answer starts, nothing supervised. A
+    /// prompt longer than `max_text_len` is refused: cut, it would end before the
+    /// answer's cue.
     pub fn prompt(&self, example: &Example) -> Result<TokenSequence, DataError> {
         let turns = self.with_placeholder(example)?;
         let segments = self.template.prompt(&turns)?;
-        self.tokenize(example, &segments)
+        match self.tokenize(example, &segments)? {
+            (sequence, None) => Ok(sequence),
+            (_, Some(full)) => Err(self.too_long(example, full, "the prompt does not fit")),
+        }
+    }
+
+    fn too_long(&self, example: &Example, full: usize, consequence: &str) -> DataError {
+        unusable(
+            example,
+            format!(
+                "{full} text tokens, more than the {} the model has room for: {consequence}",
+                self.max_text_len
+            ),
+        )
     }
 
     /// LLaVA places `<image>` in the first human turn; add it when an example with an
     /// image lacks it, refuse a placeholder without an image.
     fn with_placeholder(&self, example: &Example) -> Result<Vec<crate::Turn>, DataError> {
+        if let Some(reason) = placeholder_problem(&example.turns, example.image.is_some()) {
+            return Err(unusable(example, reason));
+        }
         let mut turns = example.turns.clone();
-        let count: usize = turns
-            .iter()
-            .map(|t| t.value.matches(IMAGE_TOKEN).count())
-            .sum();
-        match (example.image.is_some(), count) {
-            (true, 0) => {
-                if let Some(first) = turns.iter_mut().find(|t| t.from == Role::Human) {
-                    first.value = format!("{IMAGE_TOKEN}\n{}", first.value);
-                }
-            }
-            (true, 1) | (false, 0) => {}
-            (false, _) => {
-                return Err(DataError::Template(format!(
-                    "example {}: the text has {IMAGE_TOKEN} but the example has no image",
-                    example.id
-                )))
-            }
-            (true, n) => {
-                return Err(DataError::Template(format!(
-                "example {}: {n} {IMAGE_TOKEN} placeholders; one image per example is supported",
-                example.id
-            )))
+        let has_placeholder = turns.iter().any(|t| t.value.contains(IMAGE_TOKEN));
+        if example.image.is_some() && !has_placeholder {
+            if let Some(first) = turns.iter_mut().find(|t| t.from == Role::Human) {
+                first.value = format!("{IMAGE_TOKEN}\n{}", first.value);
             }
         }
         Ok(turns)
     }
 
+    /// The segments' tokens, cut at `max_text_len`, and the length before the cut
+    /// when there was one.
     fn tokenize(
         &self,
         example: &Example,
         segments: &[Segment],
-    ) -> Result<TokenSequence, DataError> {
+    ) -> Result<(TokenSequence, Option<usize>), DataError> {
         let tok = &self.tokenizer;
         let mut ids = Vec::new();
         let mut labels = Vec::new();
@@ -97,20 +116,35 @@ impl Collator {
             ids.push(id);
             labels.push(if supervised { id as i64 } else { IGNORE_INDEX });
         }
+        let full = ids.len();
         ids.truncate(self.max_text_len);
         labels.truncate(self.max_text_len);
         let image_at = ids.iter().position(|&id| id == tok.image);
-        let (query, query_text) = match example.question() {
+        if example.image.is_some() && image_at.is_none() {
+            return Err(self.too_long(example, full, "the image's placeholder is cut off"));
+        }
+        // The question is part of the sequence, so it fits the same bound; a
+        // connector reading it (CCRA's T×T attention) stays bounded too.
+        let (mut query, query_text) = match example.question() {
             Some(q) => (tok.encode(&q)?, q),
             None => (Vec::new(), String::new()),
         };
-        Ok(TokenSequence {
+        query.truncate(self.max_text_len);
+        let sequence = TokenSequence {
             ids,
             labels,
             image_at,
             query,
             query_text,
-        })
+        };
+        Ok((sequence, (full > self.max_text_len).then_some(full)))
+    }
+}
+
+fn unusable(example: &Example, reason: String) -> DataError {
+    DataError::Unusable {
+        example: example.id.clone(),
+        reason,
     }
 }
 

@@ -70,17 +70,20 @@ pub enum DataError {
         role: String,
     },
 
-    #[error("{}: {record}: image {} does not exist", path.display(), image.display())]
+    /// The record's image (or mask: `what`) is not there.
+    #[error("{}: {record}: {what} {} does not exist", path.display(), image.display())]
     ImageNotFound {
         path: PathBuf,
         record: RecordRef,
+        what: &'static str,
         image: PathBuf,
     },
 
-    #[error("{}: {record}: {}: corrupt image: {reason}", path.display(), image.display())]
+    #[error("{}: {record}: {}: corrupt {what}: {reason}", path.display(), image.display())]
     CorruptImage {
         path: PathBuf,
         record: RecordRef,
+        what: &'static str,
         image: PathBuf,
         reason: String,
     },
@@ -102,6 +105,11 @@ pub enum DataError {
     #[error("{}: {record}: has a \"mask\" but no \"image\"", path.display())]
     MaskWithoutImage { path: PathBuf, record: RecordRef },
 
+    /// An example the model cannot take (its text is too long for the model,
+    /// its placeholders do not match its image): skipped when training.
+    #[error("example {example}: {reason}")]
+    Unusable { example: String, reason: String },
+
     #[error("index {index} is out of range for a dataset of {len} examples")]
     IndexOutOfRange { index: usize, len: usize },
 
@@ -110,12 +118,24 @@ pub enum DataError {
 }
 
 impl DataError {
-    /// Whether this is one record's image that cannot be used (missing or
-    /// undecodable): training skips such a record and counts it.
-    pub fn is_bad_image(&self) -> bool {
+    /// Whether this is a problem of one record or example (its image missing or
+    /// undecodable, its mask, its text, its placeholders) rather than of the data
+    /// as a whole: training skips such a record and counts it.
+    pub fn is_record_problem(&self) -> bool {
         matches!(
             self,
-            DataError::ImageNotFound { .. } | DataError::CorruptImage { .. }
+            DataError::ImageNotFound { .. }
+                | DataError::CorruptImage { .. }
+                | DataError::MaskSizeMismatch { .. }
+                | DataError::MaskWithoutImage { .. }
+                | DataError::InvalidRecord { .. }
+                | DataError::MissingConversations { .. }
+                | DataError::UnknownRole { .. }
+                | DataError::Json { .. }
+                | DataError::Template(_)
+                | DataError::Tokenizer(_)
+                | DataError::Mask(_)
+                | DataError::Unusable { .. }
         )
     }
 }

@@ -122,6 +122,30 @@ impl Example {
     }
 }
 
+/// Why a conversation cannot go with its image (or lack of one), LLaVA's way:
+/// at most one [`IMAGE_TOKEN`], in a human turn, and only with an image.
+pub fn placeholder_problem(turns: &[Turn], has_image: bool) -> Option<String> {
+    if let Some(turn) = turns
+        .iter()
+        .position(|t| t.from == Role::Gpt && t.value.contains(IMAGE_TOKEN))
+    {
+        return Some(format!("turn {turn} is an answer holding {IMAGE_TOKEN}"));
+    }
+    let count: usize = turns
+        .iter()
+        .map(|t| t.value.matches(IMAGE_TOKEN).count())
+        .sum();
+    match (has_image, count) {
+        (true, 0 | 1) | (false, 0) => None,
+        (false, _) => Some(format!(
+            "the text has {IMAGE_TOKEN} but the record has no \"image\""
+        )),
+        (true, n) => Some(format!(
+            "{n} {IMAGE_TOKEN} placeholders; one image per example is supported"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ pub mod template;
 pub mod tokenizer;
 
 pub use collate::Collator;
-pub use error::DataError;
+pub use error::{DataError, RecordRef};
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};
 pub use export::{export_split, ExportSummary};
 pub use llava::{write_llava_json, LlavaDataset, LlavaRecord};

@@ -27,6 +27,7 @@ use image::{DynamicImage, ImageReader};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, RecordRef};
+use crate::example::placeholder_problem;
 use crate::example::{Example, Role, Turn};
 use crate::mask;
 use crate::rle::CocoRle;
@@ -130,6 +131,8 @@ pub struct LlavaDataset {
     image_root: PathBuf,
     file: Arc<File>,
     spans: Vec<Span>,
+    /// Records that cannot be used, as the check at open found them.
+    unusable: Vec<u64>,
 }
 
 impl LlavaDataset {
@@ -167,18 +170,30 @@ impl LlavaDataset {
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| PathBuf::from("."))
         });
-        let dataset = LlavaDataset {
+        let mut dataset = LlavaDataset {
             json_path,
             image_root,
             file: Arc::new(file),
             spans,
+            unusable: Vec::new(),
         };
-        // Every record parses and names its conversations: a broken one is found
-        // now, not hours into training.
+        // Every record is parsed and its text checked now, not hours into
+        // training: a broken one is noted (and skipped when reached), the file
+        // stays usable.
         for index in 0..dataset.len() {
-            visit(&dataset.record(index)?);
+            match dataset.checked_record(index) {
+                Ok((record, _)) => visit(&record),
+                Err(error) if error.is_record_problem() => dataset.unusable.push(index as u64),
+                Err(error) => return Err(error),
+            }
         }
         Ok(dataset)
+    }
+
+    /// The records the check at open found unusable (their errors come back from
+    /// [`LlavaDataset::get`]); images are not decoded for it.
+    pub fn unusable(&self) -> &[u64] {
+        &self.unusable
     }
 
     pub fn json_path(&self) -> &Path {
@@ -235,23 +250,36 @@ impl LlavaDataset {
             .map(|(image, _)| image))
     }
 
+    /// Record `index`, parsed and its text checked against its image and mask
+    /// (without decoding them).
+    fn checked_record(&self, index: usize) -> Result<(LlavaRecord, RecordRef), DataError> {
+        let (record, record_ref) = self.record_with_ref(index)?;
+        if record.mask.is_some() && record.image.is_none() {
+            return Err(DataError::MaskWithoutImage {
+                path: self.json_path.clone(),
+                record: record_ref,
+            });
+        }
+        if let Some(reason) = placeholder_problem(&record.conversations, record.image.is_some()) {
+            return Err(DataError::InvalidRecord {
+                path: self.json_path.clone(),
+                record: record_ref,
+                reason,
+            });
+        }
+        Ok((record, record_ref))
+    }
+
     /// Example `index` with its image and mask decoded.
     pub fn get(&self, index: usize) -> Result<Example, DataError> {
-        let (record, record_ref) = self.record_with_ref(index)?;
+        let (record, record_ref) = self.checked_record(index)?;
         let image = self.record_image(&record, &record_ref)?;
         let mask = match (&record.mask, &image) {
-            (None, _) => None,
-            (Some(_), None) => {
-                return Err(DataError::MaskWithoutImage {
-                    path: self.json_path.clone(),
-                    record: record_ref,
-                })
-            }
             (Some(source), Some((image, image_path))) => {
                 let (mask, mask_path) = match source {
                     MaskRef::Path(relative) => {
                         let mask_path = self.image_root.join(relative);
-                        let decoded = self.decode(&mask_path, &record_ref)?.to_luma8();
+                        let decoded = self.decode(&mask_path, &record_ref, "mask")?.to_luma8();
                         (mask::binarize(&decoded), mask_path)
                     }
                     MaskRef::Rle(rle) => {
@@ -275,6 +303,8 @@ impl LlavaDataset {
                 }
                 Some(mask)
             }
+            // `checked_record` refused a mask without an image.
+            _ => None,
         };
         Ok(Example {
             id: record.id.clone(),
@@ -307,15 +337,22 @@ impl LlavaDataset {
             .as_ref()
             .map(|relative| {
                 let path = self.image_root.join(relative);
-                Ok((self.decode(&path, record_ref)?.to_rgb8(), path))
+                Ok((self.decode(&path, record_ref, "image")?.to_rgb8(), path))
             })
             .transpose()
     }
 
-    fn decode(&self, path: &Path, record: &RecordRef) -> Result<DynamicImage, DataError> {
+    /// Decodes the record's `what` ("image" or "mask") at `path`.
+    fn decode(
+        &self,
+        path: &Path,
+        record: &RecordRef,
+        what: &'static str,
+    ) -> Result<DynamicImage, DataError> {
         let corrupt = |reason: String| DataError::CorruptImage {
             path: self.json_path.clone(),
             record: record.clone(),
+            what,
             image: path.to_path_buf(),
             reason,
         };
@@ -326,6 +363,7 @@ impl LlavaDataset {
                     DataError::ImageNotFound {
                         path: self.json_path.clone(),
                         record: record.clone(),
+                        what,
                         image: path.to_path_buf(),
                     }
                 } else {
@@ -607,12 +645,16 @@ mod tests {
         }
 
         fn get_error(&self, text: &str) -> String {
+            self.get_error_at(text, 0)
+        }
+
+        /// Record `index`'s error; the file opens, the record noted unusable.
+        fn get_error_at(&self, text: &str, index: usize) -> String {
             let path = self.write_json(text);
-            LlavaDataset::open(&path, None)
-                .unwrap()
-                .get(0)
-                .unwrap_err()
-                .to_string()
+            let dataset = LlavaDataset::open(&path, None).unwrap();
+            let error = dataset.get(index).unwrap_err();
+            assert!(error.is_record_problem(), "{error}");
+            error.to_string()
         }
     }
 
@@ -796,16 +838,19 @@ mod tests {
     #[test]
     fn record_problems_name_the_record() {
         let fixture = Fixture::new();
-        let message = fixture.open_error(&format!(
-            r#"[{{"id": "ok", "conversations": {CONVERSATION}}}, {{"id": "broken", "image": "x.png"}}]"#
-        ));
+        let text = format!(
+            r#"[{{"id": "ok", "image": "x.png", "conversations": {CONVERSATION}}}, {{"id": "broken", "image": "x.png"}}]"#
+        );
+        let dataset = LlavaDataset::open(fixture.write_json(&text), None).unwrap();
+        assert_eq!(dataset.unusable(), [1]);
+        let message = fixture.get_error_at(&text, 1);
         assert!(
             message.contains("record 1") && message.contains("\"broken\""),
             "{message}"
         );
         assert!(message.contains("missing \"conversations\""), "{message}");
 
-        let message = fixture.open_error(
+        let message = fixture.get_error(
             r#"[{"id": "r", "conversations": [{"from": "human", "value": "q"}, {"from": "system", "value": "s"}]}]"#,
         );
         assert!(
@@ -814,14 +859,40 @@ mod tests {
         );
         assert!(message.contains("\"system\""), "{message}");
 
-        let message = fixture.open_error(r#"[{"id": "t", "conversations": [{"from": "human"}]}]"#);
+        let message = fixture.get_error(r#"[{"id": "t", "conversations": [{"from": "human"}]}]"#);
         assert!(
             message.contains("record 0") && message.contains("value"),
             "{message}"
         );
 
-        let message = fixture.open_error(r#"[{"id": "e", "conversations": []}]"#);
+        let message = fixture.get_error(r#"[{"id": "e", "conversations": []}]"#);
         assert!(message.contains("empty"), "{message}");
+
+        // Placeholders that do not match the image, a mask without one.
+        for (record, says) in [
+            (
+                r#""image": "a.png", "conversations": [{"from": "human", "value": "<image> <image> q"}, {"from": "gpt", "value": "a"}]"#,
+                "2 <image> placeholders",
+            ),
+            (
+                r#""conversations": [{"from": "human", "value": "<image> q"}, {"from": "gpt", "value": "a"}]"#,
+                "has no \"image\"",
+            ),
+            (
+                r#""image": "a.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<image>"}]"#,
+                "turn 1 is an answer holding <image>",
+            ),
+            (
+                r#""mask": "m.png", "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]"#,
+                "has a \"mask\" but no \"image\"",
+            ),
+        ] {
+            let message = fixture.get_error(&format!(r#"[{{"id": "p", {record}}}]"#));
+            assert!(
+                message.contains("record 0 (id \"p\")") && message.contains(says),
+                "{says}: {message}"
+            );
+        }
 
         let message = fixture.open_error(r#"[42]"#);
         assert!(

@@ -13,7 +13,11 @@
 //! A checkpoint directory is written under a temporary name, every file synced,
 //! then renamed into place, and only then does `latest` (itself replaced
 //! atomically) point at it: a crash at any moment leaves the previous checkpoint
-//! intact and findable.
+//! intact and findable. Pruning renames a checkpoint out of the `step-*` names
+//! before deleting it, so a crash mid-delete never leaves a `step-*` directory
+//! that looks complete but is not. One process at a time trains in a run
+//! directory ([`RunDir::lock`]); the lock holder removes the temporaries a killed
+//! process left ([`RunDir::remove_leftovers`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -41,10 +45,12 @@ pub struct TrainState {
     pub rng: [u64; 4],
     /// Lines of `metrics.jsonl` that belong to the run up to here.
     pub metrics_lines: u64,
-    /// Examples skipped over the whole run because their image was missing or
-    /// corrupt (LLaVA data).
+    /// Examples skipped over the whole run (lines of `skipped.jsonl`).
+    #[serde(default, alias = "skipped_images")]
+    pub skipped: u64,
+    /// Examples kept with their text cut to the model's length.
     #[serde(default)]
-    pub skipped_images: u64,
+    pub truncated: u64,
     pub vlmkit_version: String,
     /// The pretrained parts (`vision`, `llm`) whose weights the checkpoint leaves
     /// out because no stage has trained them yet: they are read back from their
@@ -128,11 +134,118 @@ impl TrainState {
             samples_seen: 0,
             rng: vlmkit_core::rng::Rng::new(recipe.run.seed).state(),
             metrics_lines: 0,
-            skipped_images: 0,
+            skipped: 0,
+            truncated: 0,
             vlmkit_version: env!("CARGO_PKG_VERSION").to_string(),
             frozen_sources: BTreeMap::new(),
         }
     }
+}
+
+impl TrainState {
+    /// Refuses a state that cannot be a point of a run of `recipe` (read from
+    /// `path`): a stage the recipe lacks or names differently, steps beyond a
+    /// stage's or the run's, fewer examples read than the steps took, or a newer
+    /// vlmkit's state. Resuming from it would train the wrong thing or mark an
+    /// untrained run finished.
+    pub fn check(&self, recipe: &vlmkit_recipe::Recipe, path: &Path) -> Result<(), PipelineError> {
+        let refuse = |reason: String| -> Result<(), PipelineError> {
+            Err(CheckpointError::ForeignState {
+                path: path.to_path_buf(),
+                reason,
+            }
+            .into())
+        };
+        let this = env!("CARGO_PKG_VERSION");
+        match (version_numbers(&self.vlmkit_version), version_numbers(this)) {
+            (Some(theirs), Some(ours)) if theirs <= ours => {}
+            (Some(_), _) => {
+                return refuse(format!(
+                    "written by vlmkit {}, newer than this vlmkit {this}",
+                    self.vlmkit_version
+                ))
+            }
+            (None, _) => {
+                return refuse(format!(
+                    "vlmkit_version {:?} is not a version",
+                    self.vlmkit_version
+                ))
+            }
+        }
+        let stages = &recipe.stages;
+        if self.stage > stages.len() {
+            return refuse(format!(
+                "stage {} of a recipe with {} stage(s)",
+                self.stage,
+                stages.len()
+            ));
+        }
+        if let Some(stage) = stages.get(self.stage) {
+            if self.stage_name != stage.name {
+                return refuse(format!(
+                    "stage {} is {:?} there, {:?} in the recipe",
+                    self.stage, self.stage_name, stage.name
+                ));
+            }
+            if let Some(steps) = stage.steps.filter(|&s| self.stage_step > s) {
+                return refuse(format!(
+                    "stage_step {} beyond the stage's {steps} steps",
+                    self.stage_step
+                ));
+            }
+            let least = self
+                .stage_step
+                .saturating_mul((stage.batch_size * stage.grad_accum) as u64);
+            if self.samples_seen < least {
+                return refuse(format!(
+                    "samples_seen {} is fewer than {} steps of {} examples",
+                    self.samples_seen,
+                    self.stage_step,
+                    stage.batch_size * stage.grad_accum
+                ));
+            }
+        } else if self.stage_step != 0 {
+            return refuse(format!(
+                "stage_step {} after the last stage",
+                self.stage_step
+            ));
+        }
+        // Stages of a fixed length fix the run's step count; epoch stages only
+        // bound it from below.
+        let before = &stages[..self.stage];
+        let done: Option<u64> = before.iter().map(|s| s.steps).sum();
+        let exact = done.map(|d| d + self.stage_step);
+        match exact {
+            Some(expected) if self.global_step != expected => {
+                return refuse(format!(
+                    "global_step {} where the recipe's stages give {expected}",
+                    self.global_step
+                ))
+            }
+            None if self.global_step < self.stage_step + before.len() as u64 => {
+                return refuse(format!(
+                    "global_step {} is fewer than the steps its stages took",
+                    self.global_step
+                ))
+            }
+            _ => {}
+        }
+        if self.metrics_lines > self.global_step {
+            return refuse(format!(
+                "metrics_lines {} beyond its {} steps",
+                self.metrics_lines, self.global_step
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `major.minor.patch` as numbers (a pre-release suffix ignored).
+fn version_numbers(version: &str) -> Option<(u64, u64, u64)> {
+    let core = version.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let numbers = (parts.next()??, parts.next()??, parts.next()??);
+    parts.next().is_none().then_some(numbers)
 }
 
 /// The files a checkpoint holds.
@@ -159,6 +272,11 @@ pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + 
 pub enum CheckpointError {
     #[error("{} points at {}, which is not a complete checkpoint", pointer.display(), target.display())]
     Incomplete { pointer: PathBuf, target: PathBuf },
+    #[error("{} names {name:?}, which is not a checkpoint of this run (a `step-N` beside it); delete the file to resume from the newest complete checkpoint", pointer.display())]
+    BadPointer { pointer: PathBuf, name: String },
+    /// A checkpoint's `state.json` that cannot belong to the run's recipe.
+    #[error("{}: {reason}", path.display())]
+    ForeignState { path: PathBuf, reason: String },
     #[error("{}: {reason}", path.display())]
     Unreadable { path: PathBuf, reason: String },
     #[error("{} is neither a checkpoint (no {MODEL_FILE} + {STATE_FILE}) nor a run directory with one", path.display())]
@@ -189,6 +307,11 @@ impl RunDir {
         self.path.join("metrics.jsonl")
     }
 
+    /// The examples training skipped, one JSON line each.
+    pub fn skipped(&self) -> PathBuf {
+        self.path.join("skipped.jsonl")
+    }
+
     pub fn checkpoints(&self) -> PathBuf {
         self.path.join("checkpoints")
     }
@@ -212,13 +335,94 @@ impl RunDir {
         }
     }
 
-    /// The newest complete checkpoint, if any.
+    /// The file [`RunDir::lock`] locks.
+    pub fn lock_file(&self) -> PathBuf {
+        self.path.join(LOCK_FILE)
+    }
+
+    /// Takes the run directory for this process: an OS lock on `.lock` (released
+    /// when the returned guard drops or the process dies, however it dies), which
+    /// records the holder's pid. A second process is refused with that pid.
+    pub fn lock(&self) -> Result<RunLock, PipelineError> {
+        use std::io::{Read, Seek, Write};
+        std::fs::create_dir_all(&self.path).map_err(io(&self.path))?;
+        let path = self.lock_file();
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                return Err(PipelineError::RunLocked {
+                    dir: self.path.clone(),
+                    holder: holder.trim().parse().ok(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path)(e)),
+        }
+        file.set_len(0).map_err(io(&path))?;
+        file.rewind().map_err(io(&path))?;
+        writeln!(file, "{}", std::process::id()).map_err(io(&path))?;
+        file.sync_all().map_err(io(&path))?;
+        Ok(RunLock { _file: file })
+    }
+
+    /// Removes what an interrupted process left behind: half-written checkpoint
+    /// and file temporaries, checkpoints moved aside to be replaced or pruned.
+    /// Only the lock holder may call it (a live writer's temporaries look the
+    /// same). Returns what it removed.
+    pub fn remove_leftovers(&self, _lock: &RunLock) -> Result<Vec<PathBuf>, PipelineError> {
+        let mut removed = Vec::new();
+        for dir in [self.path.clone(), self.checkpoints()] {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(&dir)(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io(&dir))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if !is_leftover(&name) {
+                    continue;
+                }
+                let path = entry.path();
+                let kind = entry.file_type().map_err(io(&path))?;
+                if kind.is_dir() {
+                    std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                } else {
+                    std::fs::remove_file(&path).map_err(io(&path))?;
+                }
+                removed.push(path);
+            }
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    /// The newest complete checkpoint, if any: the one `checkpoints/latest`
+    /// names, else (the pointer lost) the highest-numbered complete `step-*`.
+    /// A pointer that leaves `checkpoints/` or names an incomplete checkpoint is
+    /// refused: following it would make another run's weights this run's.
     pub fn latest(&self) -> Result<Option<PathBuf>, PipelineError> {
-        let pointer = self.checkpoints().join("latest");
+        let pointer = self.latest_pointer();
         match std::fs::read_to_string(&pointer) {
             Ok(name) => {
-                let dir = self.checkpoints().join(name.trim());
-                if dir.join(STATE_FILE).is_file() {
+                let name = name.trim();
+                if !is_checkpoint_name(name) {
+                    return Err(CheckpointError::BadPointer {
+                        pointer,
+                        name: name.to_string(),
+                    }
+                    .into());
+                }
+                let dir = self.checkpoints().join(name);
+                if is_complete(&dir) {
                     Ok(Some(dir))
                 } else {
                     Err(CheckpointError::Incomplete {
@@ -228,9 +432,34 @@ impl RunDir {
                     .into())
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.newest_complete(),
             Err(e) => Err(io(&pointer)(e)),
         }
+    }
+
+    /// `checkpoints/latest`.
+    pub fn latest_pointer(&self) -> PathBuf {
+        self.checkpoints().join("latest")
+    }
+
+    /// The highest-numbered complete `step-*` checkpoint, found by listing.
+    fn newest_complete(&self) -> Result<Option<PathBuf>, PipelineError> {
+        let root = self.checkpoints();
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&root)(e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io(&root))?.file_name();
+            let name = name.to_string_lossy();
+            if is_checkpoint_name(&name) && is_complete(&root.join(&*name)) {
+                names.push(name.into_owned());
+            }
+        }
+        // Zero-padded: names sort as their steps do.
+        Ok(names.into_iter().max().map(|name| root.join(name)))
     }
 
     /// Writes a checkpoint atomically and points `latest` at it; keeps the newest
@@ -264,18 +493,59 @@ impl RunDir {
             .map_err(io(&root))?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with("step-"))
+            .filter(|n| is_checkpoint_name(n))
             .collect();
         names.sort();
         let excess = names.len().saturating_sub(keep);
         for name in names.into_iter().take(excess) {
             if name != newest {
+                // Out of the `step-*` names in one rename, then deleted: a crash
+                // mid-delete leaves a leftover, never a partial checkpoint.
                 let path = root.join(&name);
-                std::fs::remove_dir_all(&path).map_err(io(&path))?;
+                let doomed = root.join(format!(".{name}.pruning-{}", std::process::id()));
+                std::fs::rename(&path, &doomed).map_err(io(&path))?;
+                std::fs::remove_dir_all(&doomed).map_err(io(&doomed))?;
             }
         }
         Ok(())
     }
+}
+
+/// The lock file in a run directory.
+pub const LOCK_FILE: &str = ".lock";
+
+/// A run directory held by this process ([`RunDir::lock`]); dropping it
+/// releases the lock.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// A checkpoint's name: `step-` and its zero-padded step, nothing that leaves
+/// the directory.
+fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix("step-")
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every file a checkpoint needs is there (the optimizer's is optional: a stage
+/// boundary has none).
+fn is_complete(dir: &Path) -> bool {
+    [MODEL_FILE, STATE_FILE, RECIPE_FILE, TOKENIZER_FILE]
+        .iter()
+        .all(|f| dir.join(f).is_file())
+}
+
+/// The names this module and [`vlmkit_core::fsutil::write_atomic`] give work in
+/// progress: `.<name>.tmp-<pid>`, `.<name>.old-<pid>`, `.<name>.pruning-<pid>`.
+fn is_leftover(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix('.') else {
+        return false;
+    };
+    [".tmp-", ".old-", ".pruning-"].iter().any(|marker| {
+        rest.rsplit_once(marker)
+            .is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+    })
 }
 
 /// What goes into a checkpoint directory.
@@ -512,6 +782,59 @@ mod tests {
         assert_eq!(source_fingerprint(&file).unwrap().len(), 64);
         assert_ne!(source_fingerprint(&file).unwrap(), print);
         assert!(source_fingerprint(&dir.path().join("absent.gguf")).is_err());
+    }
+
+    #[test]
+    fn names_of_checkpoints_and_leftovers() {
+        for good in ["step-000020", "step-1"] {
+            assert!(is_checkpoint_name(good), "{good}");
+        }
+        for bad in [
+            "step-",
+            "step-../x",
+            "../step-1",
+            "step-1/..",
+            "latest",
+            "final",
+        ] {
+            assert!(!is_checkpoint_name(bad), "{bad}");
+        }
+        for leftover in [
+            ".step-000020.tmp-123",
+            ".final.old-9",
+            ".step-000005.pruning-77",
+            ".metrics.jsonl.tmp-4",
+        ] {
+            assert!(is_leftover(leftover), "{leftover}");
+        }
+        for kept in [".lock", "step-000020", ".tmp-", ".notes.tmp-x", "a.tmp-1"] {
+            assert!(!is_leftover(kept), "{kept}");
+        }
+        assert_eq!(version_numbers("0.1.0"), Some((0, 1, 0)));
+        assert_eq!(version_numbers("1.20.3-rc.1"), Some((1, 20, 3)));
+        assert_eq!(version_numbers("1.2"), None);
+        assert_eq!(version_numbers("x"), None);
+        assert!(version_numbers("0.10.0") > version_numbers("0.9.9"));
+    }
+
+    #[test]
+    fn a_second_lock_on_a_run_directory_is_refused_until_the_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(dir.path().join("run"));
+        let held = run.lock().unwrap();
+        let err = run.lock().unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("(pid {})", std::process::id())),
+            "{err}"
+        );
+        drop(held);
+        let again = run.lock().unwrap();
+        std::fs::create_dir_all(run.checkpoints().join(".step-000001.tmp-5")).unwrap();
+        std::fs::create_dir_all(run.checkpoints().join("step-000001")).unwrap();
+        let removed = run.remove_leftovers(&again).unwrap();
+        assert_eq!(removed, [run.checkpoints().join(".step-000001.tmp-5")]);
+        // An incomplete `step-*` is not found as the newest checkpoint.
+        assert_eq!(run.latest().unwrap(), None);
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub trait ExampleSource: Send + Sync {
     fn get(&self, index: u64) -> Result<Example, DataError>;
     /// A short description for logs ("shapes/train (100000)").
     fn describe(&self) -> String;
+    /// Where its examples come from, as a skip list names it (a file's path).
+    fn origin(&self) -> String;
+    /// Indices a check at open found unusable (they fail [`ExampleSource::get`]).
+    fn unusable(&self) -> &[u64] {
+        &[]
+    }
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -36,6 +42,10 @@ impl ExampleSource for ShapesDataset {
             ShapesDataset::len(self)
         )
     }
+
+    fn origin(&self) -> String {
+        format!("shapes/{}", self.split())
+    }
 }
 
 impl ExampleSource for LlavaDataset {
@@ -54,6 +64,14 @@ impl ExampleSource for LlavaDataset {
             LlavaDataset::len(self)
         )
     }
+
+    fn origin(&self) -> String {
+        self.json_path().display().to_string()
+    }
+
+    fn unusable(&self) -> &[u64] {
+        LlavaDataset::unusable(self)
+    }
 }
 
 /// The built-in data with every image replaced by its scene's description as
@@ -71,6 +89,10 @@ impl ExampleSource for ScenesAsText {
 
     fn describe(&self) -> String {
         format!("{}, scenes as text", ExampleSource::describe(&self.0))
+    }
+
+    fn origin(&self) -> String {
+        ExampleSource::origin(&self.0)
     }
 }
 

@@ -80,6 +80,13 @@ pub enum PipelineError {
         /// `key: value there, value here` for the keys that differ (at most 8).
         differences: Vec<String>,
     },
+    /// Another process holds the run directory ([`RunDir::lock`]).
+    #[error(
+        "{} is in use by another vlmkit{}; wait for it to finish, or train into another directory (--out)",
+        dir.display(),
+        match holder { Some(pid) => format!(" (pid {pid})"), None => String::new() }
+    )]
+    RunLocked { dir: PathBuf, holder: Option<u32> },
     /// An example the model cannot take as it is.
     #[error("example {id}: {message}")]
     Example { id: String, message: String },

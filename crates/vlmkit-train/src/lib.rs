@@ -16,7 +16,7 @@ pub mod trainer;
 
 use std::path::PathBuf;
 
-pub use trainer::{train, Observer, StageModel, StepRecord, TrainSummary};
+pub use trainer::{train, Observer, Skip, StageModel, StepRecord, TrainSummary};
 use vlmkit_pipeline::PipelineError;
 
 /// Why training failed.
@@ -63,15 +63,20 @@ pub enum TrainError {
     )]
     NoSupervisedToken { examples: usize, ids: String },
     #[error(
-        "{skipped} of the {read} examples read so far were skipped for a missing or corrupt image (the data's `max_skipped` allows {:.1}%); the last: {last}",
-        100.0 * allowed
+        "{skipped} of the {read} {} cannot be used (the data's `max_skipped` allows {:.1}%; `vlmkit data check` lists them); {}: {last}",
+        if *at_start { "records" } else { "examples read so far" },
+        100.0 * allowed,
+        if *at_start { "the first" } else { "the last" }
     )]
     TooManySkipped {
         skipped: u64,
         read: u64,
         /// The share the data allows.
         allowed: f64,
-        last: Box<vlmkit_data::DataError>,
+        /// Why the first (at start) or last skipped one was skipped.
+        last: String,
+        /// Found by the check before any step.
+        at_start: bool,
     },
     #[error("every loss term has weight 0")]
     NothingToTrain,

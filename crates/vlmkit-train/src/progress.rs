@@ -115,14 +115,14 @@ impl Observer for Progress {
         }
     }
 
-    fn example_skipped(&mut self, error: &vlmkit_data::DataError, skipped: u64) {
+    fn example_skipped(&mut self, skip: &crate::Skip, skipped: u64) {
         // The first few in full; after that the count at the end says the rest.
         const SHOWN: u64 = 5;
         if skipped <= SHOWN {
-            self.message(&format!("skipped: {error}"));
+            self.message(&format!("skipped: {}", skip.reason));
         }
         if skipped == SHOWN {
-            self.message("further skipped examples are counted, not listed");
+            self.message("further skipped examples are counted here, and listed in skipped.jsonl");
         }
     }
 }

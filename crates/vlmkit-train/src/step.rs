@@ -119,6 +119,28 @@ pub fn forward_backward(
         .iter()
         .map(|e| builder.collator.sequence(e))
         .collect::<Result<_, _>>()?;
+    forward_backward_tokenised(
+        vlm,
+        builder,
+        examples,
+        sequences,
+        params,
+        scale,
+        parallelism,
+    )
+}
+
+/// As [`forward_backward`], with each example's tokens already made
+/// (`sequences[i]` of `examples[i]`).
+pub fn forward_backward_tokenised(
+    vlm: &Vlm,
+    builder: &BatchBuilder,
+    examples: &[Example],
+    sequences: Vec<TokenSequence>,
+    params: &[(String, Var)],
+    scale: f64,
+    parallelism: Parallelism,
+) -> Result<BatchResult, TrainError> {
     let tokens: usize = sequences.iter().map(TokenSequence::supervised).sum();
     if tokens == 0 && vlm.trains_on_tokens() {
         return Err(TrainError::NoSupervisedToken {

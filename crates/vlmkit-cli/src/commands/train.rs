@@ -39,19 +39,46 @@ pub fn run(args: TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
-    eprintln!(
-        "trained {} steps in {:.1}s; final loss {:.4}; model in {}",
+    eprint!("{}", report(&run, &summary));
+    Ok(())
+}
+
+/// Where a finished run's outputs are and what to run next.
+fn report(run: &RunDir, summary: &vlmkit_train::TrainSummary) -> String {
+    let plural = |n: u64| if n == 1 { "" } else { "s" };
+    let mut text = format!(
+        "trained {} steps in {:.1}s; the last step's loss {:.4}\n",
         summary.global_step,
         summary.seconds,
         summary.last_loss.unwrap_or(f64::NAN),
-        summary.final_dir.display()
     );
-    if summary.skipped_images > 0 {
-        eprintln!(
-            "skipped {} example{} whose image was missing or corrupt",
-            summary.skipped_images,
-            if summary.skipped_images == 1 { "" } else { "s" }
+    let mut line = |what: &str, value: String| text.push_str(&format!("  {what:<11} {value}\n"));
+    line("model", summary.final_dir.display().to_string());
+    line("metrics", run.metrics().display().to_string());
+    if run.loss_plot().exists() {
+        line("loss curve", run.loss_plot().display().to_string());
+    }
+    if summary.skipped > 0 {
+        line(
+            "skipped",
+            format!(
+                "{} example{} that could not be used, listed in {}",
+                summary.skipped,
+                plural(summary.skipped),
+                run.skipped().display()
+            ),
         );
     }
-    Ok(())
+    if summary.truncated > 0 {
+        line(
+            "truncated",
+            format!(
+                "{} example{} cut to the model's length (its answers kept)",
+                summary.truncated,
+                plural(summary.truncated)
+            ),
+        );
+    }
+    text.push_str(&format!("next: vlmkit eval {}\n", run.path.display()));
+    text
 }

@@ -24,11 +24,11 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use vlmkit_core::params::ParamStore;
-use vlmkit_pipeline::checkpoint::{read_state, STATE_FILE};
+use vlmkit_pipeline::checkpoint::{read_state, CheckpointError, STATE_FILE};
 use vlmkit_pipeline::{describe_device, select_device, Plan, RunDir, TrainState};
 
 pub use metrics::{plot_losses, read_metrics, MetricsRecord};
-pub use observer::{Observer, Silent, StepRecord, TrainSummary};
+pub use observer::{Observer, Silent, Skip, StepRecord, TrainSummary};
 pub use stage::StageModel;
 
 use crate::step::Parallelism;
@@ -60,6 +60,7 @@ struct Trainer<'p> {
     /// A resumed stage's optimizer state, until that stage takes it.
     optimizer_state: Option<std::collections::BTreeMap<String, Tensor>>,
     metrics: MetricsLog,
+    skips: reader::SkipLog,
     last_checkpoint: Option<PathBuf>,
     last_loss: Option<f64>,
     /// Prefixes of parameters no gradient can reach.
@@ -73,10 +74,19 @@ pub fn train(
     observer: &mut dyn Observer,
 ) -> Result<TrainSummary, TrainError> {
     let started = Instant::now();
-    std::fs::create_dir_all(&run.path).map_err(TrainError::io(&run.path))?;
+    // One process trains in a run directory; held until this function returns.
+    let lock = run.lock()?;
+    let removed = run.remove_leftovers(&lock)?;
+    if !removed.is_empty() {
+        observer.message(&format!(
+            "removed {} leftover(s) of an interrupted process, e.g. {}",
+            removed.len(),
+            removed[0].display()
+        ));
+    }
     // Finished or not, a run directory holds one recipe's run.
     run.check_recipe(&plan.run_recipe_toml())?;
-    if let Some(finished) = finished_run(run)? {
+    if let Some(finished) = finished_run(plan, run)? {
         return Ok(finished);
     }
     let requested = &plan.recipe.run.device;
@@ -98,6 +108,7 @@ pub fn train(
         state: start.state,
         optimizer_state: start.optimizer,
         metrics: start.metrics,
+        skips: start.skips,
         last_checkpoint: start.checkpoint,
         last_loss: None,
         unused: start.unused,
@@ -114,24 +125,42 @@ pub fn train(
         last_loss: trainer.last_loss,
         seconds: started.elapsed().as_secs_f64(),
         already_complete: false,
-        skipped_images: trainer.state.skipped_images,
+        skipped: trainer.state.skipped,
+        truncated: trainer.state.truncated,
     })
 }
 
-/// The summary of a run directory that already holds a finished run.
-fn finished_run(run: &RunDir) -> Result<Option<TrainSummary>, TrainError> {
-    if !run.final_dir().join(STATE_FILE).is_file() {
+/// The summary of a run directory that already holds a finished run of `plan`.
+fn finished_run(plan: &Plan, run: &RunDir) -> Result<Option<TrainSummary>, TrainError> {
+    let state_file = run.final_dir().join(STATE_FILE);
+    if !state_file.is_file() {
         return Ok(None);
+    }
+    let state = read_state(&run.final_dir())?;
+    state.check(&plan.recipe, &state_file)?;
+    if state.stage != plan.recipe.stages.len() {
+        return Err(
+            vlmkit_pipeline::PipelineError::from(CheckpointError::ForeignState {
+                path: state_file,
+                reason: format!(
+                    "a final model at stage {} of {}",
+                    state.stage,
+                    plan.recipe.stages.len()
+                ),
+            })
+            .into(),
+        );
     }
     Ok(Some(TrainSummary {
         run_dir: run.path.clone(),
         final_dir: run.final_dir(),
-        global_step: read_state(&run.final_dir())?.global_step,
+        global_step: state.global_step,
         resumed_from: None,
         last_loss: None,
         seconds: 0.0,
         already_complete: true,
-        skipped_images: 0,
+        skipped: state.skipped,
+        truncated: state.truncated,
     }))
 }
 

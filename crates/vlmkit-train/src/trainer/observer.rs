@@ -48,11 +48,23 @@ pub trait Observer {
     fn message(&mut self, text: &str) {
         let _ = text;
     }
-    /// An example was skipped because its image is missing or corrupt;
-    /// `skipped` counts them over the run so far.
-    fn example_skipped(&mut self, error: &vlmkit_data::DataError, skipped: u64) {
-        let _ = (error, skipped);
+    /// An example was skipped (its image missing or corrupt, its record or
+    /// text unusable); `skipped` counts them over the run so far.
+    fn example_skipped(&mut self, skip: &Skip, skipped: u64) {
+        let _ = (skip, skipped);
     }
+}
+
+/// An example training skipped: a line of `skipped.jsonl`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Skip {
+    pub stage: String,
+    /// The file (or built-in data) it comes from.
+    pub source: String,
+    /// Its index there.
+    pub record: u64,
+    /// Why, naming the file and record.
+    pub reason: String,
 }
 
 /// An observer that ignores everything.
@@ -71,6 +83,8 @@ pub struct TrainSummary {
     pub seconds: f64,
     /// The run directory already held a finished run; nothing was trained.
     pub already_complete: bool,
-    /// Examples skipped over the run because their image was missing or corrupt.
-    pub skipped_images: u64,
+    /// Examples skipped over the run (listed in `skipped.jsonl`).
+    pub skipped: u64,
+    /// Examples kept with their text cut to the model's length.
+    pub truncated: u64,
 }

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use candle_core::Tensor;
 use vlmkit_core::params::{Missing, ParamStore};
-use vlmkit_pipeline::checkpoint::{check_same_recipe, load_checkpoint};
+use vlmkit_pipeline::checkpoint::{check_same_recipe, load_checkpoint, STATE_FILE};
 use vlmkit_pipeline::{restore_frozen, Plan, RunDir, TrainState};
 
 use super::metrics::MetricsLog;
+use super::reader::SkipLog;
 use super::Observer;
 use crate::TrainError;
 
@@ -22,6 +23,7 @@ pub(super) struct Start {
     /// The checkpoint it resumed from.
     pub checkpoint: Option<PathBuf>,
     pub metrics: MetricsLog,
+    pub skips: SkipLog,
     /// Prefixes of parameters no gradient can reach with this layer selection.
     pub unused: Vec<String>,
 }
@@ -38,10 +40,17 @@ impl Start {
     ) -> Result<Self, TrainError> {
         let recipe_toml = plan.run_recipe_toml();
         let checkpoint = run.latest()?;
-        let (state, optimizer, metrics_keep) = match &checkpoint {
+        if checkpoint.is_some() && !run.latest_pointer().exists() {
+            observer.message(&format!(
+                "{} is missing: resuming from the newest complete checkpoint",
+                run.latest_pointer().display()
+            ));
+        }
+        let (state, optimizer, kept_lines) = match &checkpoint {
             Some(dir) => {
                 let mut ck = load_checkpoint(dir)?;
                 check_same_recipe(&run.path, &ck.recipe_toml, &recipe_toml)?;
+                ck.state.check(&plan.recipe, &dir.join(STATE_FILE))?;
                 restore_frozen(&mut ck, plan)?;
                 store.insert_tensors(ck.model)?;
                 observer.message(&format!(
@@ -49,7 +58,7 @@ impl Start {
                     dir.display(),
                     ck.state.global_step
                 ));
-                let keep = ck.state.metrics_lines;
+                let keep = (ck.state.metrics_lines, ck.state.skipped);
                 (ck.state, Some(ck.optimizer), Some(keep))
             }
             None => {
@@ -58,7 +67,8 @@ impl Start {
                 (TrainState::fresh(&plan.recipe), None, None)
             }
         };
-        let metrics = MetricsLog::open(&run.metrics(), metrics_keep)?;
+        let metrics = MetricsLog::open(&run.metrics(), kept_lines.map(|k| k.0))?;
+        let skips = SkipLog::open(&run.skipped(), kept_lines.map(|k| k.1))?;
         // A resumed run has every parameter in its checkpoint.
         let unused = if checkpoint.is_some() {
             store.begin_build();
@@ -71,6 +81,7 @@ impl Start {
             optimizer,
             checkpoint,
             metrics,
+            skips,
             unused,
         })
     }

@@ -17,7 +17,7 @@ use super::metrics::Window;
 use super::reader::StageReader;
 use super::{checks, StepRecord, Trainer};
 use crate::optim::{global_grad_norm, learning_rate, AdamW, AdamWConfig};
-use crate::step::forward_backward;
+use crate::step::forward_backward_tokenised;
 use crate::TrainError;
 
 /// A stage's model: its trainable parameters take part in the autograd graph,
@@ -153,6 +153,7 @@ impl<'p> Trainer<'p> {
             &config.name,
             data.max_skipped(),
         );
+        reader.check_at_start(self.observer)?;
         self.observer.stage_started(
             index,
             config,
@@ -180,14 +181,20 @@ impl<'p> Trainer<'p> {
         let accum = stage.config.grad_accum;
         let mut sum = Accumulated::default();
         for _ in 0..accum {
-            let examples =
-                stage
-                    .reader
-                    .next_batch(stage.config.batch_size, &mut self.state, self.observer)?;
-            let out = forward_backward(
+            let batch = stage.reader.next_batch(
+                stage.config.batch_size,
+                &stage.builder.collator,
+                &mut self.state,
+                &mut self.skips,
+                self.observer,
+            )?;
+            let (examples, sequences): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|r| (r.example, r.sequence)).unzip();
+            let out = forward_backward_tokenised(
                 &stage.vlm,
                 &stage.builder,
                 &examples,
+                sequences,
                 &stage.params,
                 1.0 / accum as f64,
                 self.parallelism,
@@ -303,6 +310,7 @@ impl<'p> Trainer<'p> {
     /// A checkpoint of the run as it stands (`optimizer` mid-stage).
     fn checkpoint(&mut self, optimizer: Option<&AdamW>) -> Result<(), TrainError> {
         self.metrics.sync()?;
+        self.skips.sync()?;
         self.state.metrics_lines = self.metrics.lines;
         let dir = self.checkpointer.save(self.store, optimizer, &self.state)?;
         self.observer.checkpoint(&dir);
