@@ -155,7 +155,7 @@ fn train_example(registry: &Registry, probe: bool, out: &Path) -> (Vec<f64>, Vec
     let recipe = Recipe::load(&repo().join("recipes/mlp.toml"), &overrides).unwrap();
     let plan = Plan::new(recipe, &Components::new(registry.clone()), None).unwrap();
     let run_dir = RunDir::new(out.to_path_buf());
-    train(&plan, &run_dir, &mut Progress::new(1000)).unwrap();
+    train(&plan, &run_dir, &mut Progress::new()).unwrap();
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -337,6 +337,60 @@ fn broken_libraries_are_refused_with_the_reason() {
             .collect();
         insta::assert_snapshot!(snapshot, message);
     }
+}
+
+/// A library anyone can change (its mode, or a directory that lets anyone
+/// replace it) is refused before it is read or opened; `/tmp`-like sticky
+/// directories and inspecting (which runs nothing) stay allowed. It used to load
+/// without a word.
+#[test]
+fn plugins_that_anyone_could_replace_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    let lib = open.join("libexample.so");
+    std::fs::copy(example_plugin(), &lib).unwrap();
+
+    chmod(&lib, 0o666);
+    let (err, opened) = refuse(&lib);
+    assert!(!opened);
+    let message = err.to_string();
+    assert!(
+        message.contains("libexample.so is writable by every user")
+            && message.contains("chmod o-w"),
+        "{message}"
+    );
+    assert!(cli_refusal(&lib).contains("is writable by every user"));
+
+    chmod(&lib, 0o644);
+    chmod(&open, 0o777);
+    let (err, opened) = refuse(&lib);
+    assert!(!opened);
+    assert!(
+        err.to_string().contains(&format!(
+            "{} is writable by every user",
+            open.canonicalize().unwrap().display()
+        )),
+        "{err}"
+    );
+    // Inspecting reads the file and runs none of it.
+    let (ok, out, err) = vlmkit_tests::run(vlmkit().args(["plugins", "inspect"]).arg(&lib));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("connector-example") || out.contains("example"),
+        "{out}"
+    );
+
+    // The sticky bit forbids replacing another user's file: loads.
+    chmod(&open, 0o1777);
+    let _guard = load_lock();
+    builtin_registry()
+        .load_plugin(&lib, &BTreeMap::new())
+        .expect("a sticky directory is safe");
 }
 
 #[test]
@@ -539,7 +593,7 @@ fn new_connector_scaffolds_a_crate_that_builds_tests_and_trains() {
 
     // Names it cannot take.
     let (ok, _, err) = run(vlmkit()
-        .args(["new", "connector", "mlp", "--dir"])
+        .args(["new", "connector", "mlp", "--out"])
         .arg(dir.path().join("x")));
     assert!(!ok);
     assert!(
@@ -550,7 +604,7 @@ fn new_connector_scaffolds_a_crate_that_builds_tests_and_trains() {
     assert!(!ok);
     assert!(err.contains("use lowercase letters"), "{err}");
     let (ok, _, err) = run(vlmkit()
-        .args(["new", "connector", "other", "--dir"])
+        .args(["new", "connector", "other", "--out"])
         .arg(&demo));
     assert!(!ok);
     assert!(err.contains("already exists and is not empty"), "{err}");

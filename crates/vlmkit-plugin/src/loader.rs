@@ -83,6 +83,13 @@ pub enum LoadError {
         path: PathBuf,
         problems: Vec<String>,
     },
+    /// Anyone could change the library before it is loaded (its own mode, or a
+    /// directory that lets anyone replace it).
+    #[error(
+        "refusing plugin {}: {} is writable by every user, so anyone could put their code in this process; make it writable only by its owner (chmod o-w {})",
+        path.display(), writable.display(), writable.display()
+    )]
+    Untrusted { path: PathBuf, writable: PathBuf },
     #[error("{} does not match its pin: the recipe expects sha256 {expected}, the file has {found}", path.display())]
     Sha256 {
         path: PathBuf,
@@ -459,6 +466,31 @@ pub fn libraries_opened() -> usize {
     OPENED.load(Ordering::SeqCst)
 }
 
+/// The library itself, or the first directory above it, that every user may
+/// write: the file world-writable, or a world-writable directory without the
+/// sticky bit (anyone may swap the file; `/tmp`'s sticky bit forbids it). As
+/// ssh refuses keys others can write.
+#[cfg(unix)]
+fn writable_by_everyone(library: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    const OTHERS_WRITE: u32 = 0o002;
+    const STICKY: u32 = 0o1000;
+    let mode = |p: &Path| std::fs::metadata(p).ok().map(|m| m.mode());
+    if mode(library).is_some_and(|m| m & OTHERS_WRITE != 0) {
+        return Some(library.to_path_buf());
+    }
+    library
+        .ancestors()
+        .skip(1)
+        .find(|dir| mode(dir).is_some_and(|m| m & OTHERS_WRITE != 0 && m & STICKY == 0))
+        .map(Path::to_path_buf)
+}
+
+#[cfg(not(unix))]
+fn writable_by_everyone(_library: &Path) -> Option<PathBuf> {
+    None
+}
+
 /// Plugins loaded in this process, by canonical path. Their libraries live in
 /// `LIBRARIES` until the process ends.
 static LOADED: Mutex<Vec<Arc<LoadedPlugin>>> = Mutex::new(Vec::new());
@@ -473,6 +505,12 @@ pub fn load(
     pins: &std::collections::BTreeMap<String, String>,
 ) -> Result<Arc<LoadedPlugin>, LoadError> {
     let canonical = path.canonicalize().map_err(read_error(path))?;
+    if let Some(writable) = writable_by_everyone(&canonical) {
+        return Err(LoadError::Untrusted {
+            path: canonical,
+            writable,
+        });
+    }
     let file = read_plugin_file(&canonical)?;
     if let Some(expected) = pins.get(&file.decl.name()) {
         if !expected.eq_ignore_ascii_case(&file.sha256) {

@@ -78,7 +78,7 @@ pub fn run_study(spec: StudySpec, out: Option<PathBuf>, dry_run: bool) -> Result
         return Ok(());
     }
     let mut observer = CliObserver {
-        progress: Progress::new(10),
+        progress: Progress::new(),
     };
     let report = study.run(&mut observer).map_err(study_error)?;
     print!("{}", report.markdown());
@@ -146,11 +146,11 @@ impl StudyObserver for CliObserver {
         let what = match action {
             RunAction::Reuse => "reused (trained and evaluated before)".to_string(),
             RunAction::Train => {
-                self.progress = Progress::new(run.plan.recipe.run.log_every);
+                self.progress = Progress::new();
                 "training".to_string()
             }
             RunAction::Resume { step } => {
-                self.progress = Progress::new(run.plan.recipe.run.log_every);
+                self.progress = Progress::new();
                 format!("training (resuming from step {step})")
             }
             RunAction::Evaluate => "evaluating".to_string(),

@@ -1,4 +1,4 @@
-//! `vlmkit new connector NAME [--dir DIR]`: a plugin crate that builds against
+//! `vlmkit new connector NAME [--out DIR]`: a plugin crate that builds against
 //! this vlmkit, with a connector, its gradient test, a recipe and a README.
 
 use std::path::{Path, PathBuf};
@@ -27,8 +27,8 @@ pub struct ConnectorArgs {
     /// `-`, starting with a letter (e.g. `my-fusion`).
     pub name: String,
     /// Where to create the crate (default: `./NAME`). Must not exist, or be empty.
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", visible_alias = "dir")]
+    pub out: Option<PathBuf>,
 }
 
 const TEMPLATE: &[(&str, &str)] = &[
@@ -71,7 +71,7 @@ pub fn run(args: NewArgs) -> Result<()> {
 fn new_connector(args: &ConnectorArgs) -> Result<()> {
     check_name(&args.name)?;
     let dir = args
-        .dir
+        .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(&args.name));
     if dir.exists()
@@ -81,7 +81,7 @@ fn new_connector(args: &ConnectorArgs) -> Result<()> {
             .is_some()
     {
         bail!(
-            "{} already exists and is not empty; choose another `--dir`",
+            "{} already exists and is not empty; choose another `--out`",
             dir.display()
         );
     }

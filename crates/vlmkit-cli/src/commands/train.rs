@@ -28,7 +28,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         .out
         .unwrap_or_else(|| plan.recipe.run.output_dir.join(&plan.recipe.run.name));
     let run = RunDir::new(dir);
-    let mut progress = Progress::new(plan.recipe.run.log_every);
+    let mut progress = Progress::new();
     let summary = train(&plan, &run, &mut progress)?;
     if summary.already_complete {
         eprintln!(

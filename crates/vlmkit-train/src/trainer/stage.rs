@@ -92,6 +92,9 @@ struct StageRun<'s> {
     optimizer: AdamW,
     reader: StageReader,
     window: Window,
+    /// Steps per `metrics.jsonl` record: `run.log_every`, or a tenth of a
+    /// shorter stage (its loss curve gets points, not a dot).
+    log_every: u64,
     /// Whether the first step's gradients were checked for parameters no loss reaches.
     checked_gradients: bool,
 }
@@ -171,6 +174,7 @@ impl<'p> Trainer<'p> {
             optimizer,
             reader,
             window: Window::default(),
+            log_every: plan.recipe.run.log_every.min((total / 10).max(1)),
             checked_gradients: false,
         })
     }
@@ -276,7 +280,7 @@ impl<'p> Trainer<'p> {
         self.observer.step(record);
         stage.window.add(record);
         let step = self.state.global_step;
-        let log_now = step % run.log_every.max(1) == 0;
+        let log_now = step % stage.log_every == 0;
         let checkpoint_now =
             step % run.checkpoint_every.max(1) == 0 && self.state.stage_step < stage.total;
         if log_now || checkpoint_now {
