@@ -342,6 +342,31 @@ fn outputs_never_overwrite_inputs() {
 
 /// A recipe error found while training is printed once, as the located
 /// diagnostic it is (it used to read `error: error: …`).
+/// A model named by a file is GGUF: a corrupt one is refused as a GGUF file
+/// (it used to be read as a directory: `g_magic.gguf/config.json: Not a
+/// directory`).
+#[test]
+fn a_corrupt_gguf_is_refused_as_a_gguf_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("g_magic.gguf");
+    std::fs::write(&bad, b"GGUX\x03\0\0\0 not a gguf").unwrap();
+    let (ok, _out, err) = run(vlmkit().args(["model", "inspect"]).arg(&bad));
+    assert!(!ok && err.contains("not a readable GGUF file"), "{err}");
+    assert!(!err.contains("config.json"), "{err}");
+    let recipe = dir.path().join("gguf.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "extends = {:?}\n[llm]\nfrom = \"g_magic.gguf\"\n",
+            repo().join("recipes/mlp.toml").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, _out, err) = run(vlmkit().args(["recipe", "check"]).arg(&recipe));
+    assert!(!ok && err.contains("not a readable GGUF file"), "{err}");
+    assert!(!err.contains("config.json"), "{err}");
+}
+
 #[test]
 fn recipe_errors_from_training_are_printed_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -2218,6 +2243,10 @@ fn evaluates_a_recipes_language_model_on_scenes_given_as_text() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
     assert_eq!(predictions.len(), 6);
+    assert!(
+        err.contains("6 of the 6 questions do not fit the model's positions"),
+        "{err}"
+    );
     for p in &predictions {
         // The scene in words (the count first), the question, the instruction.
         let question = p["question"].as_str().unwrap();
@@ -2225,6 +2254,17 @@ fn evaluates_a_recipes_language_model_on_scenes_given_as_text() {
         assert_eq!(lines.len(), 3, "{question}");
         assert!(lines[0].starts_with("There "), "{question}");
         assert_eq!(lines[2], vlmkit_data::shapes::SHORT_ANSWER);
+        // The fixture's 128 positions hold no scene in bytes: the question is not
+        // asked and counts wrong (its prompt used to be cut before the answer's
+        // cue, and answered).
+        if let Some(why) = p["unanswered"].as_str() {
+            assert!(
+                why.contains("more than the 128 the model has room for"),
+                "{why}"
+            );
+            assert!(p["correct"] == false && p["read"].is_null(), "{p}");
+            continue;
+        }
         // Relaxed matching reads a yes or a no from every reply to a yes/no
         // question, and from a reply to a choice the one option it names, if any.
         if p["family"] == "existence" {

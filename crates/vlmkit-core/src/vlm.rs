@@ -265,6 +265,14 @@ impl Vlm {
             })
             .collect();
         let max_len = lens.iter().copied().max().unwrap_or(0);
+        // Every caller bounds its text (training cuts, generation refuses); this
+        // holds the line for any other, rather than indexing past the rotary table.
+        let max_positions = self.llm.info().max_positions;
+        if max_len > max_positions {
+            candle_core::bail!(
+                "a sequence of {max_len} positions, text and visual tokens; the language model has {max_positions} (max_position_embeddings)"
+            );
+        }
         let t_text = sequences
             .iter()
             .map(|s| s.ids.len())
@@ -453,13 +461,17 @@ impl Vlm {
             .map(|v| v.iter().filter(|&&x| x).count() as u32)
             .collect();
         let mut valid = prepared.valid;
+        let max_positions = self.llm.info().max_positions;
         let mut outputs = vec![Vec::new(); b];
         let mut done = vec![false; b];
         let mut rng = Rng::new(opts.seed);
         for _ in 0..opts.max_new_tokens {
             let logits = self.next_token_logits(&last)?;
             let step_ids = pick_step(&logits, opts, &mut rng, &mut done, &mut outputs);
-            if done.iter().all(|&d| d) {
+            // The model has no position for another token: generation ends
+            // there, as at `max_new_tokens`.
+            let full = next_pos.iter().any(|&p| p as usize >= max_positions);
+            if done.iter().all(|&d| d) || full {
                 break;
             }
             let ids = Tensor::from_vec(step_ids, (b, 1), &device)?;
@@ -512,7 +524,7 @@ impl Vlm {
                 sequence.ids.push(id);
                 sequence.labels.push(IGNORE_INDEX);
             }
-            if done.iter().all(|&d| d) {
+            if done.iter().all(|&d| d) || s >= self.llm.info().max_positions {
                 break;
             }
         }

@@ -25,6 +25,10 @@ pub struct Prediction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<String>,
     pub correct: bool,
+    /// Why the model was not asked (its prompt does not fit the model's
+    /// positions): the question counts as wrong, as it stays in the benchmark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unanswered: Option<String>,
 }
 
 /// How a generated reply is matched with the answer.
@@ -88,6 +92,7 @@ impl Prediction {
         "prediction",
         "read",
         "correct",
+        "unanswered",
     ];
 
     /// Tag `name`, when the question carries it.

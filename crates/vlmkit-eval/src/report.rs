@@ -14,6 +14,9 @@ pub struct EvalReport {
     pub samples: usize,
     /// Accuracy over every question.
     pub accuracy: f64,
+    /// Questions the model could not be asked (counted wrong).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unanswered: usize,
     /// Each scorer's results under the names it gives them (the families
     /// scorer's `families` and `forms`, POPE's `pope`): a report carries any
     /// scorer's numbers without knowing their shape, and a `report.json` written
@@ -49,8 +52,16 @@ pub fn score_with(
         } else {
             correct as f64 / predictions.len() as f64
         },
+        unanswered: predictions
+            .iter()
+            .filter(|p| p.unanswered.is_some())
+            .count(),
         sections,
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl EvalReport {
@@ -141,6 +152,7 @@ mod tests {
             prediction: prediction.into(),
             read: None,
             correct: normalize_answer(answer) == normalize_answer(prediction),
+            unanswered: None,
         }
     }
 
@@ -353,6 +365,7 @@ mod tests {
         let mut full = p("color", None, "red", "red");
         full.options = vec!["red".into()];
         full.read = Some("red".into());
+        full.unanswered = Some("too long".into());
         let json = serde_json::to_value(&full).unwrap();
         let mut keys: Vec<&str> = json
             .as_object()

@@ -131,15 +131,43 @@ pub fn evaluate(
         let examples = (start..end)
             .map(|i| source.get(i))
             .collect::<Result<Vec<_>, _>>()?;
-        let answers = generate_answers(model, &examples, &gen)?;
-        for (ex, prediction) in examples.iter().zip(answers) {
+        // A prompt the model has no room for is not asked (cut, it would end
+        // before the answer's cue); it stays in the benchmark, wrong.
+        let collator = &model.plan.batch_builder(model.vlm.device.clone())?.collator;
+        let unfit: Vec<Option<String>> = examples
+            .iter()
+            .map(|e| match collator.prompt(e) {
+                Err(vlmkit_data::DataError::Unusable { reason, .. }) => Some(reason),
+                _ => None,
+            })
+            .collect();
+        let asked: Vec<Example> = examples
+            .iter()
+            .zip(&unfit)
+            .filter(|(_, u)| u.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut answers = if asked.is_empty() {
+            Vec::new()
+        } else {
+            generate_answers(model, &asked, &gen)?
+        }
+        .into_iter();
+        for (ex, unanswered) in examples.iter().zip(unfit) {
+            let prediction = match unanswered {
+                Some(_) => String::new(),
+                None => answers.next().unwrap_or_default(),
+            };
             let answer = ex.answer().unwrap_or_default().to_string();
             let options: Vec<String> = ex
                 .meta
                 .get("options")
                 .map(|o| o.split('|').map(str::to_string).collect())
                 .unwrap_or_default();
-            let (correct, read) = opts.answers.judge(&answer, &prediction, &options);
+            let (correct, read) = match unanswered {
+                Some(_) => (false, None),
+                None => opts.answers.judge(&answer, &prediction, &options),
+            };
             predictions.push(Prediction {
                 id: ex.id.clone(),
                 family: ex.family.clone().unwrap_or_else(|| "all".into()),
@@ -154,6 +182,7 @@ pub fn evaluate(
                 answer,
                 prediction,
                 read,
+                unanswered,
             });
         }
         on_batch(end as usize, n as usize);

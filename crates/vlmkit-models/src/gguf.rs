@@ -22,6 +22,13 @@ use crate::llama::LlamaConfig;
 const MAGIC: &[u8; 4] = b"GGUF";
 
 /// Whether `path` is a GGUF file (by its first bytes, whatever its name).
+/// Whether a model source names one file rather than a directory: GGUF is
+/// the one single-file format read, so such a file is opened as GGUF and a
+/// corrupt one refused as a GGUF file (not looked into as a directory).
+pub fn is_model_file(path: &Path) -> bool {
+    path.is_file()
+}
+
 pub fn is_gguf(path: &Path) -> bool {
     let mut head = [0u8; 4];
     std::fs::File::open(path)

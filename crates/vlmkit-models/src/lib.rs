@@ -364,7 +364,7 @@ impl LlmSpec {
                     .path_value(&settings.key("tokenizer"))
                     .unwrap_or_else(|| PathBuf::from(raw)),
             ),
-            (None, Source::Local(path)) if gguf::is_gguf(path) => {
+            (None, Source::Local(path)) if gguf::is_model_file(path) => {
                 TokenizerSource::File(path.clone())
             }
             (None, Source::Local(dir)) => TokenizerSource::File(dir.join("tokenizer.json")),
@@ -375,7 +375,9 @@ impl LlmSpec {
             .to_string();
         let system_prompt = settings.get_str("system_prompt")?.map(str::to_string);
         let checkpoint = match &source {
-            Source::Local(path) if gguf::is_gguf(path) || path.join("config.json").is_file() => {
+            Source::Local(path)
+                if gguf::is_model_file(path) || path.join("config.json").is_file() =>
+            {
                 Some(
                     hf::read_language_config(path)
                         .map_err(|e| settings.error("from", e.to_string()))?,

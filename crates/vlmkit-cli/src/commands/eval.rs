@@ -103,6 +103,12 @@ pub fn run(args: EvalArgs) -> Result<()> {
     )?;
     eprintln!();
     print!("{}", report.table());
+    if report.unanswered > 0 {
+        eprintln!(
+            "{} of the {} questions do not fit the model's positions: not asked, counted wrong (marked \"unanswered\" in predictions.jsonl)",
+            report.unanswered, report.samples
+        );
+    }
     eprintln!(
         "wrote {}/{{predictions.jsonl, report.json, accuracy.png}}",
         out.display()

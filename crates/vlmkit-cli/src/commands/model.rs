@@ -89,7 +89,7 @@ pub fn run(args: ModelArgs) -> Result<()> {
 
 /// Whether `dir` holds a vision encoder (else it is read as a language model).
 fn is_vision(dir: &std::path::Path) -> Result<bool> {
-    if gguf::is_gguf(dir) {
+    if gguf::is_model_file(dir) {
         return Ok(false);
     }
     let config = hub::read_config(dir)?;
@@ -113,7 +113,7 @@ fn inspect(args: InspectArgs) -> Result<()> {
 }
 
 fn stored_rows(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
-    let (dtypes, elements, tensors) = if gguf::is_gguf(dir) {
+    let (dtypes, elements, tensors) = if gguf::is_model_file(dir) {
         let file = gguf::GgufFile::open(dir)?;
         let (elements, tensors) = file.stored();
         (file.file_type(), elements, tensors)
@@ -157,7 +157,7 @@ fn inspect_vision(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> 
 fn inspect_language(dir: &std::path::Path) -> Result<Vec<(&'static str, String)>> {
     // Loaded in full: inspecting a checkpoint includes knowing that it loads exactly.
     let (checkpoint, _model) = hf::load_language_model(dir, &candle_core::Device::Cpu)?;
-    let quantised = gguf::is_gguf(dir);
+    let quantised = gguf::is_model_file(dir);
     let cfg = &checkpoint.config;
     let mut rows: Vec<(&str, String)> = vec![
         (

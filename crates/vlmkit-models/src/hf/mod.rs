@@ -78,7 +78,7 @@ const LANGUAGE_MODEL_TYPES: &[(&str, bool)] =
 /// Reads `dir/config.json` as a LLaMA-family language model, or the metadata of
 /// a GGUF file.
 pub fn read_language_config(dir: &Path) -> Result<LanguageCheckpoint, HfError> {
-    if crate::gguf::is_gguf(dir) {
+    if crate::gguf::is_model_file(dir) {
         return crate::gguf::GgufFile::open(dir)?.language_checkpoint();
     }
     let top = ConfigJson::new(dir);
@@ -327,7 +327,7 @@ fn ignorable(name: &str) -> bool {
 /// Puts the weights of `dir` (or of a GGUF file) into `store` under `prefix`
 /// (e.g. `"llm."`).
 pub fn insert_weights(dir: &Path, store: &ParamStore, prefix: &str) -> Result<(), HfError> {
-    if crate::gguf::is_gguf(dir) {
+    if crate::gguf::is_model_file(dir) {
         return crate::gguf::insert_gguf_weights(dir, store, prefix);
     }
     let llava = llava::is_llava(dir);

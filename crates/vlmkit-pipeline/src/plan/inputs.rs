@@ -173,7 +173,7 @@ fn build_tokenizer(
     } else {
         "llm.from"
     };
-    if vlmkit_models::gguf::is_gguf(path) {
+    if vlmkit_models::gguf::is_model_file(path) {
         let json = vlmkit_models::gguf::GgufFile::open(path)
             .and_then(|file| file.tokenizer_json())
             .map_err(|e| recipe.error_at(key, e.to_string()))?;
