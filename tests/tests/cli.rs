@@ -2259,7 +2259,7 @@ fn evaluates_a_recipes_language_model_on_scenes_given_as_text() {
         // cue, and answered).
         if let Some(why) = p["unanswered"].as_str() {
             assert!(
-                why.contains("more than the 128 the model has room for"),
+                why.contains("more than the 113 the model has room for"),
                 "{why}"
             );
             assert!(p["correct"] == false && p["read"].is_null(), "{p}");
