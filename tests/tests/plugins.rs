@@ -339,6 +339,74 @@ fn broken_libraries_are_refused_with_the_reason() {
     }
 }
 
+/// The declaration reader on damaged copies of the example plugin: bytes of
+/// its declaration (most cases) or anywhere in the ELF file changed, inserted
+/// or cut. Reading runs none of the library's code, so every case must end in a
+/// declaration or a refusal, never a panic (see tests/fuzz.rs for the other
+/// readers; `VLMKIT_FUZZ_CASES` sets the count here too).
+#[test]
+fn damaged_plugin_files_are_read_or_refused() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let valid = std::fs::read(example_plugin()).unwrap();
+    let decl_at = valid
+        .windows(8)
+        .position(|w| w == vlmkit_plugin::decl::MAGIC)
+        .expect("the declaration is in the file");
+    let decl_len = vlmkit_plugin::PluginDecl::SIZE;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libdamaged.so");
+    let cases = std::env::var("VLMKIT_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let edit = (any::<bool>(), any::<usize>(), any::<u8>(), 0u8..3);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let outcomes = std::cell::RefCell::new(BTreeMap::<String, u32>::new());
+    runner
+        .run(&prop::collection::vec(edit, 1..5), |edits| {
+            let mut bytes = valid.clone();
+            for (in_decl, at, byte, kind) in edits {
+                // An earlier cut may have shortened the file.
+                let len = bytes.len();
+                if len == 0 {
+                    break;
+                }
+                let at = if in_decl {
+                    (decl_at + at % decl_len) % len
+                } else {
+                    at % len
+                };
+                match kind {
+                    0 => bytes[at] = byte,
+                    1 => bytes.insert(at, byte),
+                    _ => bytes.truncate(at),
+                }
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = match loader::read_plugin_file(&path) {
+                Ok(_) => "read".to_string(),
+                // The variant's name.
+                Err(e) => format!("{e:?}")
+                    .split([' ', '{', '('])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            *outcomes.borrow_mut().entry(outcome).or_default() += 1;
+            Ok(())
+        })
+        .unwrap();
+    let outcomes = outcomes.into_inner();
+    let total: u32 = outcomes.values().sum();
+    assert_eq!(total, cases);
+    eprintln!("fuzz plugin declarations: {total} cases, no panic, outcomes {outcomes:?}");
+}
+
 /// A library anyone can change (its mode, or a directory that lets anyone
 /// replace it) is refused before it is read or opened; `/tmp`-like sticky
 /// directories and inspecting (which runs nothing) stay allowed. It used to load
