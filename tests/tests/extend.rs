@@ -61,7 +61,7 @@ impl VisionFactory for PatchMlpFactory {
         settings: &Settings,
     ) -> std::result::Result<VisionConfig, SettingsError> {
         let cfg: PatchMlpConfig = settings.parse()?;
-        if cfg.patch_size == 0 || cfg.image_size % cfg.patch_size != 0 {
+        if cfg.patch_size == 0 || !cfg.image_size.is_multiple_of(cfg.patch_size) {
             return Err(settings.error("patch_size", "must divide image_size"));
         }
         Ok(VisionConfig::new(cfg))

@@ -353,7 +353,7 @@ impl MultiHeadAttention {
         out_init: LinearInit,
         vb: VarBuilder,
     ) -> Result<Self> {
-        if cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
+        if cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
             candle_core::bail!(
                 "attention: {} heads cannot share {} key/value heads",
                 cfg.heads,

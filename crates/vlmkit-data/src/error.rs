@@ -23,6 +23,22 @@ impl fmt::Display for RecordRef {
     }
 }
 
+/// Which of a record's files an image error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImagePart {
+    Image,
+    Mask,
+}
+
+impl fmt::Display for ImagePart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ImagePart::Image => "image",
+            ImagePart::Mask => "mask",
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("tokenizer: {0}")]
@@ -75,7 +91,7 @@ pub enum DataError {
     ImageNotFound {
         path: PathBuf,
         record: RecordRef,
-        what: &'static str,
+        what: ImagePart,
         image: PathBuf,
     },
 
@@ -83,7 +99,7 @@ pub enum DataError {
     CorruptImage {
         path: PathBuf,
         record: RecordRef,
-        what: &'static str,
+        what: ImagePart,
         image: PathBuf,
         reason: String,
     },

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use image::{DynamicImage, ImageReader};
 use serde::{Deserialize, Serialize};
 
+use crate::error::ImagePart;
 use crate::error::{DataError, RecordRef};
 use crate::example::placeholder_problem;
 use crate::example::{Example, Role, Turn};
@@ -279,7 +280,9 @@ impl LlavaDataset {
                 let (mask, mask_path) = match source {
                     MaskRef::Path(relative) => {
                         let mask_path = self.image_root.join(relative);
-                        let decoded = self.decode(&mask_path, &record_ref, "mask")?.to_luma8();
+                        let decoded = self
+                            .decode(&mask_path, &record_ref, ImagePart::Mask)?
+                            .to_luma8();
                         (mask::binarize(&decoded), mask_path)
                     }
                     MaskRef::Rle(rle) => {
@@ -337,7 +340,10 @@ impl LlavaDataset {
             .as_ref()
             .map(|relative| {
                 let path = self.image_root.join(relative);
-                Ok((self.decode(&path, record_ref, "image")?.to_rgb8(), path))
+                Ok((
+                    self.decode(&path, record_ref, ImagePart::Image)?.to_rgb8(),
+                    path,
+                ))
             })
             .transpose()
     }
@@ -347,7 +353,7 @@ impl LlavaDataset {
         &self,
         path: &Path,
         record: &RecordRef,
-        what: &'static str,
+        what: ImagePart,
     ) -> Result<DynamicImage, DataError> {
         let corrupt = |reason: String| DataError::CorruptImage {
             path: self.json_path.clone(),

@@ -104,7 +104,7 @@ impl ConvNextConfig {
         if self.hidden_sizes.contains(&0) {
             return Err(("hidden_sizes", "every stage needs a positive width".into()));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err((
                 "patch_size",
                 format!(
@@ -115,7 +115,7 @@ impl ConvNextConfig {
         }
         // Each stage after the first halves the grid.
         let halvings = self.num_stages - 1;
-        if self.stem_grid() % (1 << halvings) != 0 {
+        if !self.stem_grid().is_multiple_of(1 << halvings) {
             return Err((
                 "image_size",
                 format!(

@@ -98,7 +98,7 @@ impl LlamaConfig {
                 return Err((key, format!("must be a positive number, found {value}")));
             }
         }
-        if self.head_dim.is_none() && self.hidden_size % self.num_attention_heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err((
                 "num_attention_heads",
                 format!(
@@ -107,7 +107,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return Err((
                 "num_key_value_heads",
                 format!(
@@ -117,7 +117,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err((
                 "head_dim",
                 format!(

@@ -151,7 +151,9 @@ impl VitConfig {
                 ),
             ));
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0
+            || !self.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
             return Err((
                 "num_attention_heads",
                 format!(
@@ -163,7 +165,9 @@ impl VitConfig {
         if self.num_hidden_layers == 0 {
             return Err(("num_hidden_layers", "must be at least 1".into()));
         }
-        if self.position_embedding_init == PositionInit::Sincos2d && self.hidden_size % 4 != 0 {
+        if self.position_embedding_init == PositionInit::Sincos2d
+            && !self.hidden_size.is_multiple_of(4)
+        {
             return Err((
                 "position_embedding_init",
                 format!(
@@ -410,7 +414,7 @@ impl VisionTransformer {
 /// MAE's 2-D sine-cosine position table for a `grid`×`grid` patch grid plus a
 /// leading zero row for the class token: `[grid² + 1, width]`.
 fn sincos_2d_table(grid: usize, width: usize) -> Result<Tensor> {
-    if width % 4 != 0 {
+    if !width.is_multiple_of(4) {
         candle_core::bail!("sincos2d position embeddings need a width divisible by 4, got {width}");
     }
     let quarter = width / 4;

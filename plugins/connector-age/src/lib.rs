@@ -91,7 +91,7 @@ impl AgeFactory {
                 format!("positions must increase, each once: {positions:?}"),
             ));
         }
-        if env.llm_hidden % cfg.heads != 0 {
+        if !env.llm_hidden.is_multiple_of(cfg.heads) {
             return Err(ConfigError::new(
                 "heads",
                 format!(

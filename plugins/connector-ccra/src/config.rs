@@ -94,7 +94,7 @@ impl CcraConfig {
         if self.d_hidden == 0 {
             return Err(("d_hidden", "must be at least 1".into()));
         }
-        if self.kernel_size % 2 == 0 {
+        if self.kernel_size.is_multiple_of(2) {
             return Err((
                 "kernel_size",
                 format!(

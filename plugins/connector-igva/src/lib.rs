@@ -99,7 +99,7 @@ impl IgvaConfig {
         let depth = vision.depth;
         let groups = match &self.groups {
             Groups::Equal(0) => return Err(("groups", "at least one group".into())),
-            Groups::Equal(k) if depth % k != 0 => {
+            Groups::Equal(k) if !depth.is_multiple_of(*k) => {
                 return Err((
                     "groups",
                     format!(
@@ -182,7 +182,7 @@ impl IgvaFactory {
         for &layer in groups.iter().flatten() {
             env.check_same_shape(layer, base, "IGVA", "groups")?;
         }
-        if env.width(base) % cfg.heads != 0 {
+        if !env.width(base).is_multiple_of(cfg.heads) {
             return Err(ConfigError::new(
                 "heads",
                 format!(

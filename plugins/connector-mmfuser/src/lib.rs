@@ -83,7 +83,7 @@ impl MmfuserFactory {
             }
             levels.push(abs);
         }
-        if width % cfg.heads != 0 {
+        if !width.is_multiple_of(cfg.heads) {
             return Err(ConfigError::new(
                 "heads",
                 format!("{} heads do not divide the vision width {width}", cfg.heads),

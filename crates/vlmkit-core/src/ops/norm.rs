@@ -48,7 +48,7 @@ pub fn rms_norm(x: &Tensor, gamma: &Tensor, eps: f64) -> Result<Tensor> {
 
 fn check_affine(op: &str, x: &Tensor, p: &Tensor, width: usize) -> Result<()> {
     let len = p.dims1()?;
-    if len == 0 || width % len != 0 {
+    if len == 0 || !width.is_multiple_of(len) {
         bail!(
             "{op}: parameter of shape {:?} does not fit input of shape {:?} (its length must divide {width})",
             p.dims(),

@@ -32,7 +32,7 @@ fn check_table(x: &Tensor, table: &Tensor, b: usize, t: usize, d: usize) -> Resu
         [bb, tt, h] => *bb == b && *tt == t && *h * 2 == d,
         _ => false,
     };
-    if !ok || d % 2 != 0 {
+    if !ok || !d.is_multiple_of(2) {
         bail!(
             "rope: table of shape {:?} does not fit input of shape {:?} (expected {t}×{} or {b}×{t}×{})",
             table.dims(),

@@ -250,7 +250,7 @@ impl ShapesConfig {
                 format!("must be in (0, 1], got {}", self.min_object_fraction),
             ));
         }
-        if self.grid < 2 || self.grid % 2 != 0 {
+        if self.grid < 2 || !self.grid.is_multiple_of(2) {
             // Positions are named by quadrant, which needs an even split of the grid.
             return Err(invalid(
                 "grid",
@@ -267,7 +267,7 @@ impl ShapesConfig {
                 ),
             ));
         }
-        if self.image_size % self.grid != 0 {
+        if !self.image_size.is_multiple_of(self.grid) {
             return Err(invalid(
                 "image_size",
                 format!("{} is not divisible by grid {}", self.image_size, self.grid),

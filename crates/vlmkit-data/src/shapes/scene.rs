@@ -193,7 +193,7 @@ impl SceneKey {
 
     /// The split this scene belongs to.
     pub fn split(&self, eval_modulus: u64) -> Split {
-        if self.stable_hash() % eval_modulus == 0 {
+        if self.stable_hash().is_multiple_of(eval_modulus) {
             Split::Eval
         } else {
             Split::Train

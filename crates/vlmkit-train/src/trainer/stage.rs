@@ -280,9 +280,9 @@ impl<'p> Trainer<'p> {
         self.observer.step(record);
         stage.window.add(record);
         let step = self.state.global_step;
-        let log_now = step % stage.log_every == 0;
+        let log_now = step.is_multiple_of(stage.log_every);
         let checkpoint_now =
-            step % run.checkpoint_every.max(1) == 0 && self.state.stage_step < stage.total;
+            step.is_multiple_of(run.checkpoint_every.max(1)) && self.state.stage_step < stage.total;
         if log_now || checkpoint_now {
             self.flush(&mut stage.window)?;
         }
