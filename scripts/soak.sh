@@ -24,7 +24,7 @@ settings=(
     vision.hidden_size=16 vision.intermediate_size=32 vision.num_hidden_layers=2
     vision.num_attention_heads=2 llm.hidden_size=16 llm.intermediate_size=32
     llm.num_hidden_layers=1 llm.num_attention_heads=2 llm.num_key_value_heads=1
-    stage.0.batch_size=8 stage.0.steps=300 run.checkpoint_every=3
+    stage.0.batch_size=8 stage.0.steps=2000 run.checkpoint_every=3
     run.keep_checkpoints=2 run.log_every=5 run.threads=1
 )
 sets=()
@@ -44,15 +44,18 @@ while [ ! -f "$run/final/state.json" ]; do
     sleep "0.0$((RANDOM % 10))"
     train "$run" 2>"$work/second.log" &
     second=$!
-    # Kill at a random moment up to 1.5 s in, unless the run already finished.
-    sleep "$((RANDOM % 2)).$((RANDOM % 10))"
+    # Kill at a random moment up to 0.6 s in (a few hundred steps here),
+    # unless the run already finished.
+    sleep "0.$((RANDOM % 6))$((RANDOM % 10))"
     kill -9 "$first" "$second" 2>/dev/null && kills=$((kills + 1)) || true
     wait "$first" 2>/dev/null || true
     wait "$second" 2>/dev/null || true
     if grep -q "is in use by another vlmkit (pid" "$work/second.log" "$work/first.log"; then
         refused=$((refused + 1))
     fi
-    step=$(sed -n 's/.*"global_step": \([0-9]*\).*/\1/p' "$run"/checkpoints/step-*/state.json 2>/dev/null | sort -n | tail -1)
+    # (A checkpoint may be pruned between the listing and the read.)
+    step=$(cat "$run"/checkpoints/step-*/state.json 2>/dev/null |
+        sed -n 's/.*"global_step": \([0-9]*\).*/\1/p' | sort -n | tail -1 || true)
     echo "round $rounds: killed, newest checkpoint at step ${step:-none}"
     if [ "$kills" -ge "$kills_wanted" ]; then
         echo "finishing without kills…"

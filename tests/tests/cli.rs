@@ -66,7 +66,13 @@ fn values_out_of_range_are_refused_before_any_work() {
             "at least 1",
         ),
         ("run.log_every=0", "run.log_every", "at least 1"),
-        ("eval.batch_size=0", "eval.batch_size", "at least 1"),
+        ("eval.batch_size=0", "eval.batch_size", "1 to 65536"),
+        (
+            "stage.0.batch_size=1000000000",
+            "stage.0.batch_size",
+            "1 to 65536, found 1000000000",
+        ),
+        ("stage.0.grad_accum=0", "stage.0.grad_accum", "1 to 65536"),
         ("eval.max_new_tokens=0", "eval.max_new_tokens", "at least 1"),
         ("llm.hidden_size=0", "llm.hidden_size", "at least 1"),
         ("llm.rms_norm_eps=-1.0", "llm.rms_norm_eps", "positive"),
@@ -86,6 +92,27 @@ fn values_out_of_range_are_refused_before_any_work() {
             "{set}:\n{err}"
         );
     }
+    // A batch the recipe allows but the machine cannot hold is refused before
+    // an example is read (it used to grow without a word).
+    let out = tempfile::tempdir().unwrap();
+    let (ok, _out, err) = run(vlmkit().args([
+        "train",
+        "recipes/mlp.toml",
+        "--out",
+        &out.path().display().to_string(),
+        "--set",
+        "vision.image_size=512",
+        "--set",
+        "vision.patch_size=128",
+        "--set",
+        "stage.0.batch_size=60000",
+    ]));
+    assert!(
+        !ok && err.contains("stage.0.batch_size")
+            && err.contains("a micro-batch of 60000 examples needs at least")
+            && err.contains("GiB are available"),
+        "{err}"
+    );
     // A key 50,000 segments deep used to overflow the stack.
     let deep = format!("{}=1", vec!["a"; 50_000].join("."));
     let (ok, _out, err) =

@@ -4,6 +4,18 @@ use candle_core::Device;
 
 use crate::PipelineError;
 
+/// Bytes of memory `device` has free for new allocations, where that can be
+/// asked: the kernel's `MemAvailable` for the CPU on Linux; `None` elsewhere.
+pub fn available_memory(device: &Device) -> Option<u64> {
+    if !device.is_cpu() {
+        return None;
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// The device a recipe asks for (`auto` takes a GPU when the build has one).
 pub fn select_device(name: &str) -> Result<Device, PipelineError> {
     let unknown = || PipelineError::UnknownDevice(name.to_string());

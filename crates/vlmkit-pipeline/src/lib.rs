@@ -30,7 +30,7 @@ pub use checkpoint::{
     load_checkpoint, resolve_checkpoint, source_fingerprint, FrozenSource, RunDir, TrainState,
 };
 pub use components::Components;
-pub use device::{describe_device, select_device};
+pub use device::{available_memory, describe_device, select_device};
 pub use load::{
     checkpoint_plan, first_non_finite, load_model, restore_frozen, untrained_model, LoadedModel,
 };

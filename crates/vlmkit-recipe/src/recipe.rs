@@ -29,6 +29,11 @@ const COMPONENT_SECTIONS: &[&str] = &["vision", "llm", "connector"];
 /// Data splits under `[data]`; each must name its `kind`.
 const DATA_SPLITS: &[&str] = &["eval", "train"];
 
+/// The largest batch (examples per micro-batch, micro-batches per step, or
+/// questions per generation batch) a recipe may ask for; memory bounds it well
+/// below on any machine, checked before training.
+pub const MAX_BATCH: usize = 65536;
+
 /// A recipe: the merged TOML, where each key came from, and the typed sections.
 #[derive(Debug, Clone)]
 pub struct Recipe {
@@ -355,8 +360,11 @@ impl Recipe {
 
     /// `[eval]`'s sizes: a generation batch and an answer of at least one.
     fn check_eval(&self) -> Result<(), RecipeError> {
-        if self.eval.batch_size == 0 {
-            return Err(self.error_at("eval.batch_size", "must be at least 1"));
+        if !(1..=MAX_BATCH).contains(&self.eval.batch_size) {
+            return Err(self.error_at(
+                "eval.batch_size",
+                format!("must be 1 to {MAX_BATCH}, found {}", self.eval.batch_size),
+            ));
         }
         if self.eval.max_new_tokens == 0 {
             return Err(self.error_at(
@@ -560,13 +568,19 @@ impl Recipe {
             ),
             (
                 "batch_size",
-                s.batch_size >= 1,
-                "`batch_size` must be at least 1".into(),
+                (1..=MAX_BATCH).contains(&s.batch_size),
+                format!(
+                    "`batch_size` must be 1 to {MAX_BATCH}, found {}",
+                    s.batch_size
+                ),
             ),
             (
                 "grad_accum",
-                s.grad_accum >= 1,
-                "`grad_accum` must be at least 1".into(),
+                (1..=MAX_BATCH).contains(&s.grad_accum),
+                format!(
+                    "`grad_accum` must be 1 to {MAX_BATCH}, found {}",
+                    s.grad_accum
+                ),
             ),
             (
                 "warmup_ratio",

@@ -127,6 +127,22 @@ impl ModelPlan {
         }
     }
 
+    /// A floor under the memory one micro-batch of `batch` examples takes, in
+    /// bytes: the decoded images and their f32 pixels, the visual tokens at the
+    /// language model's width, and each decoder layer's attention over them
+    /// (kept for the backward pass). Real use is higher (text, the encoder, the
+    /// MLPs); a batch whose floor exceeds the machine's memory cannot run.
+    pub fn micro_batch_floor(&self, batch: usize) -> u128 {
+        let pixels = 3 * (self.vision.info().image_size as u128).pow(2);
+        let tokens = self.visual_tokens.max(1) as u128;
+        let llm = self.llm.info();
+        let heads = self.llm.config.num_attention_heads as u128;
+        let per_example = pixels * (1 + 4)
+            + tokens * llm.hidden_size as u128 * 4
+            + llm.num_layers as u128 * heads * tokens * tokens * 4;
+        batch as u128 * per_example
+    }
+
     /// Builds the model over `store`: parameters it lacks are initialised from the
     /// recipe seed (`Missing::Initialize`) or refused (`Missing::Error`);
     /// `trainable(name)` decides which ones take part in the autograd graph;

@@ -81,6 +81,31 @@ fn stage_steps(stage: &StageConfig, len: u64) -> u64 {
     }
 }
 
+/// Refuses a stage whose micro-batch cannot fit in the device's memory, before
+/// it reads a single example (it used to grow until the system stopped it).
+fn check_memory(plan: &Plan, index: usize, device: &candle_core::Device) -> Result<(), TrainError> {
+    let Some(available) = vlmkit_pipeline::available_memory(device) else {
+        return Ok(());
+    };
+    let batch = plan.recipe.stages[index].batch_size;
+    let floor = plan.model.micro_batch_floor(batch);
+    if floor <= u128::from(available) {
+        return Ok(());
+    }
+    let gib = |bytes: u128| bytes as f64 / f64::from(1u32 << 30);
+    Err(plan
+        .recipe
+        .error_at(
+            &format!("stage.{index}.batch_size"),
+            format!(
+                "a micro-batch of {batch} examples needs at least {:.1} GiB (images, visual tokens and the attention over them), and {:.1} GiB are available: lower it, and raise `grad_accum` to keep the step's batch",
+                gib(floor),
+                gib(u128::from(available))
+            ),
+        )
+        .into())
+}
+
 /// What a stage holds while it runs.
 struct StageRun<'s> {
     index: usize,
@@ -135,6 +160,7 @@ impl<'p> Trainer<'p> {
                 .into());
         }
         let total = stage_steps(config, source.len());
+        check_memory(plan, index, &self.device)?;
         let resuming_here = self.state.stage == index && self.state.stage_step > 0;
         if !resuming_here {
             self.state.stage = index;
