@@ -902,6 +902,28 @@ fn llava_data_with_bad_images_multi_turn_and_text_only_records_trains_through() 
         "{listed}"
     );
     assert!(err.contains("examples cut to the model's length"), "{err}");
+
+    // The same records found before any training, images decoded and text
+    // tokenised for the recipe's model; the exit status says there are some.
+    let (ok, check, check_err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args(["data", "check", "data/train.json", "--recipe", "llava.toml"])
+        .args(set_args(&overrides)));
+    assert!(!ok, "{check}{check_err}");
+    assert!(
+        check.contains("data/train.json: 52 records, 43 usable, 9 cannot be used, 1 would be cut to the model's length"),
+        "{check}"
+    );
+    for kind in [
+        "2  image corrupt",
+        "1  image or mask missing",
+        "1  too long for the model",
+        "1  mask size differs from its image's",
+        "1  <image> in an answer",
+    ] {
+        assert!(check.contains(kind), "{kind}: {check}");
+    }
+    assert!(check.contains("record 46 (id \"mask-size\")"), "{check}");
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("final/state.json")).unwrap())
             .unwrap();
