@@ -47,7 +47,9 @@ while [ ! -f "$run/final/state.json" ]; do
     # Kill at a random moment up to 0.6 s in (a few hundred steps here),
     # unless the run already finished.
     sleep "0.$((RANDOM % 6))$((RANDOM % 10))"
-    kill -9 "$first" "$second" 2>/dev/null && kills=$((kills + 1)) || true
+    for pid in "$first" "$second"; do
+        if kill -9 "$pid" 2>/dev/null; then kills=$((kills + 1)); fi
+    done
     wait "$first" 2>/dev/null || true
     wait "$second" 2>/dev/null || true
     if grep -q "is in use by another vlmkit (pid" "$work/second.log" "$work/first.log"; then
