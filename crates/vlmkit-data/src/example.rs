@@ -79,14 +79,16 @@ pub struct Example {
 }
 
 impl Example {
-    /// A one-question example. With an image, the prompt is `"<image>\n{question}"`.
+    /// A one-question example. With an image, the prompt is `"<image>\n{question}"`
+    /// unless the question places `<image>` itself (one placeholder either way;
+    /// the collator refuses a question with more, or one without an image).
     pub fn single_turn(
         id: impl Into<String>,
         image: Option<RgbImage>,
         question: &str,
         answer: impl Into<String>,
     ) -> Self {
-        let prompt = if image.is_some() {
+        let prompt = if image.is_some() && !question.contains(IMAGE_TOKEN) {
             format!("{IMAGE_TOKEN}\n{question}")
         } else {
             question.to_owned()
@@ -181,6 +183,19 @@ mod tests {
         assert_eq!(
             suffix.question().as_deref(),
             Some("What color is the circle?")
+        );
+    }
+
+    #[test]
+    fn a_question_that_places_the_image_keeps_its_placeholders() {
+        let image = Some(RgbImage::new(1, 1));
+        let placed = Example::single_turn("p", image.clone(), "Is <image> red?", "yes");
+        assert_eq!(placed.turns[0].value, "Is <image> red?");
+        // Two stay two (and are refused as such), not three.
+        let twice = Example::single_turn("t", image, "<image> <image> what?", "");
+        assert_eq!(
+            placeholder_problem(&twice.turns, true).as_deref(),
+            Some("2 <image> placeholders; one image per example is supported")
         );
     }
 

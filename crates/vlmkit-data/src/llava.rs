@@ -918,6 +918,16 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("record 0 (id \"m\")"), "{message}");
+
+        // A missing mask is a missing mask, not a missing image.
+        fixture.write_image("img/a.png", 4, 3);
+        let message = fixture.get_error(&format!(
+            r#"[{{"id": "k", "image": "img/a.png", "mask": "img/gone.png", "conversations": {CONVERSATION}}}]"#
+        ));
+        assert!(
+            message.contains(": mask ") && message.contains("gone.png does not exist"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -240,6 +240,26 @@ mod tests {
         assert_eq!(c.majority_answer, "red");
     }
 
+    /// A few questions answer few of their family's answers: chance comes from
+    /// the family (the tag the built-in data sets), not from the answers seen
+    /// (it used to read 1/3 here, not 1/6).
+    #[test]
+    fn chance_of_open_questions_comes_from_the_family_s_answers() {
+        let tagged = |answer: &str, prediction: &str| {
+            let mut p = p("color", None, answer, prediction);
+            p.tags
+                .insert(crate::scorer::ANSWER_COUNT_TAG.to_string(), "6".to_string());
+            p
+        };
+        let preds = vec![
+            tagged("red", "red"),
+            tagged("blue", "blue"),
+            tagged("green", "red"),
+        ];
+        let c = &score("x", &preds).families[0];
+        assert!((c.chance - 1.0 / 6.0).abs() < 1e-12, "{}", c.chance);
+    }
+
     #[test]
     fn chance_of_choice_questions_counts_their_options() {
         let preds = [

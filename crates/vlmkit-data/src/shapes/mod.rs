@@ -134,6 +134,10 @@ pub struct Sample {
     /// The answers a multiple-choice question offers (empty for open questions);
     /// scorers use it for the chance baseline.
     pub options: Vec<String>,
+    /// How many answers the family can have in this world (colours drawn,
+    /// counts 0 to `max_objects`, quadrants, letters); 0 for descriptions.
+    /// Scorers use it for an open question's chance.
+    pub answer_count: usize,
 }
 
 impl Sample {
@@ -161,6 +165,10 @@ impl Sample {
             example
                 .meta
                 .insert("options".to_owned(), self.options.join("|"));
+        } else if self.answer_count > 0 {
+            example
+                .meta
+                .insert("answer_count".to_owned(), self.answer_count.to_string());
         }
         if let Some(mode) = self.pope {
             example
@@ -306,7 +314,21 @@ impl ShapesDataset {
             mask,
             scene,
             image_placement: self.config.image_placement,
+            answer_count: self.answer_count(family, asked.options.len()),
             options: asked.options,
+        }
+    }
+
+    /// How many answers `family` can have in this world (`offered` for a choice).
+    fn answer_count(&self, family: Family, offered: usize) -> usize {
+        let sampler = &self.sampler;
+        match family {
+            Family::Describe => 0,
+            Family::Color => sampler.color_weights.iter().filter(|&&w| w > 0.0).count(),
+            Family::Count => sampler.max_objects as usize + 1,
+            Family::Position => scene::Quadrant::ALL.len(),
+            Family::Ocr => sampler.letters.len(),
+            Family::Existence | Family::Relation => offered,
         }
     }
 

@@ -697,3 +697,31 @@ fn custom_worlds_work() {
         }
     }
 }
+
+#[test]
+fn open_questions_carry_how_many_answers_their_family_has() {
+    let config = ShapesConfig::default();
+    let colors = config::DEFAULT_COLOR_WEIGHTS
+        .iter()
+        .filter(|(_, w)| *w > 0.0)
+        .count();
+    for (family, expected) in [
+        (Family::Color, colors),
+        (Family::Count, config.max_objects as usize + 1),
+        (Family::Position, 4),
+        (Family::Ocr, config.glyph_letters.chars().count()),
+    ] {
+        let sample = only(family, Split::Eval).get(0);
+        assert_eq!(sample.answer_count, expected, "{family}");
+        assert_eq!(
+            sample.to_example().meta["answer_count"],
+            expected.to_string(),
+            "{family}"
+        );
+    }
+    // A choice carries its options instead; a description has no answer set.
+    for family in [Family::Existence, Family::Relation, Family::Describe] {
+        let example = only(family, Split::Eval).get(0).to_example();
+        assert!(!example.meta.contains_key("answer_count"), "{family}");
+    }
+}

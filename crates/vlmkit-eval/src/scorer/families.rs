@@ -149,9 +149,18 @@ impl FamilyScores {
 /// Accuracy per question family and form, with baselines.
 pub struct FamilyScorer;
 
+/// The tag that carries how many answers an open question's family has (the
+/// built-in data sets it): chance is one over it, whatever a sample of the
+/// family happens to answer.
+pub const ANSWER_COUNT_TAG: &str = "answer_count";
+
 impl Scorer for FamilyScorer {
     type Output = FamilyScores;
     const NAME: &'static str = "families";
+
+    fn tags(&self) -> &'static [&'static str] {
+        &[ANSWER_COUNT_TAG]
+    }
 
     fn score(&self, predictions: &[Prediction]) -> Option<FamilyScores> {
         let mut by_family: BTreeMap<&str, Vec<&Prediction>> = BTreeMap::new();
@@ -203,11 +212,21 @@ fn family_score(family: &str, form: Option<&str>, preds: &[&Prediction]) -> Fami
         n,
         correct,
         accuracy: correct as f64 / n as f64,
+        // A choice: one over its options. An open question: one over its
+        // family's answers when the data says how many, else (data that does
+        // not) over the answers these questions have.
         chance: preds
             .iter()
-            .map(|p| match p.options.len() {
-                0 => 1.0 / counts.len().max(1) as f64,
-                k => 1.0 / k as f64,
+            .map(|p| {
+                let answers = p
+                    .tag(ANSWER_COUNT_TAG)
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .filter(|&n| n > 0);
+                match (p.options.len(), answers) {
+                    (0, Some(n)) => 1.0 / n as f64,
+                    (0, None) => 1.0 / counts.len().max(1) as f64,
+                    (k, _) => 1.0 / k as f64,
+                }
             })
             .sum::<f64>()
             / n as f64,

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-pub use families::{FamilyScore, FamilyScorer, FamilyScores};
+pub use families::{FamilyScore, FamilyScorer, FamilyScores, ANSWER_COUNT_TAG};
 pub use pope::{PopeScore, PopeScorer, PopeScores};
 
 use crate::Prediction;
