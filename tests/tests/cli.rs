@@ -390,7 +390,11 @@ fn a_corrupt_gguf_is_refused_as_a_gguf_file() {
     )
     .unwrap();
     let (ok, _out, err) = run(vlmkit().args(["recipe", "check"]).arg(&recipe));
-    assert!(!ok && err.contains("not a readable GGUF file"), "{err}");
+    assert!(
+        !ok && err.contains("g_magic.gguf: not a readable GGUF file")
+            && err.contains("gguf.toml:3"),
+        "{err}"
+    );
     assert!(!err.contains("config.json"), "{err}");
 }
 
@@ -470,6 +474,27 @@ fn train_eval_infer_end_to_end() {
     ] {
         assert!(run_dir.join(f).exists(), "missing {f}");
     }
+    // Without a terminal: a line at the first and last step with the elapsed
+    // time and the ETA, the step's loss and its moving average labelled; at the
+    // end, where everything is and what to run next.
+    assert!(
+        err.contains("joint step 1/12 (8%), 0:00:00 elapsed, ETA ")
+            && err.contains("joint step 12/12 (100%)")
+            && err.contains("(moving avg "),
+        "{err}"
+    );
+    for line in [
+        format!("  model       {}", run_dir.join("final").display()),
+        format!("  metrics     {}", run_dir.join("metrics.jsonl").display()),
+        format!("  loss curve  {}", run_dir.join("loss.png").display()),
+        format!("next: vlmkit eval {}", run_dir.display()),
+    ] {
+        assert!(err.contains(&line), "{line}\n{err}");
+    }
+    // Twelve steps at `log_every = 5` still give the loss curve ten points and
+    // more, not two (or, shorter, a single dot).
+    let metrics = std::fs::read_to_string(run_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 12, "{metrics}");
     // Training again on a finished run does nothing and says so.
     let (ok, err) = train(&run_dir, &tiny(12));
     assert!(ok && err.contains("already holds a finished run"), "{err}");

@@ -195,6 +195,43 @@ fn every_parameter_trains_through_the_interleaved_connector_once_its_gates_open(
     assert!(out.terms.contains_key("dice"));
 }
 
+/// A sequence longer than the language model's positions is refused (it used
+/// to be accepted), and generation stops at the last position, with or without
+/// the KV cache, rather than run past it.
+#[test]
+fn nothing_runs_past_the_model_s_positions() {
+    let b = build(&["llm.max_position_embeddings=40"]);
+    let batch = b.builder.prompts(&examples(2)).unwrap();
+    let prompt = batch.sequences[0].ids.len() + b.plan.model.visual_tokens - 1;
+    assert!(prompt < 40, "{prompt}");
+    let opts = vlmkit_core::GenerateOptions {
+        max_new_tokens: 100,
+        ..Default::default()
+    };
+    let cached = b
+        .vlm
+        .generate(&batch.pixels, &batch.sequences, &opts)
+        .unwrap();
+    let recomputed = b
+        .vlm
+        .generate_without_cache(&batch.pixels, &batch.sequences, &opts)
+        .unwrap();
+    assert_eq!(cached, recomputed);
+    assert!(
+        cached.iter().all(|tokens| prompt + tokens.len() <= 41),
+        "{prompt} + {cached:?}"
+    );
+    let mut long = batch.sequences[0].clone();
+    long.ids.extend(std::iter::repeat_n(long.ids[1], 40));
+    long.labels.extend(std::iter::repeat_n(-100, 40));
+    let err = b
+        .vlm
+        .logits(&batch.pixels.narrow(0, 0, 1).unwrap(), &[long])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("positions") && err.contains("has 40"), "{err}");
+}
+
 #[test]
 fn generation_with_the_kv_cache_equals_generation_without_it() {
     let age = [

@@ -364,6 +364,8 @@ impl LlmSpec {
                     .path_value(&settings.key("tokenizer"))
                     .unwrap_or_else(|| PathBuf::from(raw)),
             ),
+            // A model file is GGUF, its tokenizer inside it (a corrupt one is
+            // refused as GGUF, not searched as a directory).
             (None, Source::Local(path)) if gguf::is_model_file(path) => {
                 TokenizerSource::File(path.clone())
             }
@@ -375,9 +377,7 @@ impl LlmSpec {
             .to_string();
         let system_prompt = settings.get_str("system_prompt")?.map(str::to_string);
         let checkpoint = match &source {
-            Source::Local(path)
-                if gguf::is_model_file(path) || path.join("config.json").is_file() =>
-            {
+            Source::Local(path) if gguf::is_gguf(path) || path.join("config.json").is_file() => {
                 Some(
                     hf::read_language_config(path)
                         .map_err(|e| settings.error("from", e.to_string()))?,

@@ -168,12 +168,16 @@ fn build_tokenizer(
             ))
         };
     }
-    let key = if recipe.value("llm.tokenizer").is_some() {
-        "llm.tokenizer"
-    } else {
-        "llm.from"
+    // The key that named the file: `from` when the tokenizer is the model's own.
+    let key = match &llm.source {
+        vlmkit_models::Source::Local(from) if from == path => "llm.from",
+        _ if recipe.value("llm.tokenizer").is_some() => "llm.tokenizer",
+        _ => "llm.from",
     };
-    if vlmkit_models::gguf::is_model_file(path) {
+    // A tokenizer is a `.json` file; anything else is a GGUF model holding one
+    // (a corrupt one refused as GGUF).
+    let json_file = path.extension().is_some_and(|e| e == "json");
+    if vlmkit_models::gguf::is_gguf(path) || !json_file {
         let json = vlmkit_models::gguf::GgufFile::open(path)
             .and_then(|file| file.tokenizer_json())
             .map_err(|e| recipe.error_at(key, e.to_string()))?;
