@@ -2,8 +2,7 @@
 //! from it.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use vlmkit_plot::{LinePlot, Series};
@@ -71,56 +70,6 @@ impl Window {
         };
         *self = Window::default();
         Some(record)
-    }
-}
-
-/// Appends to `metrics.jsonl`, counting lines so a checkpoint can record where the
-/// run stood (a resumed run cuts the file back to that line).
-pub(super) struct MetricsLog {
-    path: PathBuf,
-    file: std::fs::File,
-    pub(super) lines: u64,
-}
-
-impl MetricsLog {
-    /// Opens the log: emptied for a fresh run, cut back to its first
-    /// `keep_lines` lines for a resumed one.
-    pub(super) fn open(path: &Path, keep_lines: Option<u64>) -> Result<Self, TrainError> {
-        let io = TrainError::io(path);
-        let mut lines = 0;
-        match keep_lines {
-            Some(keep) => {
-                let text = std::fs::read_to_string(path).unwrap_or_default();
-                let kept: Vec<&str> = text.lines().take(keep as usize).collect();
-                lines = kept.len() as u64;
-                let mut body = kept.join("\n");
-                if !body.is_empty() {
-                    body.push('\n');
-                }
-                vlmkit_core::fsutil::write_atomic(path, body.as_bytes()).map_err(io)?;
-            }
-            None => std::fs::write(path, b"").map_err(io)?,
-        }
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(TrainError::io(path))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            lines,
-        })
-    }
-
-    pub(super) fn write(&mut self, record: &MetricsRecord) -> Result<(), TrainError> {
-        let line = serde_json::to_string(record).expect("metrics serialise");
-        writeln!(self.file, "{line}").map_err(TrainError::io(&self.path))?;
-        self.lines += 1;
-        Ok(())
-    }
-
-    pub(super) fn sync(&mut self) -> Result<(), TrainError> {
-        self.file.sync_all().map_err(TrainError::io(&self.path))
     }
 }
 

@@ -8,11 +8,13 @@
 //! - [`reader`]: a stage's examples in order, bad ones skipped and counted;
 //! - [`checks`]: what stops a run (non-finite numbers, unreached parameters);
 //! - [`checkpointing`]: what a checkpoint holds;
-//! - [`metrics`]: `metrics.jsonl` and the loss curve;
+//! - [`metrics`]: `metrics.jsonl`'s records and the loss curve;
+//! - [`jsonl`]: the run's JSON-lines logs, kept in step with its checkpoints;
 //! - [`observer`]: what the loop reports.
 
 mod checkpointing;
 mod checks;
+mod jsonl;
 pub mod metrics;
 mod observer;
 mod reader;
@@ -34,7 +36,7 @@ pub use stage::StageModel;
 use crate::step::Parallelism;
 use crate::TrainError;
 use checkpointing::Checkpointer;
-use metrics::MetricsLog;
+use jsonl::JsonLines;
 use resume::Start;
 
 /// Worker threads for `run.threads` (0 = every core).
@@ -59,8 +61,8 @@ struct Trainer<'p> {
     state: TrainState,
     /// A resumed stage's optimizer state, until that stage takes it.
     optimizer_state: Option<std::collections::BTreeMap<String, Tensor>>,
-    metrics: MetricsLog,
-    skips: reader::SkipLog,
+    metrics: JsonLines,
+    skips: JsonLines,
     last_checkpoint: Option<PathBuf>,
     last_loss: Option<f64>,
     /// Prefixes of parameters no gradient can reach.

@@ -3,14 +3,14 @@
 //! a missing or corrupt image or mask, a record that does not parse, placeholders
 //! that do not match the image, text too long for the model to keep an answer.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use vlmkit_core::TokenSequence;
 use vlmkit_data::{Collator, DataError, Example, RecordRef};
 use vlmkit_pipeline::data::ExampleSource;
 use vlmkit_pipeline::TrainState;
 
+use super::jsonl::JsonLines;
 use super::{Observer, Skip};
 use crate::order::Order;
 use crate::TrainError;
@@ -82,7 +82,7 @@ impl StageReader {
         batch_size: usize,
         collator: &Collator,
         state: &mut TrainState,
-        skips: &mut SkipLog,
+        skips: &mut JsonLines,
         observer: &mut dyn Observer,
     ) -> Result<Vec<Ready>, TrainError> {
         let mut batch = Vec::with_capacity(batch_size);
@@ -150,51 +150,4 @@ impl StageReader {
 /// allowed: small data would otherwise stop at its first bad record).
 fn over_limit(skipped: u64, read: u64, max_skipped: f64) -> bool {
     skipped > 10 && skipped as f64 > max_skipped * read as f64
-}
-
-/// `skipped.jsonl`: one line per skipped example, kept in step with the run's
-/// state (a resumed run keeps the lines its checkpoint counted).
-pub(super) struct SkipLog {
-    path: PathBuf,
-    file: std::fs::File,
-}
-
-impl SkipLog {
-    pub(super) fn open(path: &Path, keep_lines: Option<u64>) -> Result<Self, TrainError> {
-        let io = TrainError::io(path);
-        match keep_lines {
-            Some(keep) => {
-                let text = match std::fs::read_to_string(path) {
-                    Ok(text) => text,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                    Err(e) => return Err(io(e)),
-                };
-                let body: String = text
-                    .lines()
-                    .take(keep as usize)
-                    .map(|l| format!("{l}\n"))
-                    .collect();
-                vlmkit_core::fsutil::write_atomic(path, body.as_bytes()).map_err(io)?;
-            }
-            None => std::fs::write(path, b"").map_err(io)?,
-        }
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(path)
-            .map_err(TrainError::io(path))?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-        })
-    }
-
-    fn write(&mut self, skip: &Skip) -> Result<(), TrainError> {
-        let line = serde_json::to_string(skip).expect("skips serialise");
-        writeln!(self.file, "{line}").map_err(TrainError::io(&self.path))
-    }
-
-    /// On disk before a checkpoint counts its lines.
-    pub(super) fn sync(&mut self) -> Result<(), TrainError> {
-        self.file.sync_data().map_err(TrainError::io(&self.path))
-    }
 }

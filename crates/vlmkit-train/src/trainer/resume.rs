@@ -10,8 +10,7 @@ use vlmkit_core::params::{Missing, ParamStore};
 use vlmkit_pipeline::checkpoint::{check_same_recipe, load_checkpoint, STATE_FILE};
 use vlmkit_pipeline::{restore_frozen, Plan, RunDir, TrainState};
 
-use super::metrics::MetricsLog;
-use super::reader::SkipLog;
+use super::jsonl::JsonLines;
 use super::Observer;
 use crate::TrainError;
 
@@ -22,8 +21,8 @@ pub(super) struct Start {
     pub optimizer: Option<BTreeMap<String, Tensor>>,
     /// The checkpoint it resumed from.
     pub checkpoint: Option<PathBuf>,
-    pub metrics: MetricsLog,
-    pub skips: SkipLog,
+    pub metrics: JsonLines,
+    pub skips: JsonLines,
     /// Prefixes of parameters no gradient can reach with this layer selection.
     pub unused: Vec<String>,
 }
@@ -67,8 +66,8 @@ impl Start {
                 (TrainState::fresh(&plan.recipe), None, None)
             }
         };
-        let metrics = MetricsLog::open(&run.metrics(), kept_lines.map(|k| k.0))?;
-        let skips = SkipLog::open(&run.skipped(), kept_lines.map(|k| k.1))?;
+        let metrics = JsonLines::open(&run.metrics(), kept_lines.map(|k| k.0))?;
+        let skips = JsonLines::open(&run.skipped(), kept_lines.map(|k| k.1))?;
         // A resumed run has every parameter in its checkpoint.
         let unused = if checkpoint.is_some() {
             store.begin_build();
