@@ -76,9 +76,20 @@ pub fn builtin_registry() -> Registry {
     registry
 }
 
-/// Makes sure mimalloc (built with `override`, so it *is* `malloc`) is linked:
-/// nothing else names it.
-pub fn link_allocator() {
+unsafe extern "C" {
+    // mimalloc's C API, linked in through the `mimalloc` crate.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc.h's option enum (v2 and v3 alike).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Makes sure mimalloc (built with `override`, so it *is* `malloc`) is linked
+/// (nothing else names it), and keeps the pages it frees: by default it hands
+/// them back to the kernel after 10 ms, and a training step then page-faults
+/// (and zero-fills) every activation buffer again, step after step.
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides when set.
+pub fn configure_allocator() {
     use std::alloc::{GlobalAlloc, Layout};
     let layout = Layout::new::<u64>();
     // SAFETY: a non-zero-sized layout; the block is freed with the same layout.
@@ -88,6 +99,21 @@ pub fn link_allocator() {
             mimalloc::MiMalloc.dealloc(block, layout);
         }
     }
+    set_purge_delay(steady_purge_delay());
+}
+
+/// The purge delay between runs: `MIMALLOC_PURGE_DELAY` when set, else never.
+pub fn steady_purge_delay() -> std::ffi::c_long {
+    std::env::var("MIMALLOC_PURGE_DELAY")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+/// mimalloc's purge delay in milliseconds (`-1`: never purge).
+pub fn set_purge_delay(milliseconds: std::ffi::c_long) {
+    // SAFETY: sets one integer option; mimalloc reads it on its next purge.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, milliseconds) }
 }
 
 /// Loads and validates a recipe with `--set` overrides.

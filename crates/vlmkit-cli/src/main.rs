@@ -60,8 +60,8 @@ fn main() -> std::process::ExitCode {
     // hands them back to the kernel (page faults and TLB shootdowns on every
     // reuse), mimalloc keeps them. It replaces malloc itself (`override`): with std
     // linked dynamically, a `#[global_allocator]` would be bypassed. This call
-    // keeps its object in the link.
-    common::link_allocator();
+    // keeps its object in the link and tells it to keep freed pages.
+    common::configure_allocator();
     let cli = Cli::parse();
     common::single_threaded_ops();
     common::set_command_line_plugins(cli.plugins);

@@ -97,9 +97,13 @@ fn release_cached_memory() {
         // mimalloc's C API, linked in through the `mimalloc` crate.
         fn mi_collect(force: bool);
     }
+    // Freed pages are kept while training (`configure_allocator`); purge them
+    // now, then keep them again.
+    crate::common::set_purge_delay(0);
     // SAFETY: `mi_collect` takes no pointers, frees only memory no allocation
     // uses, and may be called from any thread at any time.
     unsafe { mi_collect(true) }
+    crate::common::set_purge_delay(crate::common::steady_purge_delay());
 }
 
 /// Recipe problems print as located diagnostics, like everywhere else.
