@@ -24,18 +24,20 @@ settings=(
     vision.hidden_size=16 vision.intermediate_size=32 vision.num_hidden_layers=2
     vision.num_attention_heads=2 llm.hidden_size=16 llm.intermediate_size=32
     llm.num_hidden_layers=1 llm.num_attention_heads=2 llm.num_key_value_heads=1
-    stage.0.batch_size=8 stage.0.steps=2000 run.checkpoint_every=3
+    stage.0.batch_size=8 stage.0.steps=6000 run.checkpoint_every=3
     run.keep_checkpoints=2 run.log_every=5 run.threads=1
 )
 sets=()
 for s in "${settings[@]}"; do sets+=(--set "$s"); done
-train() { "$vlmkit" train recipes/mlp.toml --out "$1" "${sets[@]}"; }
+# `exec`: in the background, `$!` is then vlmkit itself, not a subshell that a
+# SIGKILL would take down while vlmkit ran on.
+train() { exec "$vlmkit" train recipes/mlp.toml --out "$1" "${sets[@]}"; }
 
 echo "reference run (uninterrupted)…"
-train "$work/reference" 2>"$work/reference.log"
+(train "$work/reference") 2>"$work/reference.log"
 
 run="$work/soaked"
-kills=0 refused=0 rounds=0
+kills=0 refused=0 rounds=0 cleaned=0
 while [ ! -f "$run/final/state.json" ]; do
     rounds=$((rounds + 1))
     train "$run" 2>"$work/first.log" &
@@ -55,13 +57,16 @@ while [ ! -f "$run/final/state.json" ]; do
     if grep -q "is in use by another vlmkit (pid" "$work/second.log" "$work/first.log"; then
         refused=$((refused + 1))
     fi
+    # Leftovers of the previous round's kill, removed by this round's trainer.
+    n=$(cat "$work/first.log" "$work/second.log" | sed -n 's/^removed \([0-9]*\) leftover.*/\1/p' | awk '{s += $1} END {print s + 0}')
+    cleaned=$((cleaned + n))
     # (A checkpoint may be pruned between the listing and the read.)
     step=$(cat "$run"/checkpoints/step-*/state.json 2>/dev/null |
         sed -n 's/.*"global_step": \([0-9]*\).*/\1/p' | sort -n | tail -1 || true)
     echo "round $rounds: killed, newest checkpoint at step ${step:-none}"
     if [ "$kills" -ge "$kills_wanted" ]; then
         echo "finishing without kills…"
-        train "$run" 2>"$work/last.log"
+        (train "$run") 2>"$work/last.log"
     fi
 done
 
@@ -90,5 +95,5 @@ else
 fi
 checkpoints=$(find "$run/checkpoints" -maxdepth 1 -name 'step-*' | wc -l)
 [ "$checkpoints" -le 2 ] || { echo "checkpoints: $checkpoints kept, keep_checkpoints is 2"; status=1; }
-echo "rounds $rounds, SIGKILLs $kills, second trainer refused in $refused rounds, checkpoints kept $checkpoints"
+echo "rounds $rounds, SIGKILLs $kills, second trainer refused in $refused rounds, leftovers of killed writes removed on restart $cleaned, checkpoints kept $checkpoints"
 exit "$status"
