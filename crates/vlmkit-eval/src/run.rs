@@ -3,8 +3,9 @@
 use std::io::Write;
 use std::path::Path;
 
-use vlmkit_core::GenerateOptions;
+use vlmkit_core::{GenerateOptions, TokenSequence};
 use vlmkit_data::Example;
+use vlmkit_pipeline::batch::BatchBuilder;
 use vlmkit_pipeline::data::ExampleSource;
 use vlmkit_pipeline::LoadedModel;
 
@@ -99,10 +100,23 @@ pub fn generate_answers(
     examples: &[Example],
     gen: &GenerateOptions,
 ) -> Result<Vec<String>, EvalError> {
-    let batch = model
-        .plan
-        .batch_builder(model.vlm.device.clone())?
-        .prompts(examples)?;
+    let builder = model.plan.batch_builder(model.vlm.device.clone())?;
+    let prompts = examples
+        .iter()
+        .map(|e| builder.collator.prompt(e))
+        .collect::<Result<Vec<_>, _>>()?;
+    answer_prompts(model, &builder, examples, prompts, gen)
+}
+
+/// Answers to `prompts`, the tokenised prompts of `examples`.
+fn answer_prompts(
+    model: &LoadedModel,
+    builder: &BatchBuilder,
+    examples: &[Example],
+    prompts: Vec<TokenSequence>,
+    gen: &GenerateOptions,
+) -> Result<Vec<String>, EvalError> {
+    let batch = builder.assemble(examples, prompts)?;
     let tok = model.plan.tokenizer()?;
     let mut gen = gen.clone();
     if !gen.stop_ids.contains(&tok.eos) {
@@ -124,6 +138,7 @@ pub fn evaluate(
         max_new_tokens: opts.max_new_tokens,
         ..GenerateOptions::default()
     };
+    let builder = model.plan.batch_builder(model.vlm.device.clone())?;
     let mut predictions = Vec::with_capacity(n as usize);
     let mut start = 0u64;
     while start < n {
@@ -133,24 +148,23 @@ pub fn evaluate(
             .collect::<Result<Vec<_>, _>>()?;
         // A prompt the model has no room for is not asked (cut, it would end
         // before the answer's cue); it stays in the benchmark, wrong.
-        let collator = &model.plan.batch_builder(model.vlm.device.clone())?.collator;
-        let unfit: Vec<Option<String>> = examples
-            .iter()
-            .map(|e| match collator.prompt(e) {
-                Err(vlmkit_data::DataError::Unusable { reason, .. }) => Some(reason),
-                _ => None,
-            })
-            .collect();
-        let asked: Vec<Example> = examples
-            .iter()
-            .zip(&unfit)
-            .filter(|(_, u)| u.is_none())
-            .map(|(e, _)| e.clone())
-            .collect();
+        let mut unfit: Vec<Option<String>> = Vec::with_capacity(examples.len());
+        let (mut asked, mut prompts) = (Vec::new(), Vec::new());
+        for example in &examples {
+            match builder.collator.prompt(example) {
+                Ok(prompt) => {
+                    asked.push(example.clone());
+                    prompts.push(prompt);
+                    unfit.push(None);
+                }
+                Err(vlmkit_data::DataError::Unusable { reason, .. }) => unfit.push(Some(reason)),
+                Err(other) => return Err(other.into()),
+            }
+        }
         let mut answers = if asked.is_empty() {
             Vec::new()
         } else {
-            generate_answers(model, &asked, &gen)?
+            answer_prompts(model, &builder, &asked, prompts, &gen)?
         }
         .into_iter();
         for (ex, unanswered) in examples.iter().zip(unfit) {

@@ -168,16 +168,16 @@ fn build_tokenizer(
             ))
         };
     }
-    // The key that named the file: `from` when the tokenizer is the model's own.
-    let key = match &llm.source {
-        vlmkit_models::Source::Local(from) if from == path => "llm.from",
-        _ if recipe.value("llm.tokenizer").is_some() => "llm.tokenizer",
-        _ => "llm.from",
+    // The model file `from` names is GGUF, its tokenizer inside it (a corrupt
+    // one is refused as GGUF, at `from`); a tokenizer named apart is read by
+    // its contents.
+    let models_own = matches!(&llm.source, vlmkit_models::Source::Local(from) if from == path);
+    let key = if models_own || recipe.value("llm.tokenizer").is_none() {
+        "llm.from"
+    } else {
+        "llm.tokenizer"
     };
-    // A tokenizer is a `.json` file; anything else is a GGUF model holding one
-    // (a corrupt one refused as GGUF).
-    let json_file = path.extension().is_some_and(|e| e == "json");
-    if vlmkit_models::gguf::is_gguf(path) || !json_file {
+    if models_own || vlmkit_models::gguf::is_gguf(path) {
         let json = vlmkit_models::gguf::GgufFile::open(path)
             .and_then(|file| file.tokenizer_json())
             .map_err(|e| recipe.error_at(key, e.to_string()))?;
