@@ -191,9 +191,9 @@ fn error_lines(err: &anyhow::Error) -> Vec<String> {
     lines
 }
 
-/// Refuses an output path that is one of `inputs`, or lies inside one that is a
-/// directory: writing it would destroy what the command reads.
-pub fn refuse_overwriting_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
+/// Refuses an output path (given with `flag`) that is one of `inputs`, or lies
+/// inside one that is a directory: writing it would destroy what the command reads.
+pub fn refuse_overwriting_inputs(flag: &str, out: &Path, inputs: &[&Path]) -> Result<()> {
     let absolute = |p: &Path| {
         std::fs::canonicalize(p).unwrap_or_else(|_| {
             // A path that does not exist yet: its existing parent, resolved.
@@ -212,7 +212,7 @@ pub fn refuse_overwriting_inputs(out: &Path, inputs: &[&Path]) -> Result<()> {
         let input_path = absolute(input);
         if target == input_path || (input.is_dir() && target.starts_with(&input_path)) {
             anyhow::bail!(
-                "--out {} would overwrite {}, which this command reads; write the output elsewhere",
+                "{flag} {} would overwrite {}, which this command reads; write the output elsewhere",
                 out.display(),
                 input.display()
             );

@@ -29,6 +29,8 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Answer a question about an image with a trained model.
     Infer(commands::infer::InferArgs),
+    /// Score a published benchmark from an answers file, as its official script does.
+    Score(commands::score::ScoreArgs),
     /// Write a trained model in another toolkit's format (transformers' LLaVA).
     Export(commands::export::ExportArgs),
     /// Work with recipes.
@@ -69,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Train(args) => commands::train::run(args),
         Command::Eval(args) => commands::eval::run(args),
         Command::Infer(args) => commands::infer::run(args),
+        Command::Score(args) => commands::score::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Recipe(args) => commands::recipe::run(args),
         Command::Data(args) => commands::data::run(args),

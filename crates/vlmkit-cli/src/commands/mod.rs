@@ -11,5 +11,6 @@ pub mod new;
 pub mod params;
 pub mod plugins;
 pub mod recipe;
+pub mod score;
 pub mod sweep;
 pub mod train;

@@ -222,7 +222,7 @@ fn is_run(dir: &std::path::Path) -> bool {
 
 fn forward(args: ForwardArgs) -> Result<()> {
     let device = select_device(&args.device)?;
-    crate::common::refuse_overwriting_inputs(&args.out, &[&args.dir, &args.inputs])?;
+    crate::common::refuse_overwriting_inputs("--out", &args.out, &[&args.dir, &args.inputs])?;
     let inputs = candle_core::safetensors::load(&args.inputs, &device)
         .with_context(|| format!("reading {}", args.inputs.display()))?;
     if is_run(&args.dir) {
