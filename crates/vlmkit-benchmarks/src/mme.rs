@@ -247,7 +247,12 @@ impl Benchmark for Mme {
                 return Err(answers.unknown(
                     answer,
                     root,
-                    Some(format!("no question `{}` in {}/…/{}", key.2, key.0, key.1)),
+                    Some(format!(
+                        "no question `{}` in {}/…/{} (with one or two spaces before \"Please\")",
+                        key.2.replace(&format!(" {YES_OR_NO}"), YES_OR_NO),
+                        key.0,
+                        key.1
+                    )),
                 ));
             };
             if let Some(first_line) = seen.insert(key.clone(), answer.line) {

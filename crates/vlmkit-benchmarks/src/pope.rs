@@ -35,38 +35,65 @@ pub(crate) fn llava_reads_yes(reply: &str) -> bool {
         .any(|w| w == "No" || w == "not" || w == "no")
 }
 
-/// lmms-eval's reading: yes only when the lower-cased, stripped reply contains
-/// "yes" (`pope_process_results`).
-fn lmms_eval_reads_yes(reply: &str) -> bool {
-    crate::pytext::strip(&reply.to_lowercase()).contains("yes")
+/// A reply as a convention reads it: yes, no, or (lmms-eval only) neither.
+fn read(reply: &str, convention: Convention) -> Option<bool> {
+    match convention {
+        Convention::Llava => Some(llava_reads_yes(reply)),
+        // `pope_process_results`: the lower-cased, stripped reply must *be* the answer.
+        Convention::LmmsEval => match crate::pytext::strip(&reply.to_lowercase()) {
+            "yes" => Some(true),
+            "no" => Some(false),
+            _ => None,
+        },
+    }
 }
 
-/// The confusion counts of yes/no predictions against labels (yes = positive).
+/// Predictions against labels (yes = positive); a reply read as neither is
+/// `other_*` by its label.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Confusion {
     pub tp: usize,
     pub fp: usize,
     pub tn: usize,
     pub fn_: usize,
+    pub other_yes: usize,
+    pub other_no: usize,
 }
 
 impl Confusion {
-    pub fn add(&mut self, predicted_yes: bool, label_yes: bool) {
-        match (predicted_yes, label_yes) {
-            (true, true) => self.tp += 1,
-            (true, false) => self.fp += 1,
-            (false, false) => self.tn += 1,
-            (false, true) => self.fn_ += 1,
+    pub fn add(&mut self, predicted: Option<bool>, label_yes: bool) {
+        match (predicted, label_yes) {
+            (Some(true), true) => self.tp += 1,
+            (Some(true), false) => self.fp += 1,
+            (Some(false), false) => self.tn += 1,
+            (Some(false), true) => self.fn_ += 1,
+            (None, true) => self.other_yes += 1,
+            (None, false) => self.other_no += 1,
         }
     }
 
+    fn merge(&mut self, other: &Confusion) {
+        self.tp += other.tp;
+        self.fp += other.fp;
+        self.tn += other.tn;
+        self.fn_ += other.fn_;
+        self.other_yes += other.other_yes;
+        self.other_no += other.other_no;
+    }
+
     fn total(&self) -> usize {
-        self.tp + self.fp + self.tn + self.fn_
+        self.tp + self.fp + self.tn + self.fn_ + self.other_yes + self.other_no
     }
 
     /// Accuracy, precision, recall, F1, yes-ratio; a ratio with a zero
-    /// denominator is 0 and named in `undefined`.
-    fn metrics(&self, undefined: &mut Vec<&'static str>) -> Map<String, Value> {
+    /// denominator is 0 and named in `undefined`. Under lmms-eval a reply read
+    /// as neither is wrong and counts in neither precision nor recall, and its
+    /// `pope_yes_ratio` is the share of yes *labels*.
+    fn metrics(
+        &self,
+        convention: Convention,
+        undefined: &mut Vec<&'static str>,
+    ) -> Map<String, Value> {
         let mut ratio = |name: &'static str, num: usize, den: usize| {
             if den == 0 {
                 undefined.push(name);
@@ -84,20 +111,22 @@ impl Confusion {
             2.0 * precision * recall / (precision + recall)
         };
         let accuracy = (self.tp + self.tn) as f64 / self.total() as f64;
-        let yes_ratio = (self.tp + self.fp) as f64 / self.total() as f64;
-        let object = json!({
+        let yes_ratio = match convention {
+            Convention::Llava => (self.tp + self.fp) as f64 / self.total() as f64,
+            Convention::LmmsEval => {
+                (self.tp + self.fn_ + self.other_yes) as f64 / self.total() as f64
+            }
+        };
+        crate::into_map(json!({
             "samples": self.total(),
             "tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn_,
+            "neither_yes_nor_no": self.other_yes + self.other_no,
             "accuracy": accuracy,
             "precision": precision,
             "recall": recall,
             "f1": f1,
             "yes_ratio": yes_ratio,
-        });
-        match object {
-            Value::Object(map) => map,
-            _ => unreachable!("json! object"),
-        }
+        }))
     }
 }
 
@@ -242,10 +271,8 @@ impl Benchmark for Pope {
         missing.sort();
         answers.check_missing(questions_path, missing.into_iter())?;
 
-        let reads_yes: fn(&str) -> bool = match inputs.convention {
-            Convention::Llava => llava_reads_yes,
-            Convention::LmmsEval => lmms_eval_reads_yes,
-        };
+        let convention = inputs.convention;
+        let mut pooled = Confusion::default();
         let mut per_sampler = Map::new();
         let mut table = Table::new([
             "sampler",
@@ -298,14 +325,20 @@ impl Benchmark for Pope {
                         });
                     }
                 }
-                confusion.add(reads_yes(&answer.text), label.yes);
+                confusion.add(read(&answer.text, convention), label.yes);
             }
+            pooled.merge(&confusion);
             let mut undefined = Vec::new();
-            let metrics = confusion.metrics(&mut undefined);
+            let metrics = confusion.metrics(convention, &mut undefined);
             if !undefined.is_empty() {
                 notes.push(format!(
-                    "{sampler}: {} set to 0 — a zero denominator, where eval_pope.py stops with ZeroDivisionError",
-                    undefined.join(", ")
+                    "{sampler}: {} set to 0 — a zero denominator{}",
+                    undefined.join(", "),
+                    if convention == Convention::Llava {
+                        ", where eval_pope.py stops with ZeroDivisionError"
+                    } else {
+                        ""
+                    }
                 ));
             }
             let get = |key: &str| metrics[key].as_f64().unwrap_or(0.0);
@@ -343,11 +376,30 @@ impl Benchmark for Pope {
         metrics.insert("samplers".into(), Value::Object(per_sampler));
         metrics.insert("mean_f1".into(), json!(mean_f1));
         metrics.insert("mean_accuracy".into(), json!(mean_accuracy));
+        let (score, headline) = match convention {
+            Convention::Llava => (100.0 * mean_f1, "mean F1 over the samplers, × 100"),
+            Convention::LmmsEval => {
+                // lmms-eval's `pope` task pools every sampler's questions.
+                let all = pooled.metrics(convention, &mut Vec::new());
+                let f1 = all["f1"].as_f64().unwrap_or(0.0);
+                table.row([
+                    "pooled".to_owned(),
+                    pooled.total().to_string(),
+                    two(100.0 * all["accuracy"].as_f64().unwrap_or(0.0)),
+                    two(100.0 * all["precision"].as_f64().unwrap_or(0.0)),
+                    two(100.0 * all["recall"].as_f64().unwrap_or(0.0)),
+                    two(100.0 * f1),
+                    two(100.0 * all["yes_ratio"].as_f64().unwrap_or(0.0)),
+                ]);
+                metrics.insert("pooled".into(), Value::Object(all));
+                (100.0 * f1, "F1 over all samplers' questions pooled, × 100")
+            }
+        };
         Ok(Outcome::Score(Score {
             benchmark: NAME,
-            convention: inputs.convention,
-            score: 100.0 * mean_f1,
-            headline: "mean F1 over the samplers, × 100",
+            convention,
+            score,
+            headline,
             unit: "F1 × 100",
             metrics,
             notes,
@@ -381,8 +433,8 @@ mod tests {
 
     #[test]
     fn lmms_eval_rule() {
-        assert!(lmms_eval_reads_yes(" YES "));
-        assert!(!lmms_eval_reads_yes(""));
-        assert!(lmms_eval_reads_yes("Eyes"));
+        assert_eq!(read(" YES ", Convention::LmmsEval), Some(true));
+        assert_eq!(read("No.", Convention::LmmsEval), None);
+        assert_eq!(read("", Convention::LmmsEval), None);
     }
 }
