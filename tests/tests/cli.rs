@@ -16,7 +16,7 @@ fn help(args: &[&str]) -> String {
 fn help_texts() {
     insta::assert_snapshot!("help", help(&[]));
     for cmd in [
-        "train", "eval", "infer", "params", "bench", "compare", "sweep", "masks", "export",
+        "train", "eval", "infer", "params", "bench", "compare", "sweep", "masks", "export", "score",
     ] {
         insta::assert_snapshot!(format!("help_{cmd}"), help(&[cmd]));
     }
@@ -29,6 +29,95 @@ fn help_texts() {
     insta::assert_snapshot!("help_plugins_list", help(&["plugins", "list"]));
     insta::assert_snapshot!("help_plugins_inspect", help(&["plugins", "inspect"]));
     insta::assert_snapshot!("help_new_connector", help(&["new", "connector"]));
+}
+
+/// `vlmkit score`: the official number as a table and as JSON, a submission
+/// file where a server holds the labels, and answers that would change the
+/// number refused with the file and question named.
+#[test]
+fn score_gives_the_official_number_and_refuses_what_would_change_it() {
+    let fixtures = repo().join("tests/fixtures/benchmarks");
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("mme.json");
+    let (ok, out, err) = run(vlmkit()
+        .args(["score", "mme", "--answers"])
+        .arg(fixtures.join("mme/answers.jsonl"))
+        .arg("--annotations")
+        .arg(fixtures.join("mme/MME_Benchmark_release_version"))
+        .arg("--json")
+        .arg(&json));
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("mme — 975.00 points (perception score: acc + acc+ summed over the 10 perception subtasks, of 2000), llava convention\nsubtask"),
+        "{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["benchmark"], "mme");
+    assert_eq!(report["convention"], "llava");
+    assert_eq!(report["score"], 975.0);
+    assert_eq!(report["metrics"]["cognition"], 450.0);
+
+    let (ok, out, err) = run(vlmkit()
+        .args(["score", "mme", "--convention", "lmms-eval", "--answers"])
+        .arg(fixtures.join("mme/answers.jsonl"))
+        .arg("--annotations")
+        .arg(fixtures.join("mme/MME_Benchmark_release_version")));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("mme — 1125.00 points"), "{out}");
+    assert!(out.contains("lmms-eval convention"), "{out}");
+
+    // MM-Vet is scored by a GPT judge: the evaluator's file, and no number.
+    std::fs::copy(
+        fixtures.join("mmvet/answers.jsonl"),
+        dir.path().join("answers.jsonl"),
+    )
+    .unwrap();
+    let (ok, out, err) = run(vlmkit()
+        .args(["score", "mmvet", "--answers"])
+        .arg(dir.path().join("answers.jsonl"))
+        .arg("--annotations")
+        .arg(fixtures.join("mmvet/mm-vet.json")));
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("mmvet: no score here — 3 entries written to"),
+        "{out}"
+    );
+    let written: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("mmvet-submission/answers.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(written["v1_0"], "A cat.");
+
+    // Outputs never overwrite inputs; a duplicated answer is named with both lines.
+    let answers = dir.path().join("answers.jsonl");
+    let (ok, _, err) = run(vlmkit()
+        .args(["score", "mmvet", "--answers"])
+        .arg(&answers)
+        .arg("--json")
+        .arg(&answers));
+    assert!(!ok);
+    assert!(
+        err.contains("--json") && err.contains("would overwrite"),
+        "{err}"
+    );
+    let mut text = std::fs::read_to_string(fixtures.join("sqa/answers.jsonl")).unwrap();
+    let second = text.lines().nth(1).unwrap().to_owned();
+    text.push_str(&second);
+    text.push('\n');
+    std::fs::write(&answers, text).unwrap();
+    let (ok, _, err) = run(vlmkit()
+        .current_dir(dir.path())
+        .args([
+            "score",
+            "sqa",
+            "--answers",
+            "answers.jsonl",
+            "--annotations",
+        ])
+        .arg(fixtures.join("sqa")));
+    assert!(!ok);
+    insta::assert_snapshot!("score_duplicate_answer", err);
 }
 
 /// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh

@@ -14,7 +14,7 @@ pub struct ScoreArgs {
     /// (docs/benchmarks.md says which files each needs).
     pub benchmark: String,
     /// The answers, one JSON object a line in LLaVA's answer format (`question_id`, `prompt`,
-    /// `text`), as `vlmkit eval --benchmark` or LLaVA's `model_vqa_loader.py` writes them.
+    /// `text`), as LLaVA's `model_vqa_loader.py` writes them.
     #[arg(long, value_name = "FILE")]
     pub answers: PathBuf,
     /// The benchmark's official release file or directory, unchanged.
