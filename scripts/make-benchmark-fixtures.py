@@ -195,6 +195,9 @@ def textvqa(root):
     answers = [answer(d["image_id"], shape(d["question"].upper() if i == 2 else d["question"]), reply)
                for i, (d, shape, reply) in enumerate(zip(data, shapes, replies))]
     jsonl(os.path.join(root, "answers.jsonl"), answers)
+    # As lmms-eval asks TextVQA: without OCR tokens.
+    jsonl(os.path.join(root, "answers-without-ocr.jsonl"),
+          [answer(d["image_id"], f"{d['question']}\n{SHORT}", reply) for d, reply in zip(data, replies)])
 
 
 def vizwiz(root):

@@ -65,9 +65,18 @@ fn llava_prediction(reply: &str) -> String {
 /// `string.punctuation`.
 const ASCII_PUNCTUATION: &str = r##"!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~"##;
 
-/// lmms-eval's `exact_match` normalisation with `ignore_case` and `ignore_punctuation`.
+/// lmms-eval's `exact_match` normalisation with `ignore_case` and
+/// `ignore_punctuation`, as numpy computes it: `np.char.lower` keeps the
+/// input's length (a lower case longer than its letter is cut) and numpy
+/// strings drop trailing NULs.
 pub(crate) fn lmms_eval_exact(text: &str) -> String {
-    text.to_lowercase()
+    let text = text.trim_end_matches('\0');
+    let lower: String = text
+        .to_lowercase()
+        .chars()
+        .take(text.chars().count())
+        .collect();
+    lower
         .chars()
         .filter(|c| !ASCII_PUNCTUATION.contains(*c))
         .collect()
@@ -237,7 +246,7 @@ impl Benchmark for Gqa {
                 let reply = &by_id[&q.id].text;
                 match inputs.convention {
                     Convention::Llava => llava_prediction(reply),
-                    Convention::LmmsEval => lmms_eval_exact(pytext::strip(reply)),
+                    Convention::LmmsEval => lmms_eval_exact(&pytext::lmms_eval_reply(reply)),
                 }
             })
             .collect();

@@ -17,6 +17,7 @@ mod error;
 mod files;
 mod pyrandom;
 mod pytext;
+pub mod questions;
 mod table;
 mod vqa_accuracy;
 
@@ -41,6 +42,7 @@ use serde_json::{Map, Value};
 
 pub use error::BenchmarkError;
 pub use files::{Answer, AnswerFile, QuestionId};
+pub use questions::{Question, QuestionImage};
 pub use table::Table;
 
 /// Whose scoring rules produced a number.
@@ -191,6 +193,18 @@ pub trait Benchmark: Send + Sync {
     /// Scores `inputs.answers` under `inputs.convention` (supported: checked
     /// by [`BenchmarkRegistry::score`]).
     fn score(&self, inputs: &Inputs<'_>) -> Result<Outcome, BenchmarkError>;
+
+    /// Its questions, as LLaVA's inference script reads its question file
+    /// (LLaVA's JSON-lines format unless the benchmark says otherwise).
+    fn questions(&self, path: &Path) -> Result<Vec<Question>, BenchmarkError> {
+        questions::read_llava_jsonl(path)
+    }
+
+    /// LLaVA's `max_new_tokens` for it: `model_vqa_loader.py`'s 128 unless its
+    /// script says otherwise.
+    fn max_new_tokens(&self) -> usize {
+        128
+    }
 }
 
 /// The benchmarks a process knows, in the CCRA paper's column order.

@@ -24,10 +24,12 @@ use std::path::Path;
 use serde_json::{json, Map};
 
 use crate::files::read_text;
+use crate::questions::OPTION_LETTER;
 use crate::table::{two, Table};
 use crate::{
     into_map, pytext, Benchmark, BenchmarkError, Inputs, LmmsEval, Outcome, QuestionId, Score,
 };
+use crate::{Question, QuestionImage};
 
 pub(crate) struct MmBench;
 
@@ -149,19 +151,32 @@ struct Row {
     l2_category: Option<String>,
 }
 
-fn read_rows(path: &Path) -> Result<Vec<Row>, BenchmarkError> {
+/// A TSV file's header and records.
+type Records = (Vec<String>, Vec<(usize, Vec<String>)>);
+
+fn read_table(path: &Path) -> Result<Records, BenchmarkError> {
     let text = read_text(path)?;
     let mut records = tsv_records(&text).into_iter();
-    let header = match records.next() {
-        Some((_, header)) => header,
-        None => {
-            return Err(BenchmarkError::format(
-                path,
-                None,
-                "is empty (expected MMBench's dev TSV)",
-            ))
-        }
-    };
+    match records.next() {
+        Some((_, header)) => Ok((header, records.collect())),
+        None => Err(BenchmarkError::format(
+            path,
+            None,
+            "is empty (expected MMBench's dev TSV)",
+        )),
+    }
+}
+
+/// LLaVA's `is_none`: nothing, NaN (pandas' missing-value strings), or the
+/// text `nan`/`none` in any case.
+fn is_none(cell: Option<&str>) -> bool {
+    cell.is_none_or(|c| {
+        PANDAS_NA.contains(&c) || ["nan", "none"].contains(&c.to_lowercase().as_str())
+    })
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Row>, BenchmarkError> {
+    let (header, records) = read_table(path)?;
     let column = |name: &str| header.iter().position(|h| h == name);
     let need = |name: &str| {
         column(name).ok_or_else(|| {
@@ -232,6 +247,86 @@ impl Benchmark for MmBench {
             "lmms-eval's mmbench_en_dev sends replies its heuristic cannot read to a GPT judge; vlmkit scores MMBench \
              offline with VLMEvalKit's rule only",
         )
+    }
+
+    /// The dev TSV as `model_vqa_mmbench.py --single-pred-prompt` asks it: the
+    /// hint and question, then `A. …` for each option up to the first missing
+    /// one, then the option-letter instruction; one round per row (the file
+    /// holds the rotated copies); the base64 image decoded.
+    fn questions(&self, path: &Path) -> Result<Vec<Question>, BenchmarkError> {
+        use base64::Engine;
+        let (header, records) = read_table(path)?;
+        let column = |name: &str| {
+            header.iter().position(|h| h == name).ok_or_else(|| {
+                BenchmarkError::format(
+                    path,
+                    Some(1),
+                    format!("no `{name}` column (MMBench's dev TSV)"),
+                )
+            })
+        };
+        let (index_col, question_col, image_col) =
+            (column("index")?, column("question")?, column("image")?);
+        let hint_col = header.iter().position(|h| h == "hint");
+        let letter_cols: Vec<(char, Option<usize>)> = ['A', 'B', 'C', 'D']
+            .iter()
+            .map(|c| (*c, header.iter().position(|h| *h == c.to_string())))
+            .collect();
+        records
+            .into_iter()
+            .map(|(line, fields)| {
+                let cell = |i: usize| fields.get(i).map(String::as_str);
+                let index: u64 = cell(index_col)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| {
+                        BenchmarkError::format(path, Some(line), "`index` is not a whole number")
+                    })?;
+                let mut options = Vec::new();
+                for (_, col) in &letter_cols {
+                    let value = col.and_then(cell);
+                    if is_none(value) {
+                        break;
+                    }
+                    options.push(value.unwrap_or_default().to_owned());
+                }
+                let mut question = cell(question_col).unwrap_or_default().to_owned();
+                if let Some(hint) = hint_col.and_then(cell).filter(|h| !is_none(Some(h))) {
+                    question = format!("{hint}\n{question}");
+                }
+                let letters: Vec<String> = letter_cols
+                    .iter()
+                    .take(options.len())
+                    .map(|(c, _)| c.to_string())
+                    .collect();
+                for (letter, option) in letters.iter().zip(&options) {
+                    question.push_str(&format!("\n{letter}. {option}"));
+                }
+                let image = base64::engine::general_purpose::STANDARD
+                    .decode(cell(image_col).unwrap_or_default().trim())
+                    .map_err(|e| {
+                        BenchmarkError::format(
+                            path,
+                            Some(line),
+                            format!("`image` is not base64: {e}"),
+                        )
+                    })?;
+                let mut extra = Map::new();
+                extra.insert("round_id".into(), json!(0));
+                extra.insert("options".into(), json!(options));
+                extra.insert("option_char".into(), json!(letters));
+                Ok(Question {
+                    id: json!(index),
+                    image: Some(QuestionImage::Encoded(image)),
+                    text: format!("{question}\n{OPTION_LETTER}"),
+                    prompt: question,
+                    extra,
+                })
+            })
+            .collect()
+    }
+
+    fn max_new_tokens(&self) -> usize {
+        1024
     }
 
     fn score(&self, inputs: &Inputs<'_>) -> Result<Outcome, BenchmarkError> {

@@ -192,7 +192,7 @@ fn llava_label(reply: &str) -> Option<bool> {
 
 /// lmms-eval's `parse_pred_ans`.
 fn lmms_eval_label(reply: &str) -> Option<bool> {
-    let pred = pytext::strip(&reply.to_lowercase()).replace('.', "");
+    let pred = pytext::strip(&pytext::lmms_eval_reply(reply).to_lowercase()).replace('.', "");
     match pred.as_str() {
         "yes" | "y" => return Some(true),
         "no" | "n" => return Some(false),

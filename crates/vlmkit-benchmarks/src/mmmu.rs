@@ -119,7 +119,8 @@ pub(crate) enum Normal {
 /// Python's `float(s)`: surrounding whitespace, a sign, `_` between digits,
 /// any Unicode decimal digits, `inf`/`infinity`/`nan` in any case.
 pub(crate) fn py_float(s: &str) -> Option<f64> {
-    let s = pytext::strip(s);
+    // float() strips whitespace, but not the separators U+001C..U+001F.
+    let s = s.trim_matches(char::is_whitespace);
     let mut ascii = String::with_capacity(s.len());
     let chars: Vec<char> = s.chars().collect();
     for (i, &c) in chars.iter().enumerate() {
@@ -205,13 +206,16 @@ pub(crate) fn normalize(text: &str) -> Vec<Normal> {
 /// `extract_numbers`: numbers with thousands commas, in scientific notation,
 /// and plain ones, in that order (one number may appear more than once).
 pub(crate) fn extract_numbers(text: &str) -> Vec<String> {
+    // Python's `\b` on `str`: between a `\w` (a letter, a number or `_`) and
+    // not; the regex engine's own counts marks and joiners as word characters.
+    const B: &str = r"(?:(?<=[\p{L}\p{N}_])(?![\p{L}\p{N}_])|(?<![\p{L}\p{N}_])(?=[\p{L}\p{N}_]))";
     static PATTERNS: LazyLock<[Regex; 3]> = LazyLock::new(|| {
         [
-            r"-?\b\d{1,3}(?:,\d{3})+\b",
-            r"-?\d+(?:\.\d+)?[eE][+-]?\d+",
-            r"-?(?:\d+\.\d+|\.\d+|\d+\b)(?![eE][+-]?\d+)(?![,\d])",
+            format!(r"-?{B}\d{{1,3}}(?:,\d{{3}})+{B}"),
+            r"-?\d+(?:\.\d+)?[eE][+-]?\d+".to_owned(),
+            format!(r"-?(?:\d+\.\d+|\.\d+|\d+{B})(?![eE][+-]?\d+)(?![,\d])"),
         ]
-        .map(|p| Regex::new(p).expect("valid"))
+        .map(|p| Regex::new(&p).expect("valid"))
     });
     PATTERNS
         .iter()
@@ -612,6 +616,7 @@ mod tests {
         assert_eq!(py_float("0x10"), None);
         assert_eq!(py_float("1 2"), None);
         assert_eq!(py_float(""), None);
+        assert_eq!(py_float("5\u{1c}"), None);
     }
 
     #[test]
@@ -625,6 +630,9 @@ mod tests {
         assert_eq!(texts(&parse_open("Thus the value is 2.675")), ["2.67"]);
         assert_eq!(texts(&parse_open("12 and 7")), ["12 and 7", "12.0", "7.0"]);
         assert_eq!(texts(&parse_open("1e5")), ["100000.0", "5.0"]);
+        // Python's \b: `²` is a number (a word character), a combining accent is not.
+        assert!(extract_numbers("12²").is_empty());
+        assert_eq!(extract_numbers("5\u{301}"), ["5"]);
         assert_eq!(texts(&parse_open("This is a test")), ["a test"]);
         assert_eq!(
             texts(&parse_open("final answer: 0.5\nso it is 7.")),

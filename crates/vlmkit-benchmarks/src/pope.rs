@@ -40,11 +40,13 @@ fn read(reply: &str, convention: Convention) -> Option<bool> {
     match convention {
         Convention::Llava => Some(llava_reads_yes(reply)),
         // `pope_process_results`: the lower-cased, stripped reply must *be* the answer.
-        Convention::LmmsEval => match crate::pytext::strip(&reply.to_lowercase()) {
-            "yes" => Some(true),
-            "no" => Some(false),
-            _ => None,
-        },
+        Convention::LmmsEval => {
+            match crate::pytext::strip(&crate::pytext::lmms_eval_reply(reply).to_lowercase()) {
+                "yes" => Some(true),
+                "no" => Some(false),
+                _ => None,
+            }
+        }
     }
 }
 

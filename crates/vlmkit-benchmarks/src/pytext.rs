@@ -32,6 +32,25 @@ pub(crate) fn is_decimal(c: char) -> bool {
     DIGIT.is_match(c.encode_utf8(&mut buf))
 }
 
+/// What lmms-eval's tasks receive as the reply (its CLI defaults): each
+/// `<think>…</think>` and `<analysis>…</analysis>` block removed (text before
+/// a lone closing tag too), then stripped (`strip_reasoning_tags`).
+pub(crate) fn lmms_eval_reply(reply: &str) -> String {
+    let mut result = reply.to_owned();
+    for (start_tag, end_tag) in [("<think>", "</think>"), ("<analysis>", "</analysis>")] {
+        while let Some(start) = result.find(start_tag) {
+            match result[start..].find(end_tag) {
+                Some(end) => result.replace_range(start..start + end + end_tag.len(), ""),
+                None => break,
+            }
+        }
+        if result.contains(end_tag) && !result.contains(start_tag) {
+            result = result.rsplit(end_tag).next().unwrap_or("").to_owned();
+        }
+    }
+    strip(&result).to_owned()
+}
+
 /// `s[start:end]` by code points (`None` when `s` is shorter than `end`).
 pub(crate) fn char_slice(s: &str, start: usize, end: usize) -> Option<&str> {
     let mut indices = s
@@ -67,6 +86,20 @@ mod tests {
         assert!(!is_decimal('²'));
         assert!(!is_decimal('½'));
         assert!(!is_decimal('.'));
+    }
+
+    #[test]
+    fn reasoning_blocks_are_removed_as_lmms_eval_does() {
+        assert_eq!(lmms_eval_reply(" <think>no</think> yes "), "yes");
+        assert_eq!(lmms_eval_reply("a</think>b"), "b");
+        assert_eq!(
+            lmms_eval_reply("<think>unclosed yes"),
+            "<think>unclosed yes"
+        );
+        assert_eq!(
+            lmms_eval_reply("<analysis>x</analysis>B<think>y</think>"),
+            "B"
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ struct Question {
 
 /// lmms-eval's reading: the stripped reply's first character, lower-cased.
 fn lmms_eval_right(reply: &str, answer: &str) -> bool {
-    let reply = pytext::strip(reply);
+    let reply = pytext::lmms_eval_reply(reply);
+    let reply = reply.as_str();
     let first: String = reply.chars().take(1).collect();
     let pred = if reply.chars().count() > 1 {
         first.as_str()

@@ -15,11 +15,13 @@ use regex::Regex;
 use serde_json::{json, Value};
 
 use crate::files::{kind, read_json};
+use crate::questions::OPTION_LETTER;
 use crate::table::{two, Table};
 use crate::{
     into_map, percent, pytext, Benchmark, BenchmarkError, Convention, Inputs, LmmsEval, Outcome,
     QuestionId, Score,
 };
+use crate::{Question, QuestionImage};
 
 pub(crate) struct ScienceQa;
 
@@ -32,7 +34,8 @@ const LETTERS: [&str; 5] = ["A", "B", "C", "D", "E"];
 /// case), or starts with a capital and a period and that capital is the letter.
 fn lmms_eval_right(reply: &str, answer: usize) -> bool {
     let target = char::from(b'a' + answer as u8).to_string();
-    let pred = pytext::strip(reply);
+    let pred = pytext::lmms_eval_reply(reply);
+    let pred = pred.as_str();
     if pred.to_lowercase() == target {
         return true;
     }
@@ -141,6 +144,62 @@ impl Benchmark for ScienceQa {
 
     fn lmms_eval(&self) -> LmmsEval {
         LmmsEval::Own
+    }
+
+    /// LLaVA's `llava_test_CQM-A.json` as `model_vqa_science.py
+    /// --single-pred-prompt` asks it: the first human turn without `<image>`,
+    /// stripped, with the option-letter instruction; the recorded prompt keeps
+    /// `<image>\n` in front for a question with an image.
+    fn questions(&self, path: &std::path::Path) -> Result<Vec<Question>, BenchmarkError> {
+        let file = read_json(path)?;
+        let list = file.as_array().ok_or_else(|| {
+            BenchmarkError::format(
+                path,
+                None,
+                "expected LLaVA's list of ScienceQA conversations",
+            )
+        })?;
+        list.iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let bad = |message: &str| {
+                    BenchmarkError::format(path, None, format!("entry {}: {message}", index + 1))
+                };
+                let id = entry
+                    .get("id")
+                    .filter(|id| QuestionId::from_json(id).is_some())
+                    .cloned()
+                    .ok_or_else(|| bad("no `id`"))?;
+                let asked = entry
+                    .get("conversations")
+                    .and_then(|c| c.get(0))
+                    .and_then(|turn| turn.get("value"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("no first conversation turn"))?;
+                let question = pytext::strip(&asked.replace("<image>", "")).to_owned();
+                let image = entry
+                    .get("image")
+                    .and_then(Value::as_str)
+                    .map(|image| QuestionImage::File(image.into()));
+                let text = format!("{question}\n{OPTION_LETTER}");
+                let prompt = if image.is_some() {
+                    format!("<image>\n{text}")
+                } else {
+                    text.clone()
+                };
+                Ok(Question {
+                    id,
+                    image,
+                    text,
+                    prompt,
+                    extra: serde_json::Map::new(),
+                })
+            })
+            .collect()
+    }
+
+    fn max_new_tokens(&self) -> usize {
+        1024
     }
 
     fn score(&self, inputs: &Inputs<'_>) -> Result<Outcome, BenchmarkError> {

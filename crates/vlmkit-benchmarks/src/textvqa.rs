@@ -195,7 +195,7 @@ impl Benchmark for TextVqa {
                     line: answer.line,
                 });
             }
-            total += soft_accuracy(&answer.text, &keyed.answers);
+            total += soft_accuracy(&answer.text, &keyed.answers, inputs.convention);
         }
         let missing = annotations
             .keys
@@ -213,7 +213,8 @@ impl Benchmark for TextVqa {
             });
         }
         let count = answers.answers.len();
-        let accuracy = 100.0 * total / count as f64;
+        // `100. * evaluator.eval_pred_list(...)`: the mean first.
+        let accuracy = 100.0 * (total / count as f64);
         let mut table = Table::new(["questions", "with OCR tokens", "accuracy"]);
         table.row([count.to_string(), ocr_prompts.to_string(), two(accuracy)]);
         Ok(Outcome::Score(Score {

@@ -163,7 +163,7 @@ impl Benchmark for VizWiz {
     }
 
     fn lmms_eval(&self) -> LmmsEval {
-        LmmsEval::Same("vizwiz_vqa_val: EvalAI's processor and the same soft accuracy")
+        LmmsEval::Own
     }
 
     fn score(&self, inputs: &Inputs<'_>) -> Result<Outcome, BenchmarkError> {
@@ -199,7 +199,7 @@ impl Benchmark for VizWiz {
                     id: answer.question_id.clone(),
                     message: "no `answers`, where the other entries have them".into(),
                 })?;
-            let score = soft_accuracy(&answer.text, human);
+            let score = soft_accuracy(&answer.text, human, inputs.convention);
             let group = match entry.answerable {
                 Some(true) => 1,
                 Some(false) => 2,
@@ -212,7 +212,7 @@ impl Benchmark for VizWiz {
                 counts[group] += 1;
             }
         }
-        let accuracy = |g: usize| (counts[g] > 0).then(|| 100.0 * sums[g] / counts[g] as f64);
+        let accuracy = |g: usize| (counts[g] > 0).then(|| 100.0 * (sums[g] / counts[g] as f64));
         let mut table = Table::new(["questions", "count", "accuracy"]);
         for (g, name) in ["all", "answerable", "unanswerable"]
             .into_iter()

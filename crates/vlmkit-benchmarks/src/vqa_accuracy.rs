@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use crate::pytext;
+use crate::{pytext, Convention};
 
 /// Python's `re.UNICODE`, which the period substitution receives as its count.
 const PERIOD_STRIP_COUNT: usize = 32;
@@ -210,21 +210,57 @@ fn process_digit_article(text: &str) -> String {
 }
 
 /// The soft accuracy of `prediction` against the human answers: for each of the
-/// n answers left out in turn, min(1, matches among the others / 3), averaged
-/// (m4c's `_compute_answer_scores`, summed in its order so the float is its float).
-pub(crate) fn soft_accuracy(prediction: &str, human_answers: &[String]) -> f64 {
-    let predicted = process_answer(prediction);
+/// n answers left out in turn, min(1, matches among the others / 3), averaged.
+/// LLaVA's m4c evaluator sums the n terms in order and divides; lmms-eval
+/// (after its reply clean-up) takes `statistics.mean`, exact and rounded once.
+pub(crate) fn soft_accuracy(
+    prediction: &str,
+    human_answers: &[String],
+    convention: Convention,
+) -> f64 {
+    let prediction = match convention {
+        Convention::Llava => prediction.to_owned(),
+        Convention::LmmsEval => crate::pytext::lmms_eval_reply(prediction),
+    };
+    let predicted = process_answer(&prediction);
     let answers: Vec<String> = human_answers.iter().map(|a| process_answer(a)).collect();
     if !answers.contains(&predicted) {
         return 0.0;
     }
     let matching = answers.iter().filter(|a| **a == predicted).count();
-    let mut sum = 0.0;
-    for left_out in &answers {
+    let terms = answers.iter().map(|left_out| {
         let others = matching - usize::from(*left_out == predicted);
-        sum += f64::min(1.0, others as f64 / 3.0);
+        f64::min(1.0, others as f64 / 3.0)
+    });
+    match convention {
+        Convention::Llava => terms.sum::<f64>() / answers.len() as f64,
+        Convention::LmmsEval => exact_mean(terms, answers.len()),
     }
-    sum / answers.len() as f64
+}
+
+/// Python's `statistics.mean` of `n` floats in [0, 1]: their exact sum divided
+/// by `n`, rounded once.
+fn exact_mean(terms: impl Iterator<Item = f64>, n: usize) -> f64 {
+    // Each term is m × 2^e with a 53-bit m and e ≥ -1074; in [0, 1] a common
+    // scale of 2^-1074 would do, but the terms here are 0, 1/3, 2/3 and 1, so
+    // 2^-60 holds them exactly and the sum of a few thousand fits in a u128.
+    const SCALE: i32 = 60;
+    let mut sum: u128 = 0;
+    for term in terms {
+        let scaled = term * 2f64.powi(SCALE);
+        debug_assert_eq!(
+            scaled.fract(),
+            0.0,
+            "{term} is not a multiple of 2^-{SCALE}"
+        );
+        sum += scaled as u128;
+    }
+    // (sum << 64) / n keeps 64 more bits than the quotient needs; a remainder
+    // sets the lowest bit so the one rounding to f64 sees it.
+    let shifted = sum << 64;
+    let quotient = shifted / n as u128;
+    let sticky = u128::from(!shifted.is_multiple_of(n as u128));
+    (quotient | sticky) as f64 * 2f64.powi(-(SCALE + 64))
 }
 
 #[cfg(test)]
@@ -255,13 +291,32 @@ mod tests {
     fn soft_accuracy_counts_others() {
         let answers = |xs: &[&str]| xs.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let ten = answers(&["a"; 10]);
-        assert_eq!(soft_accuracy("a", &ten), 1.0); // an article: "" matches ""
+        let soft = |p: &str, a: &[String]| soft_accuracy(p, a, Convention::Llava);
+        assert_eq!(soft("a", &ten), 1.0); // an article: "" matches ""
         let mixed = answers(&[
             "cat", "cat", "dog", "dog", "dog", "dog", "dog", "dog", "dog", "dog",
         ]);
         // Each left-out answer leaves 1 or 2 cats: (2 × 1/3 + 8 × 2/3) / 10.
-        assert!((soft_accuracy("cat", &mixed) - 0.6).abs() < 1e-12);
-        assert_eq!(soft_accuracy("dog", &mixed), 1.0);
-        assert_eq!(soft_accuracy("bird", &mixed), 0.0);
+        assert!((soft("cat", &mixed) - 0.6).abs() < 1e-12);
+        assert_eq!(soft("dog", &mixed), 1.0);
+        assert_eq!(soft("bird", &mixed), 0.0);
+    }
+
+    /// Python: `statistics.mean` of the ten terms for "x" at human answers 3, 8
+    /// and 9 is 0.9; summing in order and dividing gives 0.8999999999999998.
+    #[test]
+    fn lmms_eval_takes_the_exact_mean() {
+        let answers: Vec<String> = (0..10)
+            .map(|i| if [3, 8, 9].contains(&i) { "x" } else { "y" }.to_string())
+            .collect();
+        assert_eq!(
+            soft_accuracy("x", &answers, Convention::Llava),
+            0.8999999999999998
+        );
+        assert_eq!(soft_accuracy("x", &answers, Convention::LmmsEval), 0.9);
+        assert_eq!(
+            soft_accuracy("<think>y</think> x", &answers, Convention::LmmsEval),
+            0.9
+        );
     }
 }

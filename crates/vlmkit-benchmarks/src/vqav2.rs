@@ -172,17 +172,17 @@ impl Benchmark for VqaV2 {
         let mut total = 0.0;
         for id in &order {
             let (texts, answer_type) = &human[id];
-            let score = soft_accuracy(&by_id[id].text, texts);
+            let score = soft_accuracy(&by_id[id].text, texts, inputs.convention);
             total += score;
             let slot = by_type.entry(answer_type.clone()).or_default();
             slot.0 += score;
             slot.1 += 1;
         }
-        let accuracy = 100.0 * total / order.len() as f64;
+        let accuracy = 100.0 * (total / order.len() as f64);
         let mut table = Table::new(["answer type", "questions", "accuracy"]);
         let mut per_type = serde_json::Map::new();
         for (answer_type, (sum, count)) in &by_type {
-            let a = 100.0 * sum / *count as f64;
+            let a = 100.0 * (sum / *count as f64);
             table.row([answer_type.clone(), count.to_string(), two(a)]);
             per_type.insert(answer_type.clone(), json!(a));
         }

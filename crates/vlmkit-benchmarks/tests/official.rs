@@ -41,10 +41,9 @@ fn inputs_of(benchmark: &str) -> (PathBuf, Option<PathBuf>) {
     }
 }
 
-fn score(benchmark: &str, convention: Convention) -> Score {
+fn score(benchmark: &str, convention: Convention, answers_file: &str) -> Score {
     let (annotations, questions) = inputs_of(benchmark);
-    let answers =
-        AnswerFile::read(fixtures().join(benchmark).join("answers.jsonl")).expect("answers");
+    let answers = AnswerFile::read(fixtures().join(benchmark).join(answers_file)).expect("answers");
     let inputs = Inputs {
         answers: &answers,
         annotations: Some(&annotations),
@@ -90,7 +89,9 @@ fn check_headline(benchmark: &str, convention: Convention) -> (Score, Value) {
         official.is_object(),
         "expected.json has no {benchmark}/{convention}"
     );
-    let ours = score(benchmark, convention);
+    // An entry may name its own answers file (TextVQA as lmms-eval asks it).
+    let answers_file = official["answers"].as_str().unwrap_or("answers.jsonl");
+    let ours = score(benchmark, convention, answers_file);
     let decimals = official["decimals"].as_u64();
     agree(
         &format!("{benchmark} ({convention}) headline"),
@@ -188,6 +189,7 @@ fn sqa_is_eval_science_qa_py() {
 #[test]
 fn textvqa_is_eval_textvqa_py() {
     check_headline("textvqa", Convention::Llava);
+    check_headline("textvqa", Convention::LmmsEval);
 }
 
 #[test]
@@ -202,6 +204,7 @@ fn vizwiz_and_vqav2_val_are_m4c_soft_accuracy() {
             None,
         );
     }
+    check_headline("vizwiz", Convention::LmmsEval);
     let (ours, official) = check_headline("vqav2", Convention::Llava);
     let ours = Value::Object(ours.metrics);
     for (answer_type, value) in official["metrics"]["per_answer_type"].as_object().unwrap() {
