@@ -120,6 +120,177 @@ fn score_gives_the_official_number_and_refuses_what_would_change_it() {
     insta::assert_snapshot!("score_duplicate_answer", err);
 }
 
+/// The built-in eval world written as each benchmark's files, answered by a
+/// trained run as LLaVA's scripts would, and scored as the official scripts
+/// score; POPE's numbers agree with the built-in evaluation's on the same
+/// questions.
+#[test]
+fn benchmark_exports_are_answered_and_scored_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = dir.path().join("run");
+    // Long enough that existence questions get yes or no (a couple of seconds).
+    let (ok, err) = train(&run_dir, &tiny(400));
+    assert!(ok, "{err}");
+    for (benchmark, count, questions) in [
+        ("pope", 9, 9),
+        ("gqa", 8, 8),
+        ("mme", 3, 6),
+        ("sqa", 6, 6),
+        ("mmbench", 4, 0),
+        ("seed", 6, 6),
+        ("textvqa", 4, 4),
+    ] {
+        let data = dir.path().join(format!("data-{benchmark}"));
+        let (ok, out, err) = run(vlmkit()
+            .args(["data", "export", "--benchmark", benchmark, "--count"])
+            .arg(count.to_string())
+            .arg("--out")
+            .arg(&data));
+        assert!(ok, "{benchmark}: {err}");
+        // The export prints the command that answers and scores it.
+        let command = out.lines().last().unwrap().trim().to_owned();
+        let args: Vec<&str> = command.split(' ').skip(1).collect();
+        assert_eq!(
+            &args[..4],
+            ["eval", "RUN", "--benchmark", benchmark],
+            "{command}"
+        );
+        let answers_dir = dir.path().join(format!("answers-{benchmark}"));
+        let (ok, out, err) = run(vlmkit()
+            .args(["eval"])
+            .arg(&run_dir)
+            .args(&args[2..])
+            .arg("--out")
+            .arg(&answers_dir));
+        assert!(ok, "{benchmark}: {err}");
+        assert!(
+            out.starts_with(&format!("{benchmark} — ")),
+            "{benchmark}: {out}"
+        );
+        let answers = std::fs::read_to_string(answers_dir.join("answers.jsonl")).unwrap();
+        // MMBench's circular copies are its questions: two to four a question.
+        if questions > 0 {
+            assert_eq!(answers.lines().count(), questions, "{benchmark}");
+        }
+        for line in answers.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            for key in ["question_id", "prompt", "text", "answer_id", "model_id"] {
+                assert!(!line[key].is_null(), "{benchmark}: no {key} in {line}");
+            }
+        }
+        let score: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(answers_dir.join("score.json")).unwrap())
+                .unwrap();
+        assert_eq!(score["benchmark"], benchmark);
+        assert_eq!(score["convention"], "llava");
+        let value = score["score"].as_f64().unwrap();
+        assert!((0.0..=2000.0).contains(&value), "{benchmark}: {score}");
+    }
+
+    // POPE: the built-in evaluation and the exported benchmark, one question at
+    // a time, give the same replies and the same per-sampler numbers.
+    let builtin = dir.path().join("builtin");
+    let (ok, _, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .args(["--batch-size", "1", "--max-new-tokens", "8", "--out"])
+        .arg(&builtin));
+    assert!(ok, "{err}");
+    let predictions: Vec<serde_json::Value> =
+        std::fs::read_to_string(builtin.join("predictions.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let existence: Vec<&serde_json::Value> = predictions
+        .iter()
+        .filter(|p| !p["pope"].is_null())
+        .collect();
+    assert!(
+        existence.len() >= 4,
+        "the built-in eval asks {} existence questions",
+        existence.len()
+    );
+    let data = dir.path().join("pope-agree");
+    let (ok, _, err) = run(vlmkit()
+        .args(["data", "export", "--benchmark", "pope", "--recipe"])
+        .arg(run_dir.join("recipe.toml"))
+        .arg("--count")
+        .arg(existence.len().to_string())
+        .arg("--out")
+        .arg(&data));
+    assert!(ok, "{err}");
+    let answers_dir = dir.path().join("pope-agree-answers");
+    let (ok, _, err) = run(vlmkit()
+        .arg("eval")
+        .arg(&run_dir)
+        .args([
+            "--benchmark",
+            "pope",
+            "--batch-size",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--questions",
+        ])
+        .arg(data.join("llava_pope_test.jsonl"))
+        .arg("--images")
+        .arg(data.join("images"))
+        .arg("--annotations")
+        .arg(data.join("coco"))
+        .arg("--out")
+        .arg(&answers_dir));
+    assert!(ok, "{err}");
+    let questions: Vec<serde_json::Value> =
+        std::fs::read_to_string(data.join("llava_pope_test.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let replies: Vec<serde_json::Value> =
+        std::fs::read_to_string(answers_dir.join("answers.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    for (question, reply) in questions.iter().zip(&replies) {
+        let sample = question["image"].as_str().unwrap().trim_end_matches(".png");
+        let builtin = existence
+            .iter()
+            .find(|p| p["id"] == sample)
+            .unwrap_or_else(|| {
+                panic!("{sample} is not among the built-in eval's existence questions")
+            });
+        assert_eq!(reply["text"], builtin["prediction"], "{sample}");
+        assert_eq!(question["category"], builtin["pope"], "{sample}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(builtin.join("report.json")).unwrap())
+            .unwrap();
+    let score: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(answers_dir.join("score.json")).unwrap())
+            .unwrap();
+    for subset in report["pope"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["subset"] != "all")
+    {
+        let sampler = subset["subset"].as_str().unwrap();
+        let ours = &score["metrics"]["samplers"][sampler];
+        for metric in ["accuracy", "f1"] {
+            let (a, b) = (
+                subset[metric].as_f64().unwrap(),
+                ours[metric].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() < 1e-12,
+                "{sampler} {metric}: built-in {a}, benchmark {b}"
+            );
+        }
+    }
+}
+
 /// Writes `body` as `bad.toml` (extending the repo's MLP recipe) into a fresh
 /// directory and runs `vlmkit recipe check bad.toml` there; returns stderr with the
 /// repository path replaced.

@@ -10,6 +10,7 @@
 //! - [`processor`], [`resample`]: transformers' CLIP and SigLIP image processors and
 //!   LLaVA's pad-to-square, with Pillow's bicubic resize, bit for bit.
 
+pub mod benchmark_export;
 pub mod collate;
 pub mod error;
 pub mod example;
@@ -23,6 +24,7 @@ pub mod shapes;
 pub mod template;
 pub mod tokenizer;
 
+pub use benchmark_export::{export_benchmark, BenchmarkExport, BenchmarkFormat};
 pub use collate::Collator;
 pub use error::{DataError, RecordRef};
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};

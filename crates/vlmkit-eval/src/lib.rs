@@ -4,9 +4,12 @@
 //! a user registers — and write the reports (table, JSON, PNG).
 //!
 //! - [`run`]: answering an eval split with a loaded model, writing the outputs.
+//! - [`benchmark`]: answering a published benchmark's question file as LLaVA's
+//!   scripts do, for `vlmkit score` (crate `vlmkit-benchmarks`).
 //! - [`scorer`]: the [`Scorer`] trait, the built-in scorers and their registry.
 //! - [`EvalReport`]: the overall numbers and each scorer's results.
 
+pub mod benchmark;
 mod prediction;
 mod report;
 pub mod run;
@@ -47,6 +50,9 @@ pub enum EvalError {
     },
     #[error("{}: {message}", path.display())]
     Plot { path: PathBuf, message: String },
+    /// A benchmark's question file or image.
+    #[error("{}: {message}", path.display())]
+    Benchmark { path: PathBuf, message: String },
 }
 
 vlmkit_core::from_boxed!(EvalError {

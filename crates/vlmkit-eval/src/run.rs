@@ -126,6 +126,43 @@ fn answer_prompts(
     ids.iter().map(|ids| Ok(tok.decode(ids)?)).collect()
 }
 
+/// The model's reply to each of `examples` (one batch), or why it was not
+/// asked: a prompt the model has no room for is not asked (cut, it would end
+/// before the answer's cue); it stays in the benchmark, wrong.
+pub(crate) fn ask(
+    model: &LoadedModel,
+    builder: &BatchBuilder,
+    examples: &[Example],
+    gen: &GenerateOptions,
+) -> Result<Vec<Result<String, String>>, EvalError> {
+    let mut unfit: Vec<Option<String>> = Vec::with_capacity(examples.len());
+    let (mut asked, mut prompts) = (Vec::new(), Vec::new());
+    for example in examples {
+        match builder.collator.prompt(example) {
+            Ok(prompt) => {
+                asked.push(example.clone());
+                prompts.push(prompt);
+                unfit.push(None);
+            }
+            Err(vlmkit_data::DataError::Unusable { reason, .. }) => unfit.push(Some(reason)),
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let mut answers = if asked.is_empty() {
+        Vec::new()
+    } else {
+        answer_prompts(model, builder, &asked, prompts, gen)?
+    }
+    .into_iter();
+    Ok(unfit
+        .into_iter()
+        .map(|reason| match reason {
+            Some(reason) => Err(reason),
+            None => Ok(answers.next().unwrap_or_default()),
+        })
+        .collect())
+}
+
 /// Answers every example of `source` and marks each answer right or wrong.
 pub fn evaluate(
     model: &LoadedModel,
@@ -146,31 +183,11 @@ pub fn evaluate(
         let examples = (start..end)
             .map(|i| source.get(i))
             .collect::<Result<Vec<_>, _>>()?;
-        // A prompt the model has no room for is not asked (cut, it would end
-        // before the answer's cue); it stays in the benchmark, wrong.
-        let mut unfit: Vec<Option<String>> = Vec::with_capacity(examples.len());
-        let (mut asked, mut prompts) = (Vec::new(), Vec::new());
-        for example in &examples {
-            match builder.collator.prompt(example) {
-                Ok(prompt) => {
-                    asked.push(example.clone());
-                    prompts.push(prompt);
-                    unfit.push(None);
-                }
-                Err(vlmkit_data::DataError::Unusable { reason, .. }) => unfit.push(Some(reason)),
-                Err(other) => return Err(other.into()),
-            }
-        }
-        let mut answers = if asked.is_empty() {
-            Vec::new()
-        } else {
-            answer_prompts(model, &builder, &asked, prompts, &gen)?
-        }
-        .into_iter();
-        for (ex, unanswered) in examples.iter().zip(unfit) {
-            let prediction = match unanswered {
-                Some(_) => String::new(),
-                None => answers.next().unwrap_or_default(),
+        let replies = ask(model, &builder, &examples, &gen)?;
+        for (ex, reply) in examples.iter().zip(replies) {
+            let (prediction, unanswered) = match reply {
+                Ok(reply) => (reply, None),
+                Err(reason) => (String::new(), Some(reason)),
             };
             let answer = ex.answer().unwrap_or_default().to_string();
             let options: Vec<String> = ex

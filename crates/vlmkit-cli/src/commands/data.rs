@@ -62,6 +62,12 @@ pub struct ExportArgs {
     /// Take the shapes settings from this recipe's data section (default: the built-in defaults).
     #[arg(long)]
     pub recipe: Option<PathBuf>,
+    /// Write the eval split as a published benchmark's files instead — its question file
+    /// in LLaVA's format, images and annotation files in the official release format — for
+    /// `vlmkit eval --benchmark` and `vlmkit score`: pope, gqa, mme, sqa, mmbench, seed or
+    /// textvqa (--count questions; MME counts images, two questions each).
+    #[arg(long, value_name = "NAME")]
+    pub benchmark: Option<vlmkit_data::BenchmarkFormat>,
 }
 
 pub fn run(args: DataArgs) -> Result<()> {
@@ -69,6 +75,7 @@ pub fn run(args: DataArgs) -> Result<()> {
         DataCommand::Check(args) => check(args),
         DataCommand::Export(args) => {
             let split = match args.split {
+                _ if args.benchmark.is_some() => Split::Eval,
                 SplitArg::Train => Split::Train,
                 SplitArg::Eval => Split::Eval,
             };
@@ -89,6 +96,9 @@ pub fn run(args: DataArgs) -> Result<()> {
                 }
                 None => ShapesConfig::default(),
             };
+            if let Some(benchmark) = args.benchmark {
+                return export_benchmark(benchmark, config, args.count, &args.out);
+            }
             // Rewriting a split would leave the earlier export's images beside
             // the new conversation file; the other split may share the directory.
             let json = args.out.join(format!("{split}.json"));
@@ -110,6 +120,36 @@ pub fn run(args: DataArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `data export --benchmark`: the eval split as a benchmark's files, and the
+/// commands that use them.
+fn export_benchmark(
+    benchmark: vlmkit_data::BenchmarkFormat,
+    config: ShapesConfig,
+    count: u64,
+    out: &std::path::Path,
+) -> Result<()> {
+    if out.exists() && std::fs::read_dir(out)?.next().is_some() {
+        anyhow::bail!(
+            "--out {} is not empty; a benchmark export goes into a directory of its own",
+            out.display()
+        );
+    }
+    let dataset = ShapesDataset::new(config, Split::Eval)?;
+    let export = vlmkit_data::export_benchmark(&dataset, benchmark, count as usize, out)?;
+    println!(
+        "wrote {} {benchmark} questions from the built-in eval split to {}",
+        export.count,
+        out.display()
+    );
+    println!(
+        "answer and score them:\n  vlmkit eval RUN --benchmark {benchmark} --questions {} --images {} --annotations {}",
+        export.questions.display(),
+        export.images.display(),
+        export.annotations.display()
+    );
+    Ok(())
 }
 
 /// Why each record cannot be used, as training would find it.

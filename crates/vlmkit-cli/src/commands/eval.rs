@@ -1,8 +1,8 @@
 //! `vlmkit eval RUN_OR_CHECKPOINT`: per-family accuracy on the recipe's eval split.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use vlmkit_eval::{evaluate_and_save, AnswerMatch, EvalOptions};
 use vlmkit_pipeline::data::ExampleSource;
@@ -45,9 +45,35 @@ pub struct EvalArgs {
     /// must be the answer).
     #[arg(long)]
     pub relaxed: bool,
+    /// Answer a published benchmark's question file instead, as LLaVA-1.5's scripts
+    /// do, writing LLaVA's answers file (and scoring it with --annotations): gqa,
+    /// sqa, textvqa, vizwiz, mmbench, mmvet, seed, mmmu, mme, pope or vqav2.
+    #[arg(long, value_name = "NAME", requires = "questions")]
+    pub benchmark: Option<String>,
+    /// The benchmark's question file as LLaVA distributes it (e.g.
+    /// llava_gqa_testdev_balanced.jsonl, llava_test_CQM-A.json, mmbench_dev_20230712.tsv).
+    #[arg(long, value_name = "FILE", requires = "benchmark")]
+    pub questions: Option<PathBuf>,
+    /// Where the question file's image paths start (default: its directory).
+    #[arg(long, value_name = "DIR", requires = "benchmark")]
+    pub images: Option<PathBuf>,
+    /// The benchmark's release files: score the answers as `vlmkit score` does.
+    #[arg(long, value_name = "PATH", requires = "benchmark")]
+    pub annotations: Option<PathBuf>,
+    /// Whose scoring rules, with --annotations.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "llava",
+        requires = "benchmark"
+    )]
+    pub convention: vlmkit_benchmarks::Convention,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.benchmark.is_some() {
+        return run_benchmark(args);
+    }
     if args.model.is_file() && args.out.is_none() {
         bail!(
             "{}: a recipe has no run directory to write the evaluation into; give --out DIR",
@@ -113,5 +139,125 @@ pub fn run(args: EvalArgs) -> Result<()> {
         "wrote {}/{{predictions.jsonl, report.json, accuracy.png}}",
         out.display()
     );
+    Ok(())
+}
+
+/// `vlmkit eval MODEL --benchmark NAME --questions FILE`: LLaVA's inference
+/// protocol for the benchmark, its answers file, and its score.
+fn run_benchmark(args: EvalArgs) -> Result<()> {
+    let name = args.benchmark.as_deref().expect("called with --benchmark");
+    let questions_path = args
+        .questions
+        .as_deref()
+        .expect("clap requires --questions");
+    let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
+    let Some(benchmark) = registry.get(name) else {
+        bail!(
+            "--benchmark {name}: unknown; known: {}",
+            registry.names().collect::<Vec<_>>().join(", ")
+        );
+    };
+    if args.scenes_as_text || args.relaxed {
+        bail!(
+            "--scenes-as-text and --relaxed apply to the built-in evaluation, not to --benchmark"
+        );
+    }
+    let mut questions = benchmark.questions(questions_path)?;
+    if let Some(n) = args.samples {
+        if args.annotations.is_some() {
+            bail!(
+                "--samples {n} answers part of {name}; its score needs every question, so drop --samples or --annotations"
+            );
+        }
+        questions.truncate(n as usize);
+    }
+    if args.model.is_file() && args.out.is_none() {
+        bail!(
+            "{}: a recipe has no run directory to write the answers into; give --out DIR",
+            args.model.display()
+        );
+    }
+    let model = common::model_or_recipe(&args.model, args.device.as_deref(), &args.overrides)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| model.dir.join(format!("eval-{name}")));
+    let answers_path = out.join("answers.jsonl");
+    let images = args.images.clone().unwrap_or_else(|| {
+        questions_path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    });
+    let read: Vec<&Path> = [
+        Some(questions_path),
+        args.annotations.as_deref(),
+        Some(images.as_path()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    common::refuse_overwriting_inputs("--out", &answers_path, &read)?;
+    common::writable_output_dir(&out)?;
+    let batch_size = args
+        .batch_size
+        .map_or(model.plan.recipe.eval.batch_size, |b| b as usize);
+    let max_new_tokens = args.max_new_tokens.unwrap_or(benchmark.max_new_tokens());
+    eprintln!(
+        "answering {} questions of {name} ({}) with {}: batches of {batch_size}, up to {max_new_tokens} new tokens",
+        questions.len(),
+        questions_path.display(),
+        model.dir.display()
+    );
+    let started = std::time::Instant::now();
+    let answers = vlmkit_eval::benchmark::answer_benchmark(
+        &model,
+        &questions,
+        &images,
+        batch_size,
+        max_new_tokens,
+        &model.plan.recipe.run.name,
+        |done, total| eprint!("\r  {done}/{total}"),
+    )?;
+    eprintln!();
+    let seconds = started.elapsed().as_secs_f64();
+    vlmkit_eval::benchmark::write_answers(&answers_path, &answers.lines)?;
+    eprintln!(
+        "wrote {} answers to {} ({:.1} s, {:.2} questions/s)",
+        answers.lines.len(),
+        answers_path.display(),
+        seconds,
+        answers.lines.len() as f64 / seconds.max(1e-9)
+    );
+    if !answers.unanswered.is_empty() {
+        eprintln!(
+            "{} questions do not fit the model's positions: not asked, answered \"\" (the first: {})",
+            answers.unanswered.len(),
+            answers.unanswered[0]
+        );
+    }
+    let Some(annotations) = args.annotations.as_deref() else {
+        return Ok(());
+    };
+    let answer_file = vlmkit_benchmarks::AnswerFile::read(&answers_path)?;
+    let inputs = vlmkit_benchmarks::Inputs {
+        answers: &answer_file,
+        annotations: Some(annotations),
+        questions: Some(questions_path),
+        convention: args.convention,
+    };
+    let outcome = registry
+        .score(name, &inputs)
+        .with_context(|| format!("scoring {} on {name}", answers_path.display()))?;
+    let json = out.join("score.json");
+    crate::commands::score::report_outcome(
+        outcome,
+        &answers_path,
+        None,
+        Some(&json),
+        &read,
+        args.convention,
+    )?;
+    eprintln!("wrote {}", json.display());
     Ok(())
 }

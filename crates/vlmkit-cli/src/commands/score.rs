@@ -58,6 +58,26 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let outcome = registry
         .score(&args.benchmark, &inputs)
         .with_context(|| format!("scoring {} on {}", args.answers.display(), args.benchmark))?;
+    report_outcome(
+        outcome,
+        &args.answers,
+        args.submission.as_deref(),
+        args.json.as_deref(),
+        &read,
+        args.convention,
+    )
+}
+
+/// Prints a score (or writes a submission file) and, with `json`, writes the
+/// JSON report; `read` are the command's inputs, which no output may replace.
+pub(crate) fn report_outcome(
+    outcome: Outcome,
+    answers: &Path,
+    submission_path: Option<&Path>,
+    json: Option<&Path>,
+    read: &[&Path],
+    convention: Convention,
+) -> Result<()> {
     let report = match outcome {
         Outcome::Score(score) => {
             println!(
@@ -71,12 +91,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             serde_json::to_value(&score)?
         }
         Outcome::Submission(submission) => {
-            let path = args.submission.clone().unwrap_or_else(|| {
-                let dir = args.answers.parent().unwrap_or(Path::new("."));
+            let path = submission_path.map(Path::to_path_buf).unwrap_or_else(|| {
+                let dir = answers.parent().unwrap_or(Path::new("."));
                 dir.join(format!("{}-submission", submission.benchmark))
                     .join(&submission.file_name)
             });
-            crate::common::refuse_overwriting_inputs("--submission", &path, &read)?;
+            crate::common::refuse_overwriting_inputs("--submission", &path, read)?;
             if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)
                     .with_context(|| format!("making {}", parent.display()))?;
@@ -95,7 +115,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             }
             json!({
                 "benchmark": submission.benchmark,
-                "convention": args.convention,
+                "convention": convention,
                 "score": null,
                 "submission": path,
                 "server": submission.server,
@@ -104,7 +124,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
             })
         }
     };
-    if let Some(path) = &args.json {
+    if let Some(path) = json {
         let mut text = serde_json::to_string_pretty(&report)?;
         text.push('\n');
         vlmkit_core::fsutil::write_atomic(path, text.as_bytes())

@@ -179,6 +179,11 @@ impl Sample {
     }
 }
 
+/// "Is there a red circle in the image?": the existence family's question.
+pub(crate) fn existence_question(color: Color, shape: Shape) -> String {
+    questions::text::existence_question(color, shape)
+}
+
 /// What a text-only question about a described scene asks for: LLaVA's
 /// instruction for short-answer VQA, so that answers can be matched exactly.
 pub const SHORT_ANSWER: &str = "Answer the question using a single word or phrase.";

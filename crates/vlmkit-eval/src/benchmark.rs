@@ -1,0 +1,128 @@
+//! Answering a published benchmark's question file as LLaVA-1.5's inference
+//! scripts do, and writing LLaVA's answers file: the questions in the recipe's
+//! conversation template with the image first, greedy decoding with the
+//! benchmark's `max_new_tokens`, several questions per forward (padded, with
+//! the KV cache), one answer line per question in the file's order.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageReader};
+use vlmkit_benchmarks::{Question, QuestionImage};
+use vlmkit_core::GenerateOptions;
+use vlmkit_data::Example;
+use vlmkit_pipeline::LoadedModel;
+
+use crate::run::ask;
+use crate::EvalError;
+
+/// The largest image file read.
+const MAX_IMAGE_BYTES: u64 = 256 << 20;
+
+/// What answering a question file gave.
+#[derive(Debug)]
+pub struct BenchmarkAnswers {
+    /// LLaVA's answer lines, in the question file's order.
+    pub lines: Vec<serde_json::Value>,
+    /// Questions whose prompt does not fit the model's positions: not asked,
+    /// answered with an empty reply (so scored wrong), and listed here.
+    pub unanswered: Vec<String>,
+}
+
+/// A question's image, decoded; errors name the question and the file.
+fn load_image(question: &Question, images: &Path) -> Result<Option<image::RgbImage>, EvalError> {
+    let id = question.question_id();
+    let decoded: Result<DynamicImage, String> = match &question.image {
+        None => return Ok(None),
+        Some(QuestionImage::File(relative)) => {
+            let path = images.join(relative);
+            vlmkit_core::fsutil::check_regular_file(&path, MAX_IMAGE_BYTES)
+                .and_then(|_| ImageReader::open(&path))
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|reader| {
+                    reader
+                        .with_guessed_format()
+                        .map_err(|e| format!("{}: {e}", path.display()))?
+                        .decode()
+                        .map_err(|e| format!("{}: {e}", path.display()))
+                })
+        }
+        Some(QuestionImage::Encoded(bytes)) => {
+            image::load_from_memory(bytes).map_err(|e| format!("its encoded image: {e}"))
+        }
+    };
+    decoded
+        .map(|image| Some(image.to_rgb8()))
+        .map_err(|reason| EvalError::Benchmark {
+            path: images.to_path_buf(),
+            message: format!("question {id}: {reason}"),
+        })
+}
+
+/// Answers `questions` (their images under `images`) in batches of
+/// `batch_size`; `model_id` goes into each answer line.
+pub fn answer_benchmark(
+    model: &LoadedModel,
+    questions: &[Question],
+    images: &Path,
+    batch_size: usize,
+    max_new_tokens: usize,
+    model_id: &str,
+    mut on_batch: impl FnMut(usize, usize),
+) -> Result<BenchmarkAnswers, EvalError> {
+    let gen = GenerateOptions {
+        max_new_tokens,
+        ..GenerateOptions::default()
+    };
+    let builder = model.plan.batch_builder(model.vlm.device.clone())?;
+    let mut answers = BenchmarkAnswers {
+        lines: Vec::with_capacity(questions.len()),
+        unanswered: Vec::new(),
+    };
+    for (batch_index, batch) in questions.chunks(batch_size.max(1)).enumerate() {
+        let examples = batch
+            .iter()
+            .map(|q| {
+                let image = load_image(q, images)?;
+                Ok(Example::single_turn(
+                    q.question_id().to_string(),
+                    image,
+                    &q.text,
+                    "",
+                ))
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        let replies = ask(model, &builder, &examples, &gen)?;
+        for (offset, (question, reply)) in batch.iter().zip(replies).enumerate() {
+            let position = batch_index * batch_size.max(1) + offset;
+            // LLaVA's scripts strip the decoded reply.
+            let reply = match reply {
+                Ok(reply) => reply.trim().to_owned(),
+                Err(reason) => {
+                    answers
+                        .unanswered
+                        .push(format!("question {}: {reason}", question.question_id()));
+                    String::new()
+                }
+            };
+            answers
+                .lines
+                .push(question.answer_line(&reply, model_id, position));
+        }
+        on_batch(answers.lines.len(), questions.len());
+    }
+    Ok(answers)
+}
+
+/// Writes answer lines as JSON lines to `path`, atomically.
+pub fn write_answers(path: &Path, lines: &[serde_json::Value]) -> Result<PathBuf, EvalError> {
+    let mut text = Vec::new();
+    for line in lines {
+        writeln!(text, "{line}").expect("writing to memory");
+    }
+    vlmkit_core::fsutil::write_atomic(path, &text).map_err(|source| EvalError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(path.to_path_buf())
+}
