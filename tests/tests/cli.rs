@@ -343,6 +343,16 @@ fn values_out_of_range_are_refused_before_any_work() {
             "positive",
         ),
         ("data.train.image_size=100000", "image_size", "2048 px"),
+        (
+            "eval.benchmarks=[{name = \"popee\", questions = \"Cargo.toml\", annotations = \"Cargo.toml\"}]",
+            "eval.benchmarks",
+            "unknown benchmark `popee`",
+        ),
+        (
+            "eval.benchmarks=[{name = \"pope\", questions = \"nowhere.jsonl\", annotations = \"Cargo.toml\"}]",
+            "eval.benchmarks",
+            "nowhere.jsonl does not exist",
+        ),
     ] {
         let (ok, _out, err) =
             run(vlmkit().args(["recipe", "check", "recipes/mlp.toml", "--set", set]));
@@ -1957,6 +1967,94 @@ fn compare_tiny(study: &Path, overrides: &[String]) -> (bool, String, String) {
         ])
         .arg(study)
         .args(set_args(overrides)))
+}
+
+/// A recipe's `[[eval.benchmarks]]` make a study answer and score each
+/// benchmark for every run and report it in the CCRA paper's columns, with
+/// intervals over seeds and paired differences, as the families.
+#[test]
+fn studies_report_published_benchmarks_as_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pope");
+    let (ok, _, err) = run(vlmkit()
+        .args([
+            "data",
+            "export",
+            "--benchmark",
+            "pope",
+            "--count",
+            "12",
+            "--out",
+        ])
+        .arg(&data));
+    assert!(ok, "{err}");
+    let mut overrides = tiny(30);
+    overrides.push(format!(
+        "eval.benchmarks=[{{name = \"pope\", questions = {:?}, images = {:?}, annotations = {:?}}}]",
+        data.join("llava_pope_test.jsonl").display().to_string(),
+        data.join("images").display().to_string(),
+        data.join("coco").display().to_string()
+    ));
+    let study = dir.path().join("study");
+    let (ok, _, err) = compare_tiny(&study, &overrides);
+    assert!(ok, "{err}");
+    for run_dir in [
+        "runs/mlp/seed-1",
+        "runs/mlp/seed-2",
+        "runs/ccra/seed-1",
+        "runs/ccra/seed-2",
+    ] {
+        let score: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(study.join(run_dir).join("eval/benchmarks/pope/score.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(score["benchmark"], "pope", "{run_dir}");
+        let answers = std::fs::read_to_string(
+            study
+                .join(run_dir)
+                .join("eval/benchmarks/pope/answers.jsonl"),
+        )
+        .unwrap();
+        assert_eq!(answers.lines().count(), 12, "{run_dir}");
+    }
+    let md = std::fs::read_to_string(study.join("report.md")).unwrap();
+    let section = md
+        .split("## Benchmarks")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no benchmarks section:\n{md}"));
+    let header = section
+        .lines()
+        .find(|l| l.starts_with("| recipe"))
+        .unwrap_or("");
+    let columns: Vec<&str> = header
+        .split('|')
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(columns, ["recipe", "seeds", "POPE"], "{section}");
+    assert!(section.contains("### Paired against mlp"), "{section}");
+    let study_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(study.join("study.json")).unwrap()).unwrap();
+    assert_eq!(study_json["benchmarks"], serde_json::json!(["pope"]));
+    for arm in study_json["arms"].as_array().unwrap() {
+        let pope = &arm["benchmarks"]["pope"];
+        assert_eq!(pope["n"], 2, "{arm}");
+        assert!(pope["mean"].as_f64().unwrap() >= 0.0);
+    }
+    assert!(!study_json["arms"][1]["benchmarks_paired"]["pope"].is_null());
+    let csv = std::fs::read_to_string(study.join("report.csv")).unwrap();
+    assert_eq!(
+        csv.lines()
+            .filter(|l| l.contains(",benchmark:pope,"))
+            .count(),
+        2,
+        "{csv}"
+    );
+    // Finished and scored: a second invocation reuses every run.
+    let (ok, _, err) = compare_tiny(&study, &overrides);
+    assert!(ok, "{err}");
+    assert_eq!(err.matches(": reused").count(), 4, "{err}");
 }
 
 #[test]

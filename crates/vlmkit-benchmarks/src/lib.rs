@@ -176,6 +176,25 @@ pub enum LmmsEval {
     Unavailable(&'static str),
 }
 
+impl Outcome {
+    /// The JSON report `vlmkit score --json` writes: the score, or for a
+    /// submission `"score": null` and where the file went.
+    pub fn report(&self, convention: Convention, submission_path: Option<&Path>) -> Value {
+        match self {
+            Outcome::Score(score) => serde_json::to_value(score).expect("scores serialise"),
+            Outcome::Submission(submission) => serde_json::json!({
+                "benchmark": submission.benchmark,
+                "convention": convention,
+                "score": null,
+                "submission": submission_path,
+                "server": submission.server,
+                "entries": submission.entries,
+                "notes": submission.notes,
+            }),
+        }
+    }
+}
+
 /// One published benchmark.
 pub trait Benchmark: Send + Sync {
     /// Its name on the command line (`gqa`, `pope`, …).

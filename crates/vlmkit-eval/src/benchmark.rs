@@ -126,3 +126,103 @@ pub fn write_answers(path: &Path, lines: &[serde_json::Value]) -> Result<PathBuf
     })?;
     Ok(path.to_path_buf())
 }
+
+/// A benchmark to answer (and score), as `vlmkit eval --benchmark` or a
+/// recipe's `[[eval.benchmarks]]` names it.
+#[derive(Debug, Clone)]
+pub struct BenchmarkRun<'a> {
+    pub name: &'a str,
+    /// Its question file (also the scorer's `--questions`).
+    pub questions: &'a Path,
+    /// Where the question file's image paths start.
+    pub images: &'a Path,
+    /// Its release files; `None`: answer only.
+    pub annotations: Option<&'a Path>,
+    pub convention: vlmkit_benchmarks::Convention,
+    pub batch_size: usize,
+    /// Default: LLaVA's for the benchmark.
+    pub max_new_tokens: Option<usize>,
+    /// Answer only the first this many questions (no score then).
+    pub limit: Option<usize>,
+}
+
+/// What [`run_benchmark`] did.
+#[derive(Debug)]
+pub struct BenchmarkResult {
+    /// `answers.jsonl`.
+    pub answers: PathBuf,
+    pub answered: usize,
+    pub unanswered: Vec<String>,
+    pub seconds: f64,
+    pub batch_size: usize,
+    pub max_new_tokens: usize,
+    /// The score (or submission), with annotations.
+    pub outcome: Option<vlmkit_benchmarks::Outcome>,
+}
+
+/// Answers `run`'s questions with `model` into `out/answers.jsonl` and, with
+/// annotations, scores them. `on_start` hears the number of questions.
+pub fn run_benchmark(
+    model: &LoadedModel,
+    run: &BenchmarkRun<'_>,
+    out: &Path,
+    model_id: &str,
+    on_batch: impl FnMut(usize, usize),
+) -> Result<BenchmarkResult, EvalError> {
+    let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
+    let benchmark = registry.get(run.name).ok_or_else(|| EvalError::Benchmark {
+        path: run.questions.to_path_buf(),
+        message: format!(
+            "unknown benchmark `{}`; known: {}",
+            run.name,
+            registry.names().collect::<Vec<_>>().join(", ")
+        ),
+    })?;
+    let mut questions = benchmark
+        .questions(run.questions)
+        .map_err(EvalError::from)?;
+    if let Some(limit) = run.limit {
+        questions.truncate(limit);
+    }
+    let max_new_tokens = run.max_new_tokens.unwrap_or(benchmark.max_new_tokens());
+    std::fs::create_dir_all(out).map_err(|source| EvalError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    let started = std::time::Instant::now();
+    let answers = answer_benchmark(
+        model,
+        &questions,
+        run.images,
+        run.batch_size,
+        max_new_tokens,
+        model_id,
+        on_batch,
+    )?;
+    let seconds = started.elapsed().as_secs_f64();
+    let path = write_answers(&out.join("answers.jsonl"), &answers.lines)?;
+    let outcome = match run.annotations {
+        Some(annotations) if run.limit.is_none() => {
+            let answer_file = vlmkit_benchmarks::AnswerFile::read(&path)?;
+            Some(registry.score(
+                run.name,
+                &vlmkit_benchmarks::Inputs {
+                    answers: &answer_file,
+                    annotations: Some(annotations),
+                    questions: Some(run.questions),
+                    convention: run.convention,
+                },
+            )?)
+        }
+        _ => None,
+    };
+    Ok(BenchmarkResult {
+        answers: path,
+        answered: answers.lines.len(),
+        unanswered: answers.unanswered,
+        seconds,
+        batch_size: run.batch_size,
+        max_new_tokens,
+        outcome,
+    })
+}

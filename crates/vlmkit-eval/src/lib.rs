@@ -53,6 +53,15 @@ pub enum EvalError {
     /// A benchmark's question file or image.
     #[error("{}: {message}", path.display())]
     Benchmark { path: PathBuf, message: String },
+    /// Reading or scoring a benchmark's files.
+    #[error(transparent)]
+    Score(Box<vlmkit_benchmarks::BenchmarkError>),
+}
+
+impl From<vlmkit_benchmarks::BenchmarkError> for EvalError {
+    fn from(error: vlmkit_benchmarks::BenchmarkError) -> Self {
+        EvalError::Score(Box::new(error))
+    }
 }
 
 vlmkit_core::from_boxed!(EvalError {

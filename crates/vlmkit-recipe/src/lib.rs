@@ -11,5 +11,5 @@ pub mod settings;
 
 pub use error::{Location, Origin, RecipeError, RecipeErrorKind};
 pub use recipe::Recipe;
-pub use schema::{EvalConfig, PluginsConfig, RunConfig, Schedule, StageConfig};
+pub use schema::{EvalBenchmark, EvalConfig, PluginsConfig, RunConfig, Schedule, StageConfig};
 pub use settings::{Settings, SettingsError};

@@ -122,6 +122,7 @@ impl Recipe {
             || Ok(EvalConfig::default()),
             |s| s.parse().map_err(|e| recipe.error_for(e)),
         )?;
+        recipe.resolve_benchmark_paths();
         recipe.check_eval()?;
         recipe.plugins = recipe.parse_plugins()?;
         Ok(recipe)
@@ -359,7 +360,58 @@ impl Recipe {
     }
 
     /// `[eval]`'s sizes: a generation batch and an answer of at least one.
+    /// `[[eval.benchmarks]]` paths, against the recipe file that set each.
+    fn resolve_benchmark_paths(&mut self) {
+        for i in 0..self.eval.benchmarks.len() {
+            let key = |name: &str| format!("eval.benchmarks.{i}.{name}");
+            if let Some(path) = self.path_value(&key("questions")) {
+                self.eval.benchmarks[i].questions = path;
+            }
+            if let Some(path) = self.path_value(&key("annotations")) {
+                self.eval.benchmarks[i].annotations = path;
+            }
+            if let Some(path) = self.path_value(&key("images")) {
+                self.eval.benchmarks[i].images = Some(path);
+            }
+        }
+    }
+
     fn check_eval(&self) -> Result<(), RecipeError> {
+        let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
+        for (i, benchmark) in self.eval.benchmarks.iter().enumerate() {
+            let key = |name: &str| format!("eval.benchmarks.{i}.{name}");
+            if registry.get(&benchmark.name).is_none() {
+                return Err(self
+                    .error_at(
+                        &key("name"),
+                        format!("unknown benchmark `{}`", benchmark.name),
+                    )
+                    .with_help(format!(
+                        "known: {}",
+                        registry.names().collect::<Vec<_>>().join(", ")
+                    )));
+            }
+            if self.eval.benchmarks[..i]
+                .iter()
+                .any(|b| b.name == benchmark.name)
+            {
+                return Err(self.error_at(
+                    &key("name"),
+                    format!("`{}` is listed twice", benchmark.name),
+                ));
+            }
+            for (name, path) in [
+                ("questions", Some(&benchmark.questions)),
+                ("annotations", Some(&benchmark.annotations)),
+                ("images", benchmark.images.as_ref()),
+            ] {
+                if let Some(path) = path.filter(|p| !p.exists()) {
+                    return Err(
+                        self.error_at(&key(name), format!("{} does not exist", path.display()))
+                    );
+                }
+            }
+        }
         if !(1..=MAX_BATCH).contains(&self.eval.batch_size) {
             return Err(self.error_at(
                 "eval.batch_size",

@@ -195,6 +195,29 @@ pub struct EvalConfig {
     /// Evaluate on this many samples (all when absent).
     #[serde(default)]
     pub samples: Option<u64>,
+    /// Published benchmarks answered and scored beside the eval split
+    /// (`vlmkit compare` and `sweep` report them as columns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub benchmarks: Vec<EvalBenchmark>,
+}
+
+/// One `[[eval.benchmarks]]` entry: a benchmark's files, as `vlmkit eval
+/// --benchmark` takes them. Paths are resolved against the recipe file that
+/// sets them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalBenchmark {
+    /// `gqa`, `pope`, … (`vlmkit score`'s names).
+    pub name: String,
+    /// Its question file in LLaVA's format.
+    pub questions: PathBuf,
+    /// Where the question file's image paths start (default: its directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<PathBuf>,
+    /// Its release files, as `vlmkit score --annotations` takes them.
+    pub annotations: PathBuf,
+    #[serde(default)]
+    pub convention: vlmkit_benchmarks::Convention,
 }
 
 fn default_eval_batch() -> usize {
@@ -210,6 +233,7 @@ impl Default for EvalConfig {
             batch_size: default_eval_batch(),
             max_new_tokens: default_max_new_tokens(),
             samples: None,
+            benchmarks: Vec::new(),
         }
     }
 }

@@ -51,6 +51,9 @@ pub struct RunScores {
     pub accuracy: f64,
     pub families: Vec<FamilyScore>,
     pub forms: Vec<FamilyScore>,
+    /// Published benchmarks' headline scores (`[[eval.benchmarks]]`), by name,
+    /// each in its own unit.
+    pub benchmarks: BTreeMap<String, f64>,
 }
 
 impl RunScores {
@@ -62,6 +65,7 @@ impl RunScores {
             accuracy: report.accuracy,
             families: families.families,
             forms: families.forms,
+            benchmarks: BTreeMap::new(),
         }
     }
 
@@ -112,6 +116,12 @@ pub struct ArmSummary {
     /// difference in accuracy paired by seed. Empty for the first arm.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub paired: BTreeMap<String, Paired>,
+    /// Benchmark headline scores over the seeds, by benchmark name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub benchmarks: BTreeMap<String, Estimate>,
+    /// Against the first arm, per benchmark: the score difference paired by seed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub benchmarks_paired: BTreeMap<String, Paired>,
     pub runs: Vec<RunSummary>,
 }
 
@@ -153,6 +163,10 @@ pub struct StudyReport {
     pub forms: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub form_baselines: Vec<Baseline>,
+    /// Benchmarks scored by every run's recipe, in the CCRA paper's column
+    /// order (names as `vlmkit score` knows them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub benchmarks: Vec<String>,
     pub arms: Vec<ArmSummary>,
 }
 
@@ -172,6 +186,16 @@ impl StudyReport {
             .into_iter()
             .collect();
         let keys: Vec<&String> = families.iter().chain(&forms).collect();
+        let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
+        let benchmarks: Vec<String> = registry
+            .names()
+            .filter(|name| {
+                results
+                    .iter()
+                    .any(|r| r.eval.benchmarks.contains_key(*name))
+            })
+            .map(String::from)
+            .collect();
         let baselines = families.iter().map(|f| baseline(f, &results)).collect();
         let form_baselines = forms.iter().map(|f| baseline(f, &results)).collect();
         // What every other arm is paired against.
@@ -218,7 +242,34 @@ impl StudyReport {
                         keys.iter()
                             .map(|k| k.as_str())
                             .chain(["all"])
-                            .filter_map(|key| Some((key.to_string(), paired(key, &runs, &first)?)))
+                            .filter_map(|key| {
+                                let accuracy = |r: &RunResult| match key {
+                                    "all" => Some(r.eval.accuracy),
+                                    _ => Some(r.eval.score_of(key)?.accuracy),
+                                };
+                                Some((key.to_string(), paired(accuracy, &runs, &first)?))
+                            })
+                            .collect()
+                    },
+                    benchmarks: benchmarks
+                        .iter()
+                        .filter_map(|name| {
+                            let values: Vec<f64> = runs
+                                .iter()
+                                .filter_map(|r| r.eval.benchmarks.get(name).copied())
+                                .collect();
+                            Estimate::of(&values).map(|e| (name.clone(), e))
+                        })
+                        .collect(),
+                    benchmarks_paired: if index == 0 {
+                        BTreeMap::new()
+                    } else {
+                        benchmarks
+                            .iter()
+                            .filter_map(|name| {
+                                let score = |r: &RunResult| r.eval.benchmarks.get(name).copied();
+                                Some((name.clone(), paired(score, &runs, &first)?))
+                            })
                             .collect()
                     },
                     runs: runs
@@ -243,6 +294,7 @@ impl StudyReport {
             baselines,
             forms,
             form_baselines,
+            benchmarks,
             arms,
         }
     }
@@ -359,6 +411,7 @@ impl StudyReport {
 
         md += &self.forms_markdown();
         md += &self.paired_markdown();
+        md += &self.benchmarks_markdown();
 
         let _ = writeln!(md, "\n## Runs\n");
         let mut header = vec![self.row_label().to_string(), "seed".into()];
@@ -395,6 +448,78 @@ impl StudyReport {
              `loss.png`, `final/`), `summary.json` (step times, peak memory) and `eval/` \
              (`report.json` with POPE metrics, `predictions.jsonl`, `accuracy.png`)."
         );
+        md
+    }
+
+    /// The published benchmarks' table in the CCRA paper's column order, and
+    /// its paired differences against the first arm (empty without benchmarks).
+    fn benchmarks_markdown(&self) -> String {
+        if self.benchmarks.is_empty() {
+            return String::new();
+        }
+        let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
+        let column = |name: &String| {
+            registry
+                .get(name)
+                .map_or(name.clone(), |b| b.column().to_owned())
+        };
+        let mut md = String::from(
+            "\n## Benchmarks\n\nEach benchmark's headline as `vlmkit score` gives it (its official \
+             script's number, in the unit the CCRA paper's tables use: % for accuracies, F1 × 100 \
+             for POPE, points of 2000 for MME-P), mean ± half-width of the 95% interval over \
+             seeds; the scores are in each run's `eval/benchmarks/<name>/score.json`.\n\n",
+        );
+        let mut header = vec![self.row_label().to_string(), "seeds".into()];
+        header.extend(self.benchmarks.iter().map(column));
+        let rows: Vec<Vec<String>> = self
+            .arms
+            .iter()
+            .map(|arm| {
+                let mut row = vec![escape_md(&arm.name), seeds_list(&arm.seeds)];
+                row.extend(
+                    self.benchmarks
+                        .iter()
+                        .map(|b| arm.benchmarks.get(b).map_or("—".into(), score_cell)),
+                );
+                row
+            })
+            .collect();
+        let mut align = vec![":--", ":--"];
+        align.extend(std::iter::repeat_n("--:", header.len() - 2));
+        md += &table(&header, &align, &rows);
+        let others: Vec<&ArmSummary> = self
+            .arms
+            .iter()
+            .skip(1)
+            .filter(|a| !a.benchmarks_paired.is_empty())
+            .collect();
+        if let (Some(first), false) = (self.arms.first(), others.is_empty()) {
+            let _ = writeln!(
+                md,
+                "\n### Paired against {}\n\nEach arm's score minus {}'s on the same seed, in the \
+                 benchmark's unit: mean ± half-width of the 95% interval over the shared seeds, and \
+                 (k/n) the seeds on which the arm is ahead.\n",
+                escape_md(&first.name),
+                escape_md(&first.name)
+            );
+            let mut header = vec![self.row_label().to_string()];
+            header.extend(self.benchmarks.iter().map(column));
+            let rows: Vec<Vec<String>> = others
+                .iter()
+                .map(|arm| {
+                    let mut row = vec![escape_md(&arm.name)];
+                    row.extend(self.benchmarks.iter().map(|b| {
+                        arm.benchmarks_paired
+                            .get(b)
+                            .map_or("—".into(), paired_score_cell)
+                    }));
+                    row
+                })
+                .collect();
+            let mut align = vec![":--"];
+            align.extend(std::iter::repeat_n("--:", header.len() - 1));
+            md += &table(&header, &align, &rows);
+        }
         md
     }
 
@@ -512,6 +637,16 @@ impl StudyReport {
                 .collect();
             if let Some(all) = &arm.overall {
                 cells.push(("all", all, None));
+            }
+            let benchmark_keys: Vec<String> = self
+                .benchmarks
+                .iter()
+                .map(|b| format!("benchmark:{b}"))
+                .collect();
+            for (key, name) in benchmark_keys.iter().zip(&self.benchmarks) {
+                if let Some(e) = arm.benchmarks.get(name) {
+                    cells.push((key.as_str(), e, None));
+                }
             }
             for (family, e, chance) in cells {
                 let fields = [
@@ -723,6 +858,24 @@ fn paired_cell(p: &Paired) -> String {
     }
 }
 
+/// A benchmark score in its own unit: `85.9 ± 1.2`, or `85.9 (n=1)`.
+fn score_cell(e: &Estimate) -> String {
+    match e.ci95 {
+        Some(ci) => format!("{:.1} ± {ci:.1}", e.mean),
+        None => format!("{:.1} (n={})", e.mean, e.n),
+    }
+}
+
+/// A paired benchmark difference in its own unit: `+1.5 ± 0.8 (3/3)`.
+fn paired_score_cell(p: &Paired) -> String {
+    let d = &p.difference;
+    let mean = format!("{:+.1}", if d.mean.abs() < 0.05 { 0.0 } else { d.mean });
+    match d.ci95 {
+        Some(ci) => format!("{mean} ± {ci:.1} ({}/{})", p.ahead, d.n),
+        None => format!("{mean} ({}/{})", p.ahead, d.n),
+    }
+}
+
 fn seeds_list(seeds: &[u64]) -> String {
     seeds
         .iter()
@@ -776,18 +929,18 @@ fn baseline(key: &str, results: &[RunResult]) -> Baseline {
     }
 }
 
-/// `runs` against `first` on `key` (`all` for every question) over the seeds
+/// `runs` against `first` on what `value` reads from a run, over the seeds
 /// both have; `None` when they share none.
-fn paired(key: &str, runs: &[&RunResult], first: &[&RunResult]) -> Option<Paired> {
-    let accuracy = |r: &RunResult| match key {
-        "all" => Some(r.eval.accuracy),
-        _ => Some(r.eval.score_of(key)?.accuracy),
-    };
+fn paired(
+    value: impl Fn(&RunResult) -> Option<f64>,
+    runs: &[&RunResult],
+    first: &[&RunResult],
+) -> Option<Paired> {
     let differences: Vec<f64> = runs
         .iter()
         .filter_map(|r| {
             let other = first.iter().find(|f| f.seed == r.seed)?;
-            Some(accuracy(r)? - accuracy(other)?)
+            Some(value(r)? - value(other)?)
         })
         .collect();
     Some(Paired {
@@ -843,6 +996,7 @@ mod tests {
             accuracy: families.iter().map(|f| f.accuracy).sum::<f64>() / families.len() as f64,
             families,
             forms,
+            benchmarks: BTreeMap::new(),
         }
     }
 

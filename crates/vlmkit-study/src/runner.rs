@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use vlmkit_eval::benchmark::{run_benchmark, BenchmarkRun};
 use vlmkit_eval::{
     evaluate_and_save, read_predictions, score, EvalOptions, EvalReport, PREDICTIONS_FILE,
     REPORT_FILE,
@@ -48,7 +49,24 @@ impl PlannedRun {
     pub fn eval_dir(&self) -> PathBuf {
         self.dir.join(EVAL_DIR)
     }
+
+    /// Where a `[[eval.benchmarks]]` entry's answers and score go.
+    pub fn benchmark_dir(&self, name: &str) -> PathBuf {
+        self.eval_dir().join("benchmarks").join(name)
+    }
+
+    /// Whether every benchmark of the recipe has its score file.
+    fn benchmarks_scored(&self) -> bool {
+        self.plan.recipe.eval.benchmarks.iter().all(|b| {
+            self.benchmark_dir(&b.name)
+                .join(BENCHMARK_SCORE_FILE)
+                .is_file()
+        })
+    }
 }
+
+/// A benchmark's score in its directory (`vlmkit score --json`'s report).
+pub const BENCHMARK_SCORE_FILE: &str = "score.json";
 
 /// How far a run directory has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,7 +177,7 @@ impl Study {
 
     /// How far `run` has come.
     pub fn state(&self, run: &PlannedRun) -> Result<RunState, StudyError> {
-        if run.eval_dir().join(REPORT_FILE).is_file() {
+        if run.eval_dir().join(REPORT_FILE).is_file() && run.benchmarks_scored() {
             return Ok(RunState::Evaluated);
         }
         let run_dir = RunDir::new(&run.dir);
@@ -250,14 +268,60 @@ impl Study {
             .open()
             .map_err(vlmkit_pipeline::PipelineError::from)?;
         let opts = EvalOptions::from_config(&model.plan.recipe.eval);
-        Ok(evaluate_and_save(
+        let report = evaluate_and_save(
             &model,
             source.as_ref(),
             &opts,
             &run.eval_dir(),
             &format!("{}: accuracy per question family", run.label()),
             |done, total| observer.eval_progress(done, total),
-        )?)
+        )?;
+        for benchmark in &model.plan.recipe.eval.benchmarks {
+            let dir = run.benchmark_dir(&benchmark.name);
+            let images = benchmark.images.clone().unwrap_or_else(|| {
+                benchmark
+                    .questions
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default()
+            });
+            let result = run_benchmark(
+                &model,
+                &BenchmarkRun {
+                    name: &benchmark.name,
+                    questions: &benchmark.questions,
+                    images: &images,
+                    annotations: Some(&benchmark.annotations),
+                    convention: benchmark.convention,
+                    batch_size: model.plan.recipe.eval.batch_size,
+                    max_new_tokens: None,
+                    limit: None,
+                },
+                &dir,
+                &run.label(),
+                |done, total| observer.eval_progress(done, total),
+            )?;
+            let outcome = result.outcome.expect("scored: annotations given, no limit");
+            let submission = match &outcome {
+                vlmkit_benchmarks::Outcome::Submission(submission) => {
+                    let path = dir.join(&submission.file_name);
+                    vlmkit_core::fsutil::write_atomic(&path, &submission.contents).map_err(
+                        |source| StudyError::Io {
+                            path: path.clone(),
+                            source,
+                        },
+                    )?;
+                    Some(path)
+                }
+                vlmkit_benchmarks::Outcome::Score(_) => None,
+            };
+            let json = outcome.report(benchmark.convention, submission.as_deref());
+            let path = dir.join(BENCHMARK_SCORE_FILE);
+            let text = serde_json::to_string_pretty(&json).expect("reports serialise");
+            vlmkit_core::fsutil::write_atomic(&path, text.as_bytes())
+                .map_err(|source| StudyError::Io { path, source })?;
+        }
+        Ok(report)
     }
 
     /// Reads every run's evaluation and measurements into a report (every run
@@ -285,11 +349,30 @@ impl Study {
                 })?;
                 eval = score(&eval.checkpoint, &predictions);
             }
+            let mut scores = RunScores::of(&eval);
+            for benchmark in &run.plan.recipe.eval.benchmarks {
+                let path = run
+                    .benchmark_dir(&benchmark.name)
+                    .join(BENCHMARK_SCORE_FILE);
+                let text = std::fs::read_to_string(&path).map_err(|source| StudyError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                let report: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| StudyError::Unreadable {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    })?;
+                // A submission (MM-Vet, a test split) has no score to compare.
+                if let Some(score) = report["score"].as_f64() {
+                    scores.benchmarks.insert(benchmark.name.clone(), score);
+                }
+            }
             results.push(RunResult {
                 arm: run.arm,
                 seed: run.seed,
                 dir: run.rel_dir.clone(),
-                eval: RunScores::of(&eval),
+                eval: scores,
                 measures: RunMeasures::read(&run.dir)?,
             });
         }

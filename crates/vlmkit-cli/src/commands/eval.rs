@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Args;
 use vlmkit_eval::{evaluate_and_save, AnswerMatch, EvalOptions};
 use vlmkit_pipeline::data::ExampleSource;
@@ -146,30 +146,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
 /// protocol for the benchmark, its answers file, and its score.
 fn run_benchmark(args: EvalArgs) -> Result<()> {
     let name = args.benchmark.as_deref().expect("called with --benchmark");
-    let questions_path = args
+    let questions = args
         .questions
         .as_deref()
         .expect("clap requires --questions");
-    let registry = vlmkit_benchmarks::BenchmarkRegistry::default();
-    let Some(benchmark) = registry.get(name) else {
+    if vlmkit_benchmarks::BenchmarkRegistry::default()
+        .get(name)
+        .is_none()
+    {
         bail!(
             "--benchmark {name}: unknown; known: {}",
-            registry.names().collect::<Vec<_>>().join(", ")
+            vlmkit_benchmarks::BenchmarkRegistry::default()
+                .names()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-    };
+    }
     if args.scenes_as_text || args.relaxed {
         bail!(
             "--scenes-as-text and --relaxed apply to the built-in evaluation, not to --benchmark"
         );
     }
-    let mut questions = benchmark.questions(questions_path)?;
-    if let Some(n) = args.samples {
-        if args.annotations.is_some() {
-            bail!(
-                "--samples {n} answers part of {name}; its score needs every question, so drop --samples or --annotations"
-            );
-        }
-        questions.truncate(n as usize);
+    if let (Some(n), Some(_)) = (args.samples, &args.annotations) {
+        bail!(
+            "--samples {n} answers part of {name}; its score needs every question, so drop --samples or --annotations"
+        );
     }
     if args.model.is_file() && args.out.is_none() {
         bail!(
@@ -182,77 +183,69 @@ fn run_benchmark(args: EvalArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| model.dir.join(format!("eval-{name}")));
-    let answers_path = out.join("answers.jsonl");
     let images = args.images.clone().unwrap_or_else(|| {
-        questions_path
+        questions
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default()
     });
     let read: Vec<&Path> = [
-        Some(questions_path),
+        Some(questions),
         args.annotations.as_deref(),
         Some(images.as_path()),
     ]
     .into_iter()
     .flatten()
     .collect();
-    common::refuse_overwriting_inputs("--out", &answers_path, &read)?;
+    common::refuse_overwriting_inputs("--out", &out.join("answers.jsonl"), &read)?;
     common::writable_output_dir(&out)?;
-    let batch_size = args
-        .batch_size
-        .map_or(model.plan.recipe.eval.batch_size, |b| b as usize);
-    let max_new_tokens = args.max_new_tokens.unwrap_or(benchmark.max_new_tokens());
+    let run = vlmkit_eval::benchmark::BenchmarkRun {
+        name,
+        questions,
+        images: &images,
+        annotations: args.annotations.as_deref(),
+        convention: args.convention,
+        batch_size: args
+            .batch_size
+            .map_or(model.plan.recipe.eval.batch_size, |b| b as usize),
+        max_new_tokens: args.max_new_tokens,
+        limit: args.samples.map(|n| n as usize),
+    };
     eprintln!(
-        "answering {} questions of {name} ({}) with {}: batches of {batch_size}, up to {max_new_tokens} new tokens",
-        questions.len(),
-        questions_path.display(),
-        model.dir.display()
+        "answering {name} ({}) with {}: batches of {}",
+        questions.display(),
+        model.dir.display(),
+        run.batch_size
     );
-    let started = std::time::Instant::now();
-    let answers = vlmkit_eval::benchmark::answer_benchmark(
+    let result = vlmkit_eval::benchmark::run_benchmark(
         &model,
-        &questions,
-        &images,
-        batch_size,
-        max_new_tokens,
+        &run,
+        &out,
         &model.plan.recipe.run.name,
         |done, total| eprint!("\r  {done}/{total}"),
     )?;
     eprintln!();
-    let seconds = started.elapsed().as_secs_f64();
-    vlmkit_eval::benchmark::write_answers(&answers_path, &answers.lines)?;
     eprintln!(
-        "wrote {} answers to {} ({:.1} s, {:.2} questions/s)",
-        answers.lines.len(),
-        answers_path.display(),
-        seconds,
-        answers.lines.len() as f64 / seconds.max(1e-9)
+        "wrote {} answers to {} ({:.1} s, {:.2} questions/s, up to {} new tokens)",
+        result.answered,
+        result.answers.display(),
+        result.seconds,
+        result.answered as f64 / result.seconds.max(1e-9),
+        result.max_new_tokens
     );
-    if !answers.unanswered.is_empty() {
+    if let Some(first) = result.unanswered.first() {
         eprintln!(
-            "{} questions do not fit the model's positions: not asked, answered \"\" (the first: {})",
-            answers.unanswered.len(),
-            answers.unanswered[0]
+            "{} questions do not fit the model's positions: not asked, answered \"\" (the first: {first})",
+            result.unanswered.len()
         );
     }
-    let Some(annotations) = args.annotations.as_deref() else {
+    let Some(outcome) = result.outcome else {
         return Ok(());
     };
-    let answer_file = vlmkit_benchmarks::AnswerFile::read(&answers_path)?;
-    let inputs = vlmkit_benchmarks::Inputs {
-        answers: &answer_file,
-        annotations: Some(annotations),
-        questions: Some(questions_path),
-        convention: args.convention,
-    };
-    let outcome = registry
-        .score(name, &inputs)
-        .with_context(|| format!("scoring {} on {name}", answers_path.display()))?;
     let json = out.join("score.json");
     crate::commands::score::report_outcome(
         outcome,
-        &answers_path,
+        &result.answers,
         None,
         Some(&json),
         &read,

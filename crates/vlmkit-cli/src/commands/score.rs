@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use serde_json::json;
 use vlmkit_benchmarks::{AnswerFile, BenchmarkRegistry, Convention, Inputs, Outcome};
 
 #[derive(Debug, Args)]
@@ -88,7 +87,7 @@ pub(crate) fn report_outcome(
             for note in &score.notes {
                 println!("note: {note}");
             }
-            serde_json::to_value(&score)?
+            Outcome::Score(score).report(convention, None)
         }
         Outcome::Submission(submission) => {
             let path = submission_path.map(Path::to_path_buf).unwrap_or_else(|| {
@@ -113,15 +112,7 @@ pub(crate) fn report_outcome(
             for note in &submission.notes {
                 println!("note: {note}");
             }
-            json!({
-                "benchmark": submission.benchmark,
-                "convention": convention,
-                "score": null,
-                "submission": path,
-                "server": submission.server,
-                "entries": submission.entries,
-                "notes": submission.notes,
-            })
+            Outcome::Submission(submission).report(convention, Some(&path))
         }
     };
     if let Some(path) = json {

@@ -218,6 +218,11 @@ impl Plan {
         for table in data_tables {
             keys.extend(["json", "images"].map(|k| format!("{table}.{k}")));
         }
+        for i in 0..self.recipe.eval.benchmarks.len() {
+            keys.extend(
+                ["questions", "images", "annotations"].map(|k| format!("eval.benchmarks.{i}.{k}")),
+            );
+        }
         keys
     }
 
