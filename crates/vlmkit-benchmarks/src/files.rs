@@ -251,6 +251,36 @@ pub(crate) fn take_id(
     }
 }
 
+/// The `question_id` of entry `index` (0-based) of a release file's list.
+pub(crate) fn entry_id(
+    entry: &Value,
+    path: &Path,
+    index: usize,
+) -> Result<QuestionId, BenchmarkError> {
+    entry
+        .get("question_id")
+        .and_then(QuestionId::from_json)
+        .ok_or_else(|| {
+            BenchmarkError::format(
+                path,
+                None,
+                format!("entry {} has no `question_id`", index + 1),
+            )
+        })
+}
+
+/// An error about question `id` of a release file.
+pub(crate) fn bad_entry<'a>(
+    path: &'a Path,
+    id: &'a QuestionId,
+) -> impl Fn(&str) -> BenchmarkError + 'a {
+    move |message| BenchmarkError::BadEntry {
+        path: path.to_owned(),
+        id: id.clone(),
+        message: message.to_owned(),
+    }
+}
+
 /// A JSON value's kind, for messages.
 pub(crate) fn kind(value: &Value) -> &'static str {
     match value {

@@ -102,11 +102,7 @@ impl<'a> Inputs<'a> {
         benchmark: &'static str,
         what: &'static str,
     ) -> Result<&'a Path, BenchmarkError> {
-        self.annotations.ok_or(BenchmarkError::NeedsInput {
-            benchmark,
-            flag: "--annotations",
-            what,
-        })
+        required(self.annotations, benchmark, "--annotations", what)
     }
 
     /// `--questions`, required by `benchmark` to hold `what`.
@@ -115,12 +111,21 @@ impl<'a> Inputs<'a> {
         benchmark: &'static str,
         what: &'static str,
     ) -> Result<&'a Path, BenchmarkError> {
-        self.questions.ok_or(BenchmarkError::NeedsInput {
-            benchmark,
-            flag: "--questions",
-            what,
-        })
+        required(self.questions, benchmark, "--questions", what)
     }
+}
+
+fn required<'a>(
+    path: Option<&'a Path>,
+    benchmark: &'static str,
+    flag: &'static str,
+    what: &'static str,
+) -> Result<&'a Path, BenchmarkError> {
+    path.ok_or(BenchmarkError::NeedsInput {
+        benchmark,
+        flag,
+        what,
+    })
 }
 
 /// A benchmark's number, with the metrics beside it.

@@ -181,7 +181,12 @@ fn key_of(question_id: &str, prompt: &str, truth: &Truth) -> Key {
 
 /// `calculation.py`'s reading of a reply (lower-cased, its line's newline kept).
 fn llava_label(reply: &str) -> Option<bool> {
-    let pred = format!("{}\n", reply.to_lowercase());
+    first_four(&format!("{}\n", reply.to_lowercase()))
+}
+
+/// Yes when `yes` occurs within the first four characters, else no when `no`
+/// does, else neither (`parse_pred_ans`' last rule, in both conventions).
+fn first_four(pred: &str) -> Option<bool> {
     let prefix: String = pred.chars().take(4).collect();
     if prefix.contains("yes") {
         Some(true)
@@ -201,14 +206,7 @@ fn lmms_eval_label(reply: &str) -> Option<bool> {
         _ if pred.chars().count() == 1 => return None,
         _ => {}
     }
-    let prefix: String = pred.chars().take(4).collect();
-    if prefix.contains("yes") {
-        Some(true)
-    } else if prefix.contains("no") {
-        Some(false)
-    } else {
-        None
-    }
+    first_four(&pred)
 }
 
 struct Scored {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::files::read_json;
+use crate::files::{bad_entry, entry_id, read_json};
 use crate::table::{two, Table};
 use crate::{
     into_map, pytext, Benchmark, BenchmarkError, Convention, Inputs, LmmsEval, Outcome, QuestionId,
@@ -82,21 +82,8 @@ impl Benchmark for SeedBench {
             .unwrap_or_default();
         let mut questions = Vec::with_capacity(list.len());
         for (index, q) in list.iter().enumerate() {
-            let id = q
-                .get("question_id")
-                .and_then(QuestionId::from_json)
-                .ok_or_else(|| {
-                    BenchmarkError::format(
-                        path,
-                        None,
-                        format!("question {} has no `question_id`", index + 1),
-                    )
-                })?;
-            let bad = |message: &str| BenchmarkError::BadEntry {
-                path: path.to_owned(),
-                id: id.clone(),
-                message: message.to_owned(),
-            };
+            let id = entry_id(q, path, index)?;
+            let bad = bad_entry(path, &id);
             let answer = q
                 .get("answer")
                 .and_then(Value::as_str)
@@ -113,7 +100,7 @@ impl Benchmark for SeedBench {
                 answer: answer.to_owned(),
                 type_id,
                 video: data_type != "image",
-                id,
+                id: id.clone(),
             });
         }
         let answers = inputs.answers;

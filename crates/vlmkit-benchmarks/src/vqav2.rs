@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use crate::files::{read_json, read_json_lines};
+use crate::files::{bad_entry, entry_id, read_json, read_json_lines};
 use crate::table::{two, Table};
 use crate::vqa_accuracy::{process_answer, soft_accuracy};
 use crate::{
@@ -125,21 +125,8 @@ impl Benchmark for VqaV2 {
             HashMap::with_capacity(annotations.len());
         let mut order = Vec::with_capacity(annotations.len());
         for (index, entry) in annotations.iter().enumerate() {
-            let id = entry
-                .get("question_id")
-                .and_then(QuestionId::from_json)
-                .ok_or_else(|| {
-                    BenchmarkError::format(
-                        path,
-                        None,
-                        format!("annotation {} has no `question_id`", index + 1),
-                    )
-                })?;
-            let bad = |message: &str| BenchmarkError::BadEntry {
-                path: path.to_owned(),
-                id: id.clone(),
-                message: message.to_owned(),
-            };
+            let id = entry_id(entry, path, index)?;
+            let bad = bad_entry(path, &id);
             let list = entry
                 .get("answers")
                 .and_then(Value::as_array)
@@ -158,7 +145,7 @@ impl Benchmark for VqaV2 {
                 .unwrap_or("")
                 .to_owned();
             order.push(id.clone());
-            human.insert(id, (texts, answer_type));
+            human.insert(id.clone(), (texts, answer_type));
         }
         if let Some(answer) = answers
             .answers
