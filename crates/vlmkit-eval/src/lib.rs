@@ -4,11 +4,14 @@
 //! a user registers — and write the reports (table, JSON, PNG).
 //!
 //! - [`run`]: answering an eval split with a loaded model, writing the outputs.
+//! - [`analysis`]: the attention metrics of `vlmkit analyze` (consistency,
+//!   grounding, image reliance), on plain maps.
 //! - [`benchmark`]: answering a published benchmark's question file as LLaVA's
 //!   scripts do, for `vlmkit score` (crate `vlmkit-benchmarks`).
 //! - [`scorer`]: the [`Scorer`] trait, the built-in scorers and their registry.
 //! - [`EvalReport`]: the overall numbers and each scorer's results.
 
+pub mod analysis;
 pub mod benchmark;
 mod prediction;
 mod report;
