@@ -1583,6 +1583,123 @@ fn seeded(shape: &[usize], seed: u64) -> candle_core::Tensor {
         .unwrap()
 }
 
+/// `connector run --metrics`: CCRA's consistency metrics (paper Table 2) on
+/// given inputs and weights; with PWCA's and LWCA's key projections zeroed
+/// every map is uniform, so the metrics are known exactly.
+#[test]
+fn connector_run_writes_ccra_consistency_metrics() {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    let mut recipe_args: Vec<String> = vec!["--recipe".into(), "recipes/ccra.toml".into()];
+    recipe_args.extend(set_args(&tiny(1)));
+    recipe_args.extend(set_args(&[
+        "connector.d_hidden=8".to_string(),
+        "connector.smoothing=false".to_string(),
+    ]));
+    let inputs = [
+        ("vision", seeded(&[2, 2, 16, 16], 1)),
+        ("text", seeded(&[2, 5, 16], 2)),
+        (
+            "text_mask",
+            Tensor::ones((2, 5), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ];
+    write_tensors(&path("in.safetensors"), &inputs);
+    let metrics = |weights: (&str, &str), json: &str| {
+        let (ok, _, err) = run(vlmkit()
+            .args(["connector", "run"])
+            .args(&recipe_args)
+            .arg("--inputs")
+            .arg(path("in.safetensors"))
+            .arg("--out")
+            .arg(path("out.safetensors"))
+            .arg(weights.0)
+            .arg(path(weights.1))
+            .arg("--metrics")
+            .arg(path(json)));
+        assert!(ok, "{err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path(json)).unwrap()).unwrap();
+        report["consistency"].clone()
+    };
+    let seeded_metrics = metrics(("--save-weights", "w.safetensors"), "m.json");
+    assert_eq!(seeded_metrics["samples"], 2);
+    let ln2 = std::f64::consts::LN_2;
+    for stack in ["stack", "lp"] {
+        let m = &seeded_metrics[stack];
+        let value = |key: &str| {
+            m[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{stack}.{key}: {m}"))
+        };
+        assert!(
+            (0.0..=ln2).contains(&value("js_avg")) && (0.0..=ln2).contains(&value("js_to_final")),
+            "{m}"
+        );
+        assert!((0.0..=1.0 + 1e-12).contains(&value("cos_avg")), "{m}");
+        assert!(
+            value("drift") >= 0.0 && value("std_patch") >= 0.0 && value("tv_w") >= 0.0,
+            "{m}"
+        );
+        assert!((0.0..=ln2 + 1e-12).contains(&value("entropy_w")), "{m}");
+    }
+    // Known weights: no key projection, no preference.
+    let mut weights = read_tensors(&path("w.safetensors"));
+    let mut zeroed = 0;
+    for (name, tensor) in weights.iter_mut() {
+        if name.starts_with("pwca.k.") || name.starts_with("lwca.k.") {
+            *tensor = tensor.zeros_like().unwrap();
+            zeroed += 1;
+        }
+    }
+    assert!(
+        zeroed >= 2,
+        "no pwca.k / lwca.k weights among {:?}",
+        weights.keys()
+    );
+    let named: Vec<(&str, Tensor)> = weights
+        .iter()
+        .map(|(k, t)| (k.as_str(), t.clone()))
+        .collect();
+    write_tensors(&path("w0.safetensors"), &named);
+    let uniform = metrics(("--weights", "w0.safetensors"), "m0.json");
+    for stack in ["stack", "lp"] {
+        let m = &uniform[stack];
+        for (key, expected) in [
+            ("js_avg", 0.0),
+            ("cos_avg", 1.0),
+            ("drift", 0.0),
+            ("std_patch", 0.0),
+            ("js_to_final", 0.0),
+            ("cos_to_final", 1.0),
+            ("tv_w", 0.0),
+            ("entropy_w", ln2),
+        ] {
+            let got = m[key].as_f64().unwrap();
+            assert!(
+                (got - expected).abs() < 1e-6,
+                "{stack}.{key}: {got}, expected {expected}"
+            );
+        }
+    }
+    // Other connectors have no Table 2.
+    let (ok, _, err) = run(vlmkit()
+        .args([
+            "connector",
+            "run",
+            "--recipe",
+            "recipes/mlp.toml",
+            "--inputs",
+        ])
+        .arg(path("in.safetensors"))
+        .arg("--out")
+        .arg(path("x.safetensors"))
+        .arg("--metrics")
+        .arg(path("x.json")));
+    assert!(!ok && err.contains("need a `ccra` connector"), "{err}");
+}
+
 #[test]
 fn connector_run_reproduces_itself_from_saved_weights_and_names_bad_inputs() {
     use candle_core::{DType, Device, Tensor};

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use vlmkit_plugin::candle_core::{Result, Tensor, D};
+use vlmkit_plugin::candle_core::{DType, Result, Tensor, D};
 use vlmkit_plugin::prelude::*;
 
 use crate::config::{CcraConfig, Integration, MapNorm};
@@ -254,9 +254,47 @@ impl CcraConnector {
         guide: &Guide,
         maps: &mut Maps,
     ) -> Result<Tensor> {
-        let g = normalise_map(&score.forward(guide, features)?, self.cfg.map_norm)?;
+        let raw = score.forward(guide, features)?;
+        if self.cfg.consistency_maps {
+            // p* = softmax_p(score(F, pwca)), whatever `map_norm`.
+            maps.put(
+                "consistency.final",
+                &ops::softmax_last_dim(&raw.to_dtype(DType::F32)?)?,
+            );
+        }
+        let g = normalise_map(&raw, self.cfg.map_norm)?;
         maps.put("patch", &g);
         Ok(g)
+    }
+
+    /// The consistency metrics' maps of a stack `x` (B×L×N×d): each layer's
+    /// PWCA distribution over patches (`consistency.<name>`, B×L×N) and LWCA's
+    /// weights on its layer descriptors (`consistency.<name>_weights`, B×L; the
+    /// uniform ones without LWCA). Computed in f32; nothing trains through them.
+    fn consistency(&self, x: &Tensor, guide: &Guide, name: &str, maps: &mut Maps) -> Result<()> {
+        let Some((score, _)) = &self.pwca else {
+            return Ok(());
+        };
+        let (b, l, n, d) = x.dims4()?;
+        let scores = score
+            .forward(guide, &x.reshape((b, l * n, d))?)?
+            .reshape((b, l, n))?;
+        let distributions = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
+        maps.put(&format!("consistency.{name}"), &distributions);
+        let weights = match &self.lwca {
+            None => Tensor::full(1.0f32 / l as f32, (b, l), x.device())?,
+            Some(lwca) => {
+                let p = ops::softmax_last_dim(
+                    &lwca.forward(guide, &x.mean(2)?)?.to_dtype(DType::F32)?,
+                )?;
+                match &self.smoothing {
+                    None => p,
+                    Some(m) => smooth(&p, m)?,
+                }
+            }
+        };
+        maps.put(&format!("consistency.{name}_weights"), &weights);
+        Ok(())
     }
 
     /// `Norm_p(F ⊙ (1 + G_p))`, `G_p` (B×N) broadcast over any layer axis of `F`.
@@ -271,6 +309,10 @@ impl CcraConnector {
     /// The regional features `F_reg` (B×N×d) in the configured integration order.
     fn regional(&self, v: &Tensor, guide: &Guide, maps: &mut Maps) -> Result<Tensor> {
         let f_lp = self.layer_patch(v, guide, maps)?;
+        if self.cfg.consistency_maps {
+            self.consistency(v, guide, "stack", maps)?;
+            self.consistency(&f_lp, guide, "lp", maps)?;
+        }
         match (self.cfg.integration, &self.pwca) {
             // Without PWCA the orders coincide.
             (_, None) => self.layer_wise(&f_lp, guide, maps),

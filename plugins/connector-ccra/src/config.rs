@@ -43,6 +43,11 @@ pub struct CcraConfig {
     /// The hidden state concatenated with the regional features (HF index,
     /// negative from the end); by default the last selected layer.
     pub residual_layer: Option<i64>,
+    /// Also emit the maps CCRA's consistency metrics read (paper Table 2;
+    /// `shared/spec/analysis.md` §1): per-layer PWCA distributions on the
+    /// stack before and after LPWCA, the final one, and LWCA's weights on
+    /// both. Analysis only: they change no output.
+    pub consistency_maps: bool,
 }
 
 impl Default for CcraConfig {
@@ -58,6 +63,7 @@ impl Default for CcraConfig {
             smoothing: true,
             integration: Integration::Progressive,
             residual_layer: None,
+            consistency_maps: false,
         }
     }
 }
@@ -107,6 +113,14 @@ impl CcraConfig {
             return Err((
                 "sigma",
                 format!("must be a positive number, got {}", self.sigma),
+            ));
+        }
+        if self.consistency_maps && !(self.lpwca && self.pwca) {
+            return Err((
+                "consistency_maps",
+                "CCRA's consistency metrics compare the stack before and after LPWCA through PWCA's \
+                 projections: they need lpwca = true and pwca = true"
+                    .into(),
             ));
         }
         Ok(())
