@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -150,6 +151,32 @@ impl AnswerFile {
         })
     }
 
+    /// The answers by question id when they answer `ids` (the questions of
+    /// `questions`, in its order) one each: a second answer, an answer to a
+    /// question not among them (`scope` says which part of the file was
+    /// searched) and a question without an answer are refused.
+    pub(crate) fn one_per_question(
+        &self,
+        questions: &Path,
+        ids: &[&QuestionId],
+        scope: Option<String>,
+    ) -> Result<HashMap<&QuestionId, &Answer>, BenchmarkError> {
+        let by_id = self.by_id()?;
+        let known: std::collections::HashSet<&QuestionId> = ids.iter().copied().collect();
+        if let Some(answer) = self
+            .answers
+            .iter()
+            .find(|a| !known.contains(&a.question_id))
+        {
+            return Err(self.unknown(answer, questions, scope));
+        }
+        self.check_missing(
+            questions,
+            ids.iter().copied().filter(|id| !by_id.contains_key(id)),
+        )?;
+        Ok(by_id)
+    }
+
     pub(crate) fn unknown(
         &self,
         answer: &Answer,
@@ -181,6 +208,30 @@ impl AnswerFile {
                 questions: questions.to_owned(),
             }),
         }
+    }
+}
+
+/// A JSON object's entries in file order (Python's `json.load` keeps it, and
+/// the official scripts' float sums and random draws follow it).
+pub(crate) struct Ordered(pub Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> Visitor<'de> for Entries {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    entries.push(entry);
+                }
+                Ok(Ordered(entries))
+            }
+        }
+        deserializer.deserialize_map(Entries)
     }
 }
 

@@ -18,11 +18,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::files::read_text;
+use crate::files::{read_text, Ordered};
 use crate::table::{two, Table};
 use crate::{
     into_map, pytext, Benchmark, BenchmarkError, Convention, Inputs, LmmsEval, Outcome, QuestionId,
@@ -32,30 +30,6 @@ use crate::{
 pub(crate) struct Gqa;
 
 const NAME: &str = "gqa";
-
-/// A JSON object's entries in file order (Python's `json.load` keeps it, and
-/// the distribution score's float sums follow it).
-pub(crate) struct Ordered(pub Vec<(String, Value)>);
-
-impl<'de> Deserialize<'de> for Ordered {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> Visitor<'de> for Entries {
-            type Value = Ordered;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    entries.push(entry);
-                }
-                Ok(Ordered(entries))
-            }
-        }
-        deserializer.deserialize_map(Entries)
-    }
-}
 
 /// LLaVA's reading of a reply.
 fn llava_prediction(reply: &str) -> String {
@@ -216,23 +190,8 @@ impl Benchmark for Gqa {
         let path = inputs.annotations(NAME, "GQA's testdev_balanced_questions.json")?;
         let questions = read_questions(path)?;
         let answers = inputs.answers;
-        let by_id = answers.by_id()?;
-        let known: std::collections::HashSet<&QuestionId> =
-            questions.iter().map(|q| &q.id).collect();
-        if let Some(answer) = answers
-            .answers
-            .iter()
-            .find(|a| !known.contains(&a.question_id))
-        {
-            return Err(answers.unknown(answer, path, Some("its balanced questions".into())));
-        }
-        answers.check_missing(
-            path,
-            questions
-                .iter()
-                .map(|q| &q.id)
-                .filter(|id| !by_id.contains_key(id)),
-        )?;
+        let ids: Vec<&QuestionId> = questions.iter().map(|q| &q.id).collect();
+        let by_id = answers.one_per_question(path, &ids, Some("its balanced questions".into()))?;
 
         let mut all = Vec::with_capacity(questions.len());
         let (mut binary, mut open) = (Vec::new(), Vec::new());

@@ -333,20 +333,11 @@ impl Benchmark for MmBench {
         let path = inputs.annotations(NAME, "MMBench's dev TSV")?;
         let rows = read_rows(path)?;
         let answers = inputs.answers;
-        let by_id = answers.by_id()?;
         let ids: Vec<QuestionId> = rows
             .iter()
             .map(|r| QuestionId::new(r.index.to_string()))
             .collect();
-        let known: HashSet<&QuestionId> = ids.iter().collect();
-        if let Some(answer) = answers
-            .answers
-            .iter()
-            .find(|a| !known.contains(&a.question_id))
-        {
-            return Err(answers.unknown(answer, path, None));
-        }
-        answers.check_missing(path, ids.iter().filter(|id| !by_id.contains_key(id)))?;
+        let by_id = answers.one_per_question(path, &ids.iter().collect::<Vec<_>>(), None)?;
 
         // Per question (index % 1e6): whether every copy is right, and its categories (from the main row).
         let mut questions: BTreeMap<u64, (bool, Option<&str>, Option<&str>)> = BTreeMap::new();

@@ -104,29 +104,22 @@ impl Benchmark for SeedBench {
             });
         }
         let answers = inputs.answers;
-        let by_id = answers.by_id()?;
-        let known: HashSet<&QuestionId> = questions.iter().map(|q| &q.id).collect();
-        if let Some(answer) = answers
+        // The video questions are scored when any is answered: then all must be.
+        let videos: HashSet<&QuestionId> = questions
+            .iter()
+            .filter(|q| q.video)
+            .map(|q| &q.id)
+            .collect();
+        let videos_answered = answers
             .answers
             .iter()
-            .find(|a| !known.contains(&a.question_id))
-        {
-            return Err(answers.unknown(answer, path, None));
-        }
-        let videos_answered = questions
-            .iter()
-            .any(|q| q.video && by_id.contains_key(&q.id));
+            .any(|a| videos.contains(&a.question_id));
         let scored: Vec<&Question> = questions
             .iter()
             .filter(|q| !q.video || videos_answered)
             .collect();
-        answers.check_missing(
-            path,
-            scored
-                .iter()
-                .map(|q| &q.id)
-                .filter(|id| !by_id.contains_key(id)),
-        )?;
+        let ids: Vec<&QuestionId> = scored.iter().map(|q| &q.id).collect();
+        let by_id = answers.one_per_question(path, &ids, None)?;
 
         // Per type: (correct, count); and per data type.
         let mut per_type: BTreeMap<i64, (usize, usize)> = BTreeMap::new();

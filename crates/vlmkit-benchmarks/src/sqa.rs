@@ -209,24 +209,10 @@ impl Benchmark for ScienceQa {
         )?;
         let problems = read_split(dir)?;
         let answers = inputs.answers;
-        let by_id = answers.by_id()?;
         let split_path = dir.join("pid_splits.json");
-        let in_split: std::collections::HashSet<&QuestionId> =
-            problems.iter().map(|p| &p.id).collect();
-        if let Some(answer) = answers
-            .answers
-            .iter()
-            .find(|a| !in_split.contains(&a.question_id))
-        {
-            return Err(answers.unknown(answer, &split_path, Some(format!("split `{SPLIT}`"))));
-        }
-        answers.check_missing(
-            &split_path,
-            problems
-                .iter()
-                .map(|p| &p.id)
-                .filter(|id| !by_id.contains_key(id)),
-        )?;
+        let ids: Vec<&QuestionId> = problems.iter().map(|p| &p.id).collect();
+        let by_id =
+            answers.one_per_question(&split_path, &ids, Some(format!("split `{SPLIT}`")))?;
 
         let (mut correct, mut image_total, mut image_correct, mut failed, mut out_of_range) =
             (0, 0, 0, 0, 0);

@@ -147,14 +147,7 @@ impl Benchmark for VqaV2 {
             order.push(id.clone());
             human.insert(id.clone(), (texts, answer_type));
         }
-        if let Some(answer) = answers
-            .answers
-            .iter()
-            .find(|a| !human.contains_key(&a.question_id))
-        {
-            return Err(answers.unknown(answer, path, None));
-        }
-        answers.check_missing(path, order.iter().filter(|id| !by_id.contains_key(id)))?;
+        let by_id = answers.one_per_question(path, &order.iter().collect::<Vec<_>>(), None)?;
         let mut by_type: BTreeMap<String, (f64, usize)> = BTreeMap::new();
         let mut total = 0.0;
         for id in &order {
