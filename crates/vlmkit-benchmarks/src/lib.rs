@@ -182,6 +182,14 @@ pub enum LmmsEval {
 }
 
 impl Outcome {
+    /// The submission file, when the outcome is one.
+    pub fn submission(&self) -> Option<&Submission> {
+        match self {
+            Outcome::Submission(submission) => Some(submission),
+            Outcome::Score(_) => None,
+        }
+    }
+
     /// The JSON report `vlmkit score --json` writes: the score, or for a
     /// submission `"score": null` and where the file went.
     pub fn report(&self, convention: Convention, submission_path: Option<&Path>) -> Value {

@@ -29,7 +29,7 @@ pub use collate::Collator;
 pub use error::{DataError, RecordRef};
 pub use example::{Example, Role, Turn, IMAGE_TOKEN};
 pub use export::{export_split, ExportSummary};
-pub use llava::{write_llava_json, LlavaDataset, LlavaRecord};
+pub use llava::{read_image, write_llava_json, ImageReadError, LlavaDataset, LlavaRecord};
 pub use shapes::{Family, PopeMode, Sample, ShapesConfig, ShapesDataset, Split};
 pub use template::ChatTemplate;
 pub use tokenizer::TextTokenizer;

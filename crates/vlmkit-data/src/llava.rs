@@ -362,34 +362,63 @@ impl LlavaDataset {
             image: path.to_path_buf(),
             reason,
         };
-        let reader = vlmkit_core::fsutil::check_regular_file(path, MAX_IMAGE_BYTES)
-            .and_then(|_| ImageReader::open(path))
-            .map_err(|source| {
-                if source.kind() == std::io::ErrorKind::NotFound {
-                    DataError::ImageNotFound {
-                        path: self.json_path.clone(),
-                        record: record.clone(),
-                        what,
-                        image: path.to_path_buf(),
-                    }
-                } else {
-                    DataError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    }
-                }
-            })?;
-        let reader = reader
-            .with_guessed_format()
-            .map_err(|e| corrupt(e.to_string()))?;
-        reader.decode().map_err(|e| corrupt(e.to_string()))
+        read_image(path).map_err(|error| match error {
+            ImageReadError::NotFound => DataError::ImageNotFound {
+                path: self.json_path.clone(),
+                record: record.clone(),
+                what,
+                image: path.to_path_buf(),
+            },
+            ImageReadError::Io(source) => DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+            ImageReadError::Corrupt(reason) => corrupt(reason),
+        })
     }
+}
+
+/// Why an image file could not be read.
+#[derive(Debug)]
+pub enum ImageReadError {
+    NotFound,
+    /// Not a regular file, larger than [`MAX_IMAGE_BYTES`], or unreadable.
+    Io(std::io::Error),
+    /// Not an image of a format read here, or damaged.
+    Corrupt(String),
+}
+
+impl std::fmt::Display for ImageReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImageReadError::NotFound => f.write_str("no such file"),
+            ImageReadError::Io(e) => write!(f, "{e}"),
+            ImageReadError::Corrupt(reason) => write!(f, "not a readable image: {reason}"),
+        }
+    }
+}
+
+/// Decodes the image file at `path` (a regular file of at most
+/// [`MAX_IMAGE_BYTES`], its format guessed from its bytes).
+pub fn read_image(path: &Path) -> Result<DynamicImage, ImageReadError> {
+    let reader = vlmkit_core::fsutil::check_regular_file(path, MAX_IMAGE_BYTES)
+        .and_then(|_| ImageReader::open(path))
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ImageReadError::NotFound,
+            _ => ImageReadError::Io(source),
+        })?;
+    let reader = reader
+        .with_guessed_format()
+        .map_err(|e| ImageReadError::Corrupt(e.to_string()))?;
+    reader
+        .decode()
+        .map_err(|e| ImageReadError::Corrupt(e.to_string()))
 }
 
 /// The largest conversation file read (LLaVA-1.5's 665K mix is about 1 GB).
 const MAX_JSON_BYTES: u64 = 16 << 30;
 /// The largest image file read; decoding is bounded separately.
-const MAX_IMAGE_BYTES: u64 = 256 << 20;
+pub const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
 #[cfg(unix)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {

@@ -7,7 +7,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageReader};
 use vlmkit_benchmarks::{Question, QuestionImage};
 use vlmkit_core::GenerateOptions;
 use vlmkit_data::Example;
@@ -15,9 +14,6 @@ use vlmkit_pipeline::LoadedModel;
 
 use crate::run::ask;
 use crate::EvalError;
-
-/// The largest image file read.
-const MAX_IMAGE_BYTES: u64 = 256 << 20;
 
 /// What answering a question file gave.
 #[derive(Debug)]
@@ -31,21 +27,11 @@ pub struct BenchmarkAnswers {
 
 /// A question's image, decoded; errors name the question and the file.
 fn load_image(question: &Question, images: &Path) -> Result<Option<image::RgbImage>, EvalError> {
-    let id = question.question_id();
-    let decoded: Result<DynamicImage, String> = match &question.image {
+    let decoded = match &question.image {
         None => return Ok(None),
         Some(QuestionImage::File(relative)) => {
             let path = images.join(relative);
-            vlmkit_core::fsutil::check_regular_file(&path, MAX_IMAGE_BYTES)
-                .and_then(|_| ImageReader::open(&path))
-                .map_err(|e| format!("{}: {e}", path.display()))
-                .and_then(|reader| {
-                    reader
-                        .with_guessed_format()
-                        .map_err(|e| format!("{}: {e}", path.display()))?
-                        .decode()
-                        .map_err(|e| format!("{}: {e}", path.display()))
-                })
+            vlmkit_data::read_image(&path).map_err(|e| format!("{}: {e}", path.display()))
         }
         Some(QuestionImage::Encoded(bytes)) => {
             image::load_from_memory(bytes).map_err(|e| format!("its encoded image: {e}"))
@@ -55,7 +41,7 @@ fn load_image(question: &Question, images: &Path) -> Result<Option<image::RgbIma
         .map(|image| Some(image.to_rgb8()))
         .map_err(|reason| EvalError::Benchmark {
             path: images.to_path_buf(),
-            message: format!("question {id}: {reason}"),
+            message: format!("question {}: {reason}", question.question_id()),
         })
 }
 
@@ -225,4 +211,33 @@ pub fn run_benchmark(
         max_new_tokens,
         outcome,
     })
+}
+
+/// Writes what scoring gave: a submission's file at `submission` (its
+/// directory made; required for a submission), then, with `json`, the JSON
+/// report (`vlmkit score --json`'s). Returns the report.
+pub fn save_outcome(
+    outcome: &vlmkit_benchmarks::Outcome,
+    convention: vlmkit_benchmarks::Convention,
+    submission: Option<&Path>,
+    json: Option<&Path>,
+) -> Result<serde_json::Value, EvalError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| EvalError::Io { path, source }
+    };
+    if let Some(contents) = outcome.submission().map(|s| &s.contents) {
+        let path = submission.expect("a submission is written where the caller says");
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+        }
+        vlmkit_core::fsutil::write_atomic(path, contents).map_err(io(path))?;
+    }
+    let report = outcome.report(convention, submission);
+    if let Some(path) = json {
+        let mut text = serde_json::to_string_pretty(&report).expect("reports serialise");
+        text.push('\n');
+        vlmkit_core::fsutil::write_atomic(path, text.as_bytes()).map_err(io(path))?;
+    }
+    Ok(report)
 }

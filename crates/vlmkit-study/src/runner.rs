@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use vlmkit_eval::benchmark::{run_benchmark, BenchmarkRun};
+use vlmkit_eval::benchmark::{run_benchmark, save_outcome, BenchmarkRun};
 use vlmkit_eval::{
     evaluate_and_save, read_predictions, score, EvalOptions, EvalReport, PREDICTIONS_FILE,
     REPORT_FILE,
@@ -302,24 +302,13 @@ impl Study {
                 |done, total| observer.eval_progress(done, total),
             )?;
             let outcome = result.outcome.expect("scored: annotations given, no limit");
-            let submission = match &outcome {
-                vlmkit_benchmarks::Outcome::Submission(submission) => {
-                    let path = dir.join(&submission.file_name);
-                    vlmkit_core::fsutil::write_atomic(&path, &submission.contents).map_err(
-                        |source| StudyError::Io {
-                            path: path.clone(),
-                            source,
-                        },
-                    )?;
-                    Some(path)
-                }
-                vlmkit_benchmarks::Outcome::Score(_) => None,
-            };
-            let json = outcome.report(benchmark.convention, submission.as_deref());
-            let path = dir.join(BENCHMARK_SCORE_FILE);
-            let text = serde_json::to_string_pretty(&json).expect("reports serialise");
-            vlmkit_core::fsutil::write_atomic(&path, text.as_bytes())
-                .map_err(|source| StudyError::Io { path, source })?;
+            let submission = outcome.submission().map(|s| dir.join(&s.file_name));
+            save_outcome(
+                &outcome,
+                benchmark.convention,
+                submission.as_deref(),
+                Some(&dir.join(BENCHMARK_SCORE_FILE)),
+            )?;
         }
         Ok(report)
     }

@@ -227,23 +227,31 @@ impl CcraConnector {
     /// `F̂`, and `F_sem = LN_sem(F̂ + mean_N(F̂))`.
     fn layer_wise(&self, f: &Tensor, guide: &Guide, maps: &mut Maps) -> Result<Tensor> {
         let (b, l, n, d) = f.dims4()?;
-        let weights = match &self.lwca {
-            None => Tensor::full(1.0 / l as f64, (b, l), f.device())?.to_dtype(f.dtype())?,
-            Some(score) => {
-                let descriptors = f.mean(2)?;
-                let p = ops::softmax_last_dim(&score.forward(guide, &descriptors)?)?;
-                maps.put("layer_raw", &p);
-                match &self.smoothing {
-                    None => p,
-                    Some(m) => smooth(&p, m)?,
-                }
-            }
-        };
+        let (raw, weights) = self.layer_weights(f, guide)?;
+        if let Some(raw) = &raw {
+            maps.put("layer_raw", raw);
+        }
         maps.put("layer", &weights);
         let fused =
             ops::matmul(&weights.unsqueeze(1)?, &f.reshape((b, l, n * d))?)?.reshape((b, n, d))?;
         self.lwca_norm
             .forward(&fused.broadcast_add(&fused.mean_keepdim(1)?)?)
+    }
+
+    /// LWCA's layer weights `ŵ` (B×L) on `f`'s layer descriptors `mean_N(f)`,
+    /// with the unsmoothed `p` beside them; `1/L` each without LWCA.
+    fn layer_weights(&self, f: &Tensor, guide: &Guide) -> Result<(Option<Tensor>, Tensor)> {
+        let (b, l, _, _) = f.dims4()?;
+        let Some(score) = &self.lwca else {
+            let uniform = Tensor::full(1.0 / l as f64, (b, l), f.device())?.to_dtype(f.dtype())?;
+            return Ok((None, uniform));
+        };
+        let p = ops::softmax_last_dim(&score.forward(guide, &f.mean(2)?)?)?;
+        let weights = match &self.smoothing {
+            None => p.clone(),
+            Some(m) => smooth(&p, m)?,
+        };
+        Ok((Some(p), weights))
     }
 
     /// The PWCA patch map `G_p` (B×N) computed on `features` (B×N×d).
@@ -281,19 +289,11 @@ impl CcraConnector {
             .reshape((b, l, n))?;
         let distributions = ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?;
         maps.put(&format!("consistency.{name}"), &distributions);
-        let weights = match &self.lwca {
-            None => Tensor::full(1.0f32 / l as f32, (b, l), x.device())?,
-            Some(lwca) => {
-                let p = ops::softmax_last_dim(
-                    &lwca.forward(guide, &x.mean(2)?)?.to_dtype(DType::F32)?,
-                )?;
-                match &self.smoothing {
-                    None => p,
-                    Some(m) => smooth(&p, m)?,
-                }
-            }
-        };
-        maps.put(&format!("consistency.{name}_weights"), &weights);
+        let (_, weights) = self.layer_weights(x, guide)?;
+        maps.put(
+            &format!("consistency.{name}_weights"),
+            &weights.to_dtype(DType::F32)?,
+        );
         Ok(())
     }
 

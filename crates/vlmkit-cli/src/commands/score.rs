@@ -77,49 +77,42 @@ pub(crate) fn report_outcome(
     read: &[&Path],
     convention: Convention,
 ) -> Result<()> {
-    let report = match outcome {
-        Outcome::Score(score) => {
-            println!(
-                "{} — {:.2} {} ({}), {} convention",
-                score.benchmark, score.score, score.unit, score.headline, score.convention
-            );
-            print!("{}", score.table);
-            for note in &score.notes {
-                println!("note: {note}");
-            }
-            Outcome::Score(score).report(convention, None)
-        }
-        Outcome::Submission(submission) => {
+    let submission = match outcome.submission() {
+        Some(submission) => {
             let path = submission_path.map(Path::to_path_buf).unwrap_or_else(|| {
                 let dir = answers.parent().unwrap_or(Path::new("."));
                 dir.join(format!("{}-submission", submission.benchmark))
                     .join(&submission.file_name)
             });
             crate::common::refuse_overwriting_inputs("--submission", &path, read)?;
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("making {}", parent.display()))?;
-            }
-            vlmkit_core::fsutil::write_atomic(&path, &submission.contents)
-                .with_context(|| format!("writing {}", path.display()))?;
+            Some(path)
+        }
+        None => None,
+    };
+    vlmkit_eval::benchmark::save_outcome(&outcome, convention, submission.as_deref(), json)?;
+    let notes = match &outcome {
+        Outcome::Score(score) => {
+            println!(
+                "{} — {:.2} {} ({}), {} convention",
+                score.benchmark, score.score, score.unit, score.headline, score.convention
+            );
+            print!("{}", score.table);
+            &score.notes
+        }
+        Outcome::Submission(s) => {
+            let path = submission.as_deref().unwrap_or(Path::new(""));
             println!(
                 "{}: no score here — {} entries written to {} for {}",
-                submission.benchmark,
-                submission.entries,
+                s.benchmark,
+                s.entries,
                 path.display(),
-                submission.server
+                s.server
             );
-            for note in &submission.notes {
-                println!("note: {note}");
-            }
-            Outcome::Submission(submission).report(convention, Some(&path))
+            &s.notes
         }
     };
-    if let Some(path) = json {
-        let mut text = serde_json::to_string_pretty(&report)?;
-        text.push('\n');
-        vlmkit_core::fsutil::write_atomic(path, text.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+    for note in notes {
+        println!("note: {note}");
     }
     Ok(())
 }
